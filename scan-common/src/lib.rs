@@ -1,0 +1,195 @@
+//! Types shared by the XDP program (`scan-ebpf`) and the agent (`scan-agent`).
+//!
+//! `no_std` so the eBPF side can use it; the `user` feature adds the aya `Pod`
+//! impls the agent needs to read and write the maps.
+#![no_std]
+
+/// Number of TCP ports, and so the length of one CPU's slice of [`PORT_SYNS_MAP`].
+pub const PORTS: u32 = 65_536;
+
+/// SYNs per destination port, per CPU: a `BPF_F_MMAPABLE` array of
+/// `possible CPUs x PORTS` `u64`, where CPU `c` counts port `p` at `c * PORTS + p`.
+/// The program declares one slice; the loader sizes it at load time.
+pub const PORT_SYNS_MAP: &str = "SCAN_PORT_SYNS";
+/// Packet-class counters: a `PERCPU_ARRAY` of [`PacketClass::COUNT`] `u64`.
+pub const CLASSES_MAP: &str = "SCAN_CLASSES";
+/// Runtime switches for the program: an `ARRAY` of one [`ProgramConfig`].
+pub const CONFIG_MAP: &str = "SCAN_CONFIG";
+/// Name of the XDP program in the object.
+pub const PROGRAM_NAME: &str = "scan_syn_counter";
+
+/// VLAN tags (802.1Q / 802.1ad) the parser steps over before giving up.
+pub const MAX_VLAN_TAGS: usize = 2;
+/// IPv6 extension headers the parser walks before giving up.
+pub const MAX_IPV6_EXT_HEADERS: usize = 6;
+
+/// Runtime switches read by the program on every packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProgramConfig {
+    /// Non-zero: log parse outcomes through aya-log. Off by default; it costs a
+    /// ring-buffer write per logged packet, so it is for debugging only.
+    pub debug: u32,
+}
+
+#[cfg(feature = "user")]
+// SAFETY: plain `repr(C)` struct of one `u32`, no padding.
+unsafe impl aya::Pod for ProgramConfig {}
+
+/// What happened to a packet, counted per CPU in [`CLASSES_MAP`].
+///
+/// Two kinds of class:
+/// - *flags*, counted on the way through: `Seen`, `Vlan`, `Ipv4`, `Ipv6`, `Syn`;
+/// - *outcomes*, exactly one per packet: `Tcp`, `NonTcp`, `NonIp`, `Truncated`,
+///   `BadHeader`, `LaterFragment`, `HeaderLimit`.
+///
+/// Invariants (checked by the program tests over every case, and by the agent's
+/// self-test of live counters):
+/// 1. `seen == tcp + non_tcp + non_ip + truncated + bad_header + later_fragment + header_limit`
+/// 2. `syn <= tcp` (a SYN is counted only once its whole TCP header is read)
+/// 3. `tcp + non_tcp + later_fragment <= ipv4 + ipv6 <= seen - non_ip`
+/// 4. `vlan <= seen`
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PacketClass {
+    /// Every packet the program ran on.
+    Seen = 0,
+    /// Carried at least one VLAN tag.
+    Vlan = 1,
+    /// The (inner) EtherType was IPv4.
+    Ipv4 = 2,
+    /// The (inner) EtherType was IPv6.
+    Ipv6 = 3,
+    /// Outcome: a whole TCP header was read.
+    Tcp = 4,
+    /// Flag on `Tcp`: SYN set and ACK clear, counted in the port map. Other flags
+    /// (FIN, PSH, URG, ECE, CWR, RST) do not matter: a probe that sets SYN without
+    /// ACK is a connection attempt to that port whatever else it sets.
+    Syn = 5,
+    /// Outcome: an IP packet whose transport is not TCP (UDP, ICMP, ESP, ...).
+    NonTcp = 6,
+    /// Outcome: the EtherType was neither IPv4 nor IPv6 (ARP, LLDP, ...).
+    NonIp = 7,
+    /// Outcome: a header ran past the end of the frame.
+    Truncated = 8,
+    /// Outcome: a header field is impossible (IPv4 IHL < 5, wrong IP version,
+    /// TCP data offset < 5, IPv6 extension header length past the frame end is `Truncated`).
+    BadHeader = 9,
+    /// Outcome: an IPv4 or IPv6 fragment other than the first: no TCP header in it.
+    LaterFragment = 10,
+    /// Outcome: more VLAN tags than [`MAX_VLAN_TAGS`] or more IPv6 extension
+    /// headers than [`MAX_IPV6_EXT_HEADERS`]; the parser stops there.
+    HeaderLimit = 11,
+}
+
+impl PacketClass {
+    pub const COUNT: u32 = 12;
+
+    pub const ALL: [PacketClass; Self::COUNT as usize] = [
+        Self::Seen,
+        Self::Vlan,
+        Self::Ipv4,
+        Self::Ipv6,
+        Self::Tcp,
+        Self::Syn,
+        Self::NonTcp,
+        Self::NonIp,
+        Self::Truncated,
+        Self::BadHeader,
+        Self::LaterFragment,
+        Self::HeaderLimit,
+    ];
+
+    /// The outcomes: exactly one of these is counted for every packet.
+    pub const OUTCOMES: [PacketClass; 7] = [
+        Self::Tcp,
+        Self::NonTcp,
+        Self::NonIp,
+        Self::Truncated,
+        Self::BadHeader,
+        Self::LaterFragment,
+        Self::HeaderLimit,
+    ];
+
+    /// Label value used in metrics and reports.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Seen => "seen",
+            Self::Vlan => "vlan",
+            Self::Ipv4 => "ipv4",
+            Self::Ipv6 => "ipv6",
+            Self::Tcp => "tcp",
+            Self::Syn => "syn",
+            Self::NonTcp => "non_tcp",
+            Self::NonIp => "non_ip",
+            Self::Truncated => "truncated",
+            Self::BadHeader => "bad_header",
+            Self::LaterFragment => "later_fragment",
+            Self::HeaderLimit => "header_limit",
+        }
+    }
+
+    pub const fn index(self) -> u32 {
+        self as u32
+    }
+}
+
+/// Class counters indexed by [`PacketClass`], summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClassCounts(pub [u64; PacketClass::COUNT as usize]);
+
+impl ClassCounts {
+    pub fn get(&self, class: PacketClass) -> u64 {
+        self.0[class as usize]
+    }
+
+    /// Checks the invariants documented on [`PacketClass`]; returns the first broken one.
+    pub fn check_invariants(&self) -> Result<(), &'static str> {
+        use PacketClass::*;
+        let g = |c| self.get(c);
+        let outcomes: u64 = PacketClass::OUTCOMES.iter().map(|&c| g(c)).sum();
+        if g(Seen) != outcomes {
+            return Err("seen != sum of outcomes");
+        }
+        if g(Syn) > g(Tcp) {
+            return Err("syn > tcp");
+        }
+        let ip = g(Ipv4) + g(Ipv6);
+        if g(Tcp) + g(NonTcp) + g(LaterFragment) > ip {
+            return Err("tcp + non_tcp + later_fragment > ipv4 + ipv6");
+        }
+        if ip > g(Seen) - g(NonIp) {
+            return Err("ipv4 + ipv6 > seen - non_ip");
+        }
+        if g(Vlan) > g(Seen) {
+            return Err("vlan > seen");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes_are_dense_and_named_once() {
+        for (i, c) in PacketClass::ALL.iter().enumerate() {
+            assert_eq!(c.index() as usize, i);
+            for other in &PacketClass::ALL[..i] {
+                assert_ne!(c.name(), other.name());
+            }
+        }
+    }
+
+    #[test]
+    fn invariants_catch_a_lost_outcome() {
+        let mut c = ClassCounts::default();
+        c.0[PacketClass::Seen as usize] = 1;
+        assert_eq!(c.check_invariants(), Err("seen != sum of outcomes"));
+        c.0[PacketClass::NonIp as usize] = 1;
+        assert_eq!(c.check_invariants(), Ok(()));
+        c.0[PacketClass::Syn as usize] = 1;
+        assert_eq!(c.check_invariants(), Err("syn > tcp"));
+    }
+}
