@@ -1,0 +1,3 @@
+//! scan-agent: reads the XDP sensor's counters, learns per-port baselines, detects
+//! surges and exports them to Prometheus. `main.rs` is only the command line.
+pub mod sensor;

@@ -1,0 +1,587 @@
+//! The kernel side as the agent sees it: loads the embedded XDP program, pins and
+//! reuses its maps, attaches it to interfaces (adopting a link kept from an earlier
+//! run), and reads the counters.
+use std::{
+    fs, io,
+    os::fd::AsFd as _,
+    path::{Path, PathBuf},
+    ptr::NonNull,
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, Map, MapData, MapInfo, MapType, PerCpuArray},
+    programs::{
+        ProgramError, TestRun as _, TestRunOptions, Xdp, XdpMode,
+        links::{FdLink, LinkError, PinnedLink},
+        xdp::XdpLink,
+    },
+};
+use scan_common::{
+    CLASSES_MAP, CONFIG_MAP, ClassCounts, PORT_SYNS_MAP, PORTS, PROGRAM_NAME, PacketClass,
+    ProgramConfig,
+};
+
+/// The XDP program, built by `build.rs` from `scan-ebpf` and embedded.
+pub static PROGRAM_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/scan-ebpf.o"));
+
+const BPF_F_MMAPABLE: u32 = 1 << 10;
+const LINK_PREFIX: &str = "link-";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SensorError {
+    #[error("cannot count possible CPUs ({0}): is /sys mounted?")]
+    Cpus(String),
+    #[error(
+        "pinned map {path} does not match this program: {found}, expected {expected}. It was \
+         made by another version of scan-agent or on another CPU count. To keep its counts, \
+         run the version that made it; to start afresh, run `scan-agent detach --pin-path {dir}` \
+         (this discards the pinned counts) or pass another --pin-path"
+    )]
+    PinMismatch { path: PathBuf, dir: PathBuf, found: String, expected: String },
+    #[error("cannot read pinned map {path}: {source}")]
+    PinRead { path: PathBuf, source: aya::maps::MapError },
+    #[error(
+        "cannot create pin directory {path}: {source}. Is bpffs mounted there? \
+         (`mount -t bpf bpf /sys/fs/bpf`, or `scan-agent check`)"
+    )]
+    PinDir { path: PathBuf, source: io::Error },
+    #[error(
+        "loading the eBPF object failed: {0}. Run `scan-agent check` to see whether this \
+         kernel supports BPF and whether this process has CAP_BPF and CAP_NET_ADMIN"
+    )]
+    Load(#[from] aya::EbpfError),
+    #[error("the kernel rejected the XDP program: {0:#}")]
+    Verifier(ProgramError),
+    #[error("map {0} is missing from the embedded object (a build problem)")]
+    MissingMap(&'static str),
+    #[error("map {name}: {source}")]
+    Map { name: &'static str, source: aya::maps::MapError },
+    #[error("mmap of {PORT_SYNS_MAP} failed: {0}")]
+    Mmap(io::Error),
+    #[error(
+        "cannot attach to {interface} in {mode} mode: {source:#}. Does the interface exist \
+         (`ip link`)? Does its driver support that mode? Try --xdp-mode skb"
+    )]
+    Attach { interface: String, mode: AttachMode, source: ProgramError },
+    #[error(
+        "cannot keep the program attached to {interface}: {reason}. This needs bpf_link \
+         support for XDP (Linux >= 5.9); run without --keep-attached"
+    )]
+    KeepAttached { interface: String, reason: String },
+    #[error("pinned link {path}: {reason}")]
+    PinnedLink { path: PathBuf, reason: String },
+    #[error("test run failed: {0:#}")]
+    TestRun(ProgramError),
+}
+
+/// How the program is attached to an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    /// In the driver (XDP_FLAGS_DRV_MODE): before any sk_buff is built.
+    Native,
+    /// Generic XDP (XDP_FLAGS_SKB_MODE): after the sk_buff is built; works everywhere.
+    Skb,
+}
+
+impl AttachMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Native => "native",
+            Self::Skb => "skb",
+        }
+    }
+
+    fn xdp_mode(self) -> XdpMode {
+        match self {
+            Self::Native => XdpMode::Driver,
+            Self::Skb => XdpMode::Skb,
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "native" => Some(Self::Native),
+            "skb" => Some(Self::Skb),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for AttachMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What `--xdp-mode` asks for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModeChoice {
+    /// Native, falling back to SKB when the driver refuses.
+    #[default]
+    Auto,
+    Native,
+    Skb,
+}
+
+/// An interface the program is attached to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attachment {
+    pub interface: String,
+    pub mode: AttachMode,
+    /// Whether the link was adopted from a pin left by an earlier run.
+    pub adopted: bool,
+}
+
+/// Read-only `mmap` of the per-CPU port counters (see `scan_common::PORT_SYNS_MAP`).
+struct PortCounterView {
+    base: NonNull<u64>,
+    entries: usize,
+    // Keeps the map alive while mapped.
+    _map: MapData,
+}
+
+// SAFETY: the mapping is read-only shared memory; reads are volatile u64 loads.
+unsafe impl Send for PortCounterView {}
+unsafe impl Sync for PortCounterView {}
+
+impl PortCounterView {
+    fn new(map: MapData, entries: usize) -> Result<Self, SensorError> {
+        let len = entries * size_of::<u64>();
+        // SAFETY: maps the BPF_F_MMAPABLE array read-only; the kernel lays the values
+        // out from offset 0 at their 8-byte stride.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                std::os::fd::AsRawFd::as_raw_fd(&map.fd().as_fd()),
+                0,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(SensorError::Mmap(io::Error::last_os_error()));
+        }
+        let base = NonNull::new(addr.cast::<u64>())
+            .ok_or_else(|| SensorError::Mmap(io::Error::other("null mapping")))?;
+        Ok(Self { base, entries, _map: map })
+    }
+
+    /// Sums the CPU slices into `out[port]`; no syscall.
+    fn sum_into(&self, out: &mut [u64]) {
+        let ports = PORTS as usize;
+        out[..ports].fill(0);
+        for slice in 0..self.entries / ports {
+            let start = slice * ports;
+            for (port, total) in out[..ports].iter_mut().enumerate() {
+                // SAFETY: start + port < entries, inside the mapping; the kernel
+                // writes these words concurrently, so read each one volatile.
+                let value = unsafe { self.base.as_ptr().add(start + port).read_volatile() };
+                *total = total.wrapping_add(value);
+            }
+        }
+    }
+}
+
+impl Drop for PortCounterView {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly what `new` mapped.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.entries * size_of::<u64>()) };
+    }
+}
+
+/// The loaded program and its maps.
+pub struct Sensor {
+    ebpf: Ebpf,
+    ports: PortCounterView,
+    classes: PerCpuArray<MapData, u64>,
+    config: Array<MapData, ProgramConfig>,
+    pin_dir: Option<PathBuf>,
+    attachments: Vec<Attachment>,
+}
+
+/// Possible CPUs: the number of per-CPU slices of the port map.
+pub fn possible_cpus() -> Result<usize, SensorError> {
+    aya::util::nr_cpus().map_err(|(what, e)| SensorError::Cpus(format!("{what}: {e}")))
+}
+
+struct ExpectedMap {
+    name: &'static str,
+    map_type: MapType,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    flags: u32,
+}
+
+fn expected_maps(cpus: usize) -> [ExpectedMap; 3] {
+    [
+        ExpectedMap {
+            name: PORT_SYNS_MAP,
+            map_type: MapType::Array,
+            key_size: 4,
+            value_size: 8,
+            max_entries: port_entries(cpus),
+            flags: BPF_F_MMAPABLE,
+        },
+        ExpectedMap {
+            name: CLASSES_MAP,
+            map_type: MapType::PerCpuArray,
+            key_size: 4,
+            value_size: 8,
+            max_entries: PacketClass::COUNT,
+            flags: 0,
+        },
+        ExpectedMap {
+            name: CONFIG_MAP,
+            map_type: MapType::Array,
+            key_size: 4,
+            value_size: size_of::<ProgramConfig>() as u32,
+            max_entries: 1,
+            flags: 0,
+        },
+    ]
+}
+
+fn port_entries(cpus: usize) -> u32 {
+    (cpus as u32).saturating_mul(PORTS)
+}
+
+/// Checks every pinned map in `dir` against what this program expects, so a pin
+/// left by another version or CPU count is an error, never a silent reuse or reset.
+fn validate_pins(dir: &Path, cpus: usize) -> Result<(), SensorError> {
+    for expected in expected_maps(cpus) {
+        let path = dir.join(expected.name);
+        if !path.exists() {
+            continue;
+        }
+        let info = MapInfo::from_pin(&path)
+            .map_err(|source| SensorError::PinRead { path: path.clone(), source })?;
+        let map_type = info
+            .map_type()
+            .map_err(|source| SensorError::PinRead { path: path.clone(), source })?;
+        let describe = |t: MapType, k: u32, v: u32, n: u32, f: u32| {
+            format!("{t:?} key {k} B, value {v} B, {n} entries, flags {f:#x}")
+        };
+        let found = describe(
+            map_type,
+            info.key_size(),
+            info.value_size(),
+            info.max_entries(),
+            info.map_flags(),
+        );
+        let wanted = describe(
+            expected.map_type,
+            expected.key_size,
+            expected.value_size,
+            expected.max_entries,
+            expected.flags,
+        );
+        if found != wanted {
+            return Err(SensorError::PinMismatch {
+                path,
+                dir: dir.to_path_buf(),
+                found,
+                expected: wanted,
+            });
+        }
+    }
+    Ok(())
+}
+
+impl Sensor {
+    /// Loads the program. With `pin_dir`, its maps are pinned there (or reused from
+    /// there after validation) so counts outlive the agent; without, they are private.
+    pub fn load(pin_dir: Option<&Path>) -> Result<Self, SensorError> {
+        let cpus = possible_cpus()?;
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(PORT_SYNS_MAP, port_entries(cpus));
+        if let Some(dir) = pin_dir {
+            fs::create_dir_all(dir)
+                .map_err(|source| SensorError::PinDir { path: dir.to_path_buf(), source })?;
+            validate_pins(dir, cpus)?;
+            for name in [PORT_SYNS_MAP, CLASSES_MAP, CONFIG_MAP] {
+                loader.map_pin_path(name, dir.join(name));
+            }
+        }
+        let mut ebpf = loader.load(PROGRAM_OBJECT)?;
+        program_mut(&mut ebpf).load().map_err(SensorError::Verifier)?;
+
+        let ports_map = take_map_data(&mut ebpf, PORT_SYNS_MAP)?;
+        let ports = PortCounterView::new(ports_map, port_entries(cpus) as usize)?;
+        let classes = ebpf
+            .take_map(CLASSES_MAP)
+            .ok_or(SensorError::MissingMap(CLASSES_MAP))?
+            .try_into()
+            .map_err(|source| SensorError::Map { name: CLASSES_MAP, source })?;
+        let config = ebpf
+            .take_map(CONFIG_MAP)
+            .ok_or(SensorError::MissingMap(CONFIG_MAP))?
+            .try_into()
+            .map_err(|source| SensorError::Map { name: CONFIG_MAP, source })?;
+        Ok(Self {
+            ebpf,
+            ports,
+            classes,
+            config,
+            pin_dir: pin_dir.map(Path::to_path_buf),
+            attachments: Vec::new(),
+        })
+    }
+
+    /// Instructions the verifier processed for the loaded program, if the kernel says.
+    pub fn verified_instructions(&self) -> Option<u32> {
+        program(&self.ebpf).info().ok()?.verified_instruction_count()
+    }
+
+    /// Forwards the program's aya-log records to this process's `log` logger.
+    pub fn logger(&mut self) -> Result<aya_log::EbpfLogger<&'static dyn log::Log>, aya_log::Error> {
+        aya_log::EbpfLogger::init(&mut self.ebpf)
+    }
+
+    /// Turns the program's per-packet debug logging on or off.
+    pub fn set_debug(&mut self, on: bool) -> Result<(), SensorError> {
+        self.config
+            .set(0, ProgramConfig { debug: on.into() }, 0)
+            .map_err(|source| SensorError::Map { name: CONFIG_MAP, source })
+    }
+
+    /// Attaches to `interface`. A link pinned by an earlier run with
+    /// `--keep-attached` is adopted: the new program replaces the old one in place
+    /// (`bpf_link_update`), so no packet goes uncounted. With `keep`, the link is
+    /// pinned so the program stays attached after this process exits.
+    pub fn attach(
+        &mut self,
+        interface: &str,
+        choice: ModeChoice,
+        keep: bool,
+    ) -> Result<Attachment, SensorError> {
+        let adopted = self.adopt_pinned_link(interface)?;
+        let was_adopted = adopted.is_some();
+        let (link_id, mode) = match adopted {
+            Some(found) => found,
+            None => {
+                let modes: &[AttachMode] = match choice {
+                    ModeChoice::Auto => &[AttachMode::Native, AttachMode::Skb],
+                    ModeChoice::Native => &[AttachMode::Native],
+                    ModeChoice::Skb => &[AttachMode::Skb],
+                };
+                let mut last_error = None;
+                let mut attached = None;
+                for &mode in modes {
+                    match program_mut(&mut self.ebpf).attach(interface, mode.xdp_mode()) {
+                        Ok(id) => {
+                            attached = Some((id, mode));
+                            break;
+                        }
+                        Err(source) => {
+                            if choice == ModeChoice::Auto && mode == AttachMode::Native {
+                                log::warn!(
+                                    "native XDP on {interface} refused ({source}); falling \
+                                     back to SKB (generic) mode"
+                                );
+                            }
+                            last_error = Some(SensorError::Attach {
+                                interface: interface.to_string(),
+                                mode,
+                                source,
+                            });
+                        }
+                    }
+                }
+                match (attached, last_error) {
+                    (Some(found), _) => found,
+                    (None, Some(error)) => return Err(error),
+                    (None, None) => unreachable!("at least one mode is tried"),
+                }
+            }
+        };
+        if keep {
+            self.pin_link(interface, mode, link_id)?;
+        }
+        let attachment = Attachment {
+            interface: interface.to_string(),
+            mode,
+            adopted: was_adopted,
+        };
+        self.attachments.push(attachment.clone());
+        Ok(attachment)
+    }
+
+    fn adopt_pinned_link(
+        &mut self,
+        interface: &str,
+    ) -> Result<Option<(aya::programs::xdp::XdpLinkId, AttachMode)>, SensorError> {
+        let Some(dir) = &self.pin_dir else {
+            return Ok(None);
+        };
+        for mode in [AttachMode::Native, AttachMode::Skb] {
+            let path = link_pin_path(dir, interface, mode);
+            if !path.exists() {
+                continue;
+            }
+            let link_error = |reason: String| SensorError::PinnedLink {
+                path: path.clone(),
+                reason: format!(
+                    "{reason}; remove it with `scan-agent detach --pin-path {}`",
+                    dir.display()
+                ),
+            };
+            let pinned = PinnedLink::from_pin(&path).map_err(|e| link_error(e.to_string()))?;
+            // Unpinning hands us the only reference; we re-pin below if asked to keep it.
+            let fd_link: FdLink = pinned.unpin().map_err(|e| link_error(e.to_string()))?;
+            let xdp_link = XdpLink::try_from(fd_link).map_err(|e| link_error(e.to_string()))?;
+            let id = program_mut(&mut self.ebpf)
+                .attach_to_link(xdp_link)
+                .map_err(|e| link_error(format!("cannot replace its program: {e}")))?;
+            return Ok(Some((id, mode)));
+        }
+        Ok(None)
+    }
+
+    fn pin_link(
+        &mut self,
+        interface: &str,
+        mode: AttachMode,
+        link_id: aya::programs::xdp::XdpLinkId,
+    ) -> Result<(), SensorError> {
+        let keep_error = |reason: String| SensorError::KeepAttached {
+            interface: interface.to_string(),
+            reason,
+        };
+        let dir = self
+            .pin_dir
+            .clone()
+            .ok_or_else(|| keep_error("no --pin-path".into()))?;
+        let program = program_mut(&mut self.ebpf);
+        let link = program
+            .take_link(link_id)
+            .map_err(|e| keep_error(e.to_string()))?;
+        let fd_link = FdLink::try_from(link).map_err(|e: LinkError| {
+            keep_error(format!("attached through netlink, not bpf_link ({e})"))
+        })?;
+        let path = link_pin_path(&dir, interface, mode);
+        let pinned = fd_link.pin(&path).map_err(|e| keep_error(e.to_string()))?;
+        // Dropping the PinnedLink closes our fd; the pin keeps the link alive.
+        drop(pinned);
+        Ok(())
+    }
+
+    pub fn attachments(&self) -> &[Attachment] {
+        &self.attachments
+    }
+
+    /// Per-port SYN totals summed over CPUs into `out` (length >= 65,536).
+    pub fn read_ports(&self, out: &mut [u64]) {
+        self.ports.sum_into(out);
+    }
+
+    /// Packet-class totals summed over CPUs.
+    pub fn read_classes(&self) -> Result<ClassCounts, SensorError> {
+        let mut counts = ClassCounts::default();
+        for class in PacketClass::ALL {
+            let values = self
+                .classes
+                .get(&class.index(), 0)
+                .map_err(|source| SensorError::Map { name: CLASSES_MAP, source })?;
+            counts.0[class as usize] = values.iter().copied().fold(0, u64::wrapping_add);
+        }
+        Ok(counts)
+    }
+
+    /// Runs the program once per `repeat` on `frame` through `BPF_PROG_TEST_RUN`.
+    pub fn test_run(
+        &self,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<aya::programs::TestRunResult, SensorError> {
+        // The kernel refuses (EINVAL) input shorter than an Ethernet header; no
+        // driver delivers such a frame either.
+        let options = TestRunOptions { data_in: Some(frame), repeat, ..Default::default() };
+        program(&self.ebpf).test_run(options).map_err(SensorError::TestRun)
+    }
+}
+
+fn program(ebpf: &Ebpf) -> &Xdp {
+    ebpf.program(PROGRAM_NAME)
+        .and_then(|p| p.try_into().ok())
+        .expect("the embedded object has the XDP program (checked at build)")
+}
+
+fn program_mut(ebpf: &mut Ebpf) -> &mut Xdp {
+    ebpf.program_mut(PROGRAM_NAME)
+        .and_then(|p| p.try_into().ok())
+        .expect("the embedded object has the XDP program (checked at build)")
+}
+
+fn take_map_data(ebpf: &mut Ebpf, name: &'static str) -> Result<MapData, SensorError> {
+    match ebpf.take_map(name) {
+        Some(Map::Array(data)) => Ok(data),
+        Some(_) => Err(SensorError::Map {
+            name,
+            source: aya::maps::MapError::InvalidMapType { map_type: 0 },
+        }),
+        None => Err(SensorError::MissingMap(name)),
+    }
+}
+
+fn link_pin_path(dir: &Path, interface: &str, mode: AttachMode) -> PathBuf {
+    dir.join(format!("{LINK_PREFIX}{interface}-{}", mode.name()))
+}
+
+/// Interfaces with a kept (pinned) link in `dir`, with their modes.
+pub fn pinned_links(dir: &Path) -> io::Result<Vec<(String, AttachMode, PathBuf)>> {
+    let mut links = Vec::new();
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(links),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(LINK_PREFIX) else {
+            continue;
+        };
+        if let Some((interface, mode)) = rest.rsplit_once('-')
+            && let Some(mode) = AttachMode::from_name(mode)
+        {
+            links.push((interface.to_string(), mode, entry.path()));
+        }
+    }
+    Ok(links)
+}
+
+/// Removes every kept link (detaching the program) and every pinned map in `dir`.
+/// Returns what was removed, for the operator.
+pub fn detach_all(dir: &Path) -> Result<Vec<String>, SensorError> {
+    let mut removed = Vec::new();
+    let io_error = |path: &Path, e: &dyn std::fmt::Display| SensorError::PinnedLink {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    for (interface, mode, path) in pinned_links(dir).map_err(|e| io_error(dir, &e))? {
+        let pinned = PinnedLink::from_pin(&path).map_err(|e| io_error(&path, &e))?;
+        // Dropping the last reference to the link detaches the program.
+        drop(pinned.unpin().map_err(|e| io_error(&path, &e))?);
+        removed.push(format!("link on {interface} ({mode})"));
+    }
+    for name in [PORT_SYNS_MAP, CLASSES_MAP, CONFIG_MAP] {
+        let path = dir.join(name);
+        match fs::remove_file(&path) {
+            Ok(()) => removed.push(format!("map pin {}", path.display())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_error(&path, &e)),
+        }
+    }
+    match fs::remove_dir(dir) {
+        Ok(()) => removed.push(format!("directory {}", dir.display())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_error(dir, &e)),
+    }
+    Ok(removed)
+}
