@@ -1,1 +1,47 @@
-fn main() {}
+use anyhow::Result;
+use clap::Parser;
+use scan_agent::{
+    check,
+    config::{Cli, Command, ReplayFormat},
+    daemon, replay, sensor,
+};
+
+fn main() -> Result<()> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    match Cli::parse().command {
+        Command::Run(args) => {
+            let config = args.resolve()?;
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?
+                .block_on(daemon::run(config))
+        }
+        Command::Check(args) => {
+            let (report, ok) = check::check(&args);
+            print!("{report}");
+            if !ok {
+                anyhow::bail!("some checks failed (see above)");
+            }
+            Ok(())
+        }
+        Command::Replay(args) => {
+            let report = replay::replay(&args.file, Some(args.detector()?))?;
+            match args.format {
+                ReplayFormat::Table => print!("{}", report.render_table()),
+                ReplayFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+            }
+            Ok(())
+        }
+        Command::Detach(args) => {
+            let removed = sensor::detach_all(&args.pin_path)?;
+            if removed.is_empty() {
+                println!("nothing to remove under {}", args.pin_path.display());
+            }
+            for r in removed {
+                println!("removed {r}");
+            }
+            Ok(())
+        }
+    }
+}

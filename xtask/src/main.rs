@@ -1,1 +1,176 @@
-fn main() {}
+//! Project tasks: `cargo xtask setup|run|test|fuzz|bench`.
+mod setup;
+
+use std::process::{Command, ExitStatus};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Set-up, demo, tests and benchmarks of the port-scan surge sensor")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what the build and the tests need (idempotent; a few seconds when done).
+    Setup,
+    /// Set up, build, and start the agent: on a self-contained lab with generated
+    /// scanning when no --iface is given, else on the given interface(s).
+    Run {
+        /// Also start Prometheus and Alertmanager (loopback) with the shipped rules.
+        #[arg(long)]
+        with_prometheus: bool,
+        /// Arguments for `scan-agent run` (after `--`), e.g. `-- --iface eth0`.
+        #[arg(last = true)]
+        agent_args: Vec<String>,
+    },
+    /// Set up, then run every check and test (what CI runs).
+    Test,
+    /// Benchmarks side by side with their baselines; writes target/bench/summary.json
+    /// and the table in BENCHMARKS.md.
+    Bench {
+        /// Each part briefly (under 3 minutes in all); same keys.
+        #[arg(long)]
+        quick: bool,
+    },
+    /// Run the differential parser test on many frames (release build).
+    Fuzz {
+        #[arg(long, default_value_t = 5_000_000)]
+        frames: u64,
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    std::env::set_current_dir(workspace_root()).context("entering the workspace root")?;
+    match cli.task {
+        Task::Setup => setup::setup(),
+        Task::Run { with_prometheus, agent_args } => {
+            setup::setup()?;
+            run_agent(with_prometheus, &agent_args)
+        }
+        Task::Test => {
+            setup::setup()?;
+            test()
+        }
+        Task::Bench { quick } => {
+            setup::setup()?;
+            require_root("benchmarks load XDP programs and create network namespaces")?;
+            let mut c = cmd("cargo");
+            c.args(["run", "--release", "-p", "scan-bench", "--"]);
+            if quick {
+                c.arg("--quick");
+            }
+            run(&mut c)
+        }
+        Task::Fuzz { frames, seed } => {
+            setup::setup()?;
+            let mut c = cmd("cargo");
+            c.args(["test", "--release", "-p", "scan-agent", "--test", "differential"])
+                .args(["--", "--nocapture"])
+                .env("SCAN_FUZZ_FRAMES", frames.to_string());
+            if let Some(seed) = seed {
+                c.env("SCAN_FUZZ_SEED", seed.to_string());
+            }
+            run(&mut c)
+        }
+    }
+}
+
+fn test() -> Result<()> {
+    require_root("the program and lab tests load XDP programs and create network namespaces")?;
+    let started = std::time::Instant::now();
+    let mut steps: Vec<(&str, Command)> = Vec::new();
+    let mut fmt = cmd("cargo");
+    fmt.args(["fmt", "--all", "--check"]);
+    steps.push(("rustfmt", fmt));
+    let mut clippy = cmd("cargo");
+    clippy.args(["clippy", "--all-targets", "--", "-D", "warnings"]);
+    steps.push(("clippy (userspace)", clippy));
+    let mut clippy_ebpf = cmd("cargo");
+    // The eBPF crate is linted on the host target, as aya's CI does.
+    clippy_ebpf.args(["clippy", "-p", "scan-ebpf", "--bins", "--", "-C", "panic=abort", "-D", "warnings"]);
+    steps.push(("clippy (eBPF)", clippy_ebpf));
+    let mut tests = cmd("cargo");
+    tests.args(["test", "--workspace", "--exclude", "scan-ebpf"]);
+    steps.push(("tests", tests));
+    let mut deploy = cmd("bash");
+    deploy.arg("deploy/check.sh");
+    steps.push(("deploy kit checks", deploy));
+
+    let total = steps.len();
+    let mut failed = Vec::new();
+    for (name, mut command) in steps {
+        println!("\n=== xtask test: {name}");
+        let step_started = std::time::Instant::now();
+        match status(&mut command) {
+            Ok(s) if s.success() => {
+                println!("=== {name}: ok ({:.1}s)", step_started.elapsed().as_secs_f64())
+            }
+            Ok(s) => failed.push(format!("{name} ({s})")),
+            Err(e) => failed.push(format!("{name} ({e:#})")),
+        }
+    }
+    println!("\nxtask test finished in {:.1}s", started.elapsed().as_secs_f64());
+    for f in &failed {
+        println!("FAILED: {f}");
+    }
+    println!("steps: {} passed, {} failed", total - failed.len(), failed.len());
+    if !failed.is_empty() {
+        bail!("{} step(s) failed", failed.len());
+    }
+    Ok(())
+}
+
+fn run_agent(with_prometheus: bool, agent_args: &[String]) -> Result<()> {
+    run(cmd("cargo").args(["build", "--release", "-p", "scan-agent", "-p", "scan-lab"]))?;
+    let has_iface = agent_args.iter().any(|a| a == "--iface" || a.starts_with("--iface="));
+    if has_iface {
+        require_root("attaching XDP needs CAP_BPF and CAP_NET_ADMIN")?;
+        let mut c = cmd("target/release/scan-agent");
+        c.arg("run").args(agent_args);
+        return run(&mut c);
+    }
+    require_root("the lab creates network namespaces and attaches XDP")?;
+    let mut c = cmd("target/release/scan-lab-demo");
+    if with_prometheus {
+        c.arg("--with-prometheus");
+    }
+    c.args(agent_args);
+    run(&mut c)
+}
+
+fn require_root(why: &str) -> Result<()> {
+    if !setup::is_root() {
+        bail!("must run as root: {why}. Re-run with sudo");
+    }
+    Ok(())
+}
+
+fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+pub fn cmd(program: &str) -> Command {
+    Command::new(program)
+}
+
+fn status(c: &mut Command) -> Result<ExitStatus> {
+    c.status().with_context(|| format!("starting {c:?}"))
+}
+
+pub fn run(c: &mut Command) -> Result<()> {
+    let s = status(c)?;
+    if !s.success() {
+        bail!("{c:?} failed: {s}");
+    }
+    Ok(())
+}

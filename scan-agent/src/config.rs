@@ -1,0 +1,437 @@
+//! Command line and config file. Every `run` setting is a flag and a key of the
+//! TOML file given by `--config`; a flag wins over the file, the file over the default.
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+
+use crate::{detector::DetectorConfig, sensor::ModeChoice};
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9745";
+pub const DEFAULT_STATE_FILE: &str = "/var/lib/scan-agent/state.json";
+pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/scan-agent";
+/// Ports scanned most often (DShield/GreyNoise top lists: remote shells, file
+/// sharing, databases, remote desktops, web admin): always exported.
+pub const DEFAULT_WATCH_PORTS: &[u16] = &[
+    22, 23, 25, 80, 135, 139, 443, 445, 1433, 2323, 3306, 3389, 5432, 5900, 6379, 8080, 8443,
+    9200, 27017,
+];
+pub const DEFAULT_TOP_PORTS: usize = 20;
+pub const DEFAULT_SAVE_INTERVAL: Duration = Duration::from_secs(120);
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "scan-agent",
+    version,
+    about = "Counts TCP SYNs per destination port with XDP, learns what is normal for \
+             each port, and exports surge ratios as Prometheus metrics"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Attach to interfaces, count, detect surges, serve /metrics (the daemon).
+    Run(RunArgs),
+    /// Preflight: kernel, BTF, capabilities, bpffs and interfaces.
+    Check(CheckArgs),
+    /// Run a pcap/pcapng capture through the real XDP program (private maps) and
+    /// report per-port SYNs, packet classes and surge episodes on capture time.
+    Replay(ReplayArgs),
+    /// Detach a program kept attached by `run --keep-attached`, and remove the
+    /// pinned maps (this discards the kernel counts).
+    Detach(DetachArgs),
+}
+
+/// Detector flags shared by `run` and `replay`.
+#[derive(Args, Debug, Default, Clone)]
+pub struct DetectorArgs {
+    /// Map read and detector step period [default: 5s]
+    #[arg(long, value_parser = parse_duration)]
+    pub interval: Option<Duration>,
+    /// Time constant of the short-term SYN rate [default: see detector]
+    #[arg(long, value_parser = parse_duration)]
+    pub short_window: Option<Duration>,
+    /// Time constant of the learned baseline rate [default: see detector]
+    #[arg(long, value_parser = parse_duration)]
+    pub baseline_window: Option<Duration>,
+    /// History needed before any port is flagged [default: see detector]
+    #[arg(long, value_parser = parse_duration)]
+    pub warmup: Option<Duration>,
+    /// Surge ratio at or above which a port is flagged [default: see detector]
+    #[arg(long)]
+    pub surge_threshold: Option<f64>,
+    /// SYN/s added to rate and baseline in the ratio, so quiet ports are not flagged
+    /// for a handful of SYNs [default: see detector]
+    #[arg(long)]
+    pub floor: Option<f64>,
+}
+
+#[derive(Args, Debug, Default)]
+pub struct RunArgs {
+    /// TOML file with any of the settings below (keys are the flag names with `_`)
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Interface to attach to; repeat for several [default: the default route's]
+    #[arg(long = "iface")]
+    pub iface: Vec<String>,
+    /// auto: native (driver) XDP, falling back to SKB (generic) mode [default: auto]
+    #[arg(long, value_enum)]
+    pub xdp_mode: Option<ModeChoice>,
+    /// Address of the HTTP server for /metrics, /healthz and / [default: 127.0.0.1:9745]
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    #[command(flatten)]
+    pub detector: DetectorArgs,
+    /// Ports always exported, comma-separated [default: 22,23,25,80,135,139,443,445,
+    /// 1433,2323,3306,3389,5432,5900,6379,8080,8443,9200,27017]
+    #[arg(long, value_delimiter = ',')]
+    pub watch_ports: Option<Vec<u16>>,
+    /// Also export the K active ports with the highest surge ratio [default: 20]
+    #[arg(long)]
+    pub top_ports: Option<usize>,
+    /// Where baselines are saved (atomically) and restored from [default:
+    /// /var/lib/scan-agent/state.json]
+    #[arg(long)]
+    pub state_file: Option<PathBuf>,
+    /// How often the state file is written, besides at shutdown [default: 2m]
+    #[arg(long, value_parser = parse_duration)]
+    pub save_interval: Option<Duration>,
+    /// bpffs directory for the pinned maps (and kept links) [default: /sys/fs/bpf/scan-agent]
+    #[arg(long)]
+    pub pin_path: Option<PathBuf>,
+    /// Leave the program attached (pinned link) when the agent stops, so no SYN goes
+    /// uncounted while it is down or upgraded; the next start adopts it
+    #[arg(long)]
+    pub keep_attached: bool,
+    /// Log every packet's parse outcome from the XDP program (debugging only: costly)
+    #[arg(long)]
+    pub debug_program: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// Interfaces to check [default: the default route's]
+    #[arg(long = "iface")]
+    pub iface: Vec<String>,
+    /// bpffs directory the agent would pin to
+    #[arg(long, default_value = DEFAULT_PIN_PATH)]
+    pub pin_path: PathBuf,
+    /// Really attach (then detach) the program in this mode to learn whether the
+    /// driver takes it; some drivers reset the link when XDP is attached natively
+    #[arg(long, value_enum)]
+    pub try_attach: Option<ModeChoice>,
+}
+
+#[derive(Args, Debug)]
+pub struct ReplayArgs {
+    /// A pcap or pcapng file with Ethernet frames
+    pub file: PathBuf,
+    /// Output format
+    #[arg(long, value_enum, default_value_t = ReplayFormat::Table)]
+    pub format: ReplayFormat,
+    #[command(flatten)]
+    pub detector: DetectorArgs,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplayFormat {
+    Table,
+    Json,
+}
+
+#[derive(Args, Debug)]
+pub struct DetachArgs {
+    /// bpffs directory of the pins
+    #[arg(long, default_value = DEFAULT_PIN_PATH)]
+    pub pin_path: PathBuf,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{e}: write a duration such as 5s, 90s, 10m or 6h"))
+}
+
+/// The `--config` file: the same settings as `run`'s flags.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    iface: Option<Vec<String>>,
+    xdp_mode: Option<ModeChoice>,
+    listen: Option<SocketAddr>,
+    #[serde(default, with = "humantime_serde_opt")]
+    interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    short_window: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    baseline_window: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    warmup: Option<Duration>,
+    surge_threshold: Option<f64>,
+    floor: Option<f64>,
+    watch_ports: Option<Vec<u16>>,
+    top_ports: Option<usize>,
+    state_file: Option<PathBuf>,
+    #[serde(default, with = "humantime_serde_opt")]
+    save_interval: Option<Duration>,
+    pin_path: Option<PathBuf>,
+    keep_attached: Option<bool>,
+    debug_program: Option<bool>,
+}
+
+mod humantime_serde_opt {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let text: Option<String> = Option::deserialize(d)?;
+        text.map(|t| {
+            humantime::parse_duration(&t).map_err(|e| {
+                serde::de::Error::custom(format!("{t:?}: {e}; write a duration such as \"5s\" or \"6h\""))
+            })
+        })
+        .transpose()
+    }
+}
+
+/// Every setting of `run`, resolved and validated.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub interfaces: Vec<String>,
+    pub xdp_mode: ModeChoice,
+    pub listen: SocketAddr,
+    pub detector: DetectorConfig,
+    pub watch_ports: Vec<u16>,
+    pub top_ports: usize,
+    pub state_file: PathBuf,
+    pub save_interval: Duration,
+    pub pin_path: PathBuf,
+    pub keep_attached: bool,
+    pub debug_program: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+}
+
+/// Flags over file over defaults, then checks that the values make sense together.
+pub fn resolve_detector(
+    flags: &DetectorArgs,
+    file: &FileConfig,
+) -> Result<DetectorConfig, ConfigError> {
+    let d = DetectorConfig::default();
+    let config = DetectorConfig {
+        interval: flags.interval.or(file.interval).unwrap_or(d.interval),
+        short_window: flags.short_window.or(file.short_window).unwrap_or(d.short_window),
+        baseline_window: flags
+            .baseline_window
+            .or(file.baseline_window)
+            .unwrap_or(d.baseline_window),
+        warmup: flags.warmup.or(file.warmup).unwrap_or(d.warmup),
+        surge_threshold: flags
+            .surge_threshold
+            .or(file.surge_threshold)
+            .unwrap_or(d.surge_threshold),
+        floor: flags.floor.or(file.floor).unwrap_or(d.floor),
+    };
+    validate_detector(&config)?;
+    Ok(config)
+}
+
+fn validate_detector(c: &DetectorConfig) -> Result<(), ConfigError> {
+    let invalid = |m: String| Err(ConfigError::Invalid(m));
+    if c.interval.is_zero() {
+        return invalid("--interval must be above zero (e.g. 5s)".into());
+    }
+    if c.short_window < c.interval {
+        return invalid(format!(
+            "--short-window ({}) must be at least --interval ({})",
+            humantime::format_duration(c.short_window),
+            humantime::format_duration(c.interval)
+        ));
+    }
+    if c.baseline_window <= c.short_window {
+        return invalid(format!(
+            "--baseline-window ({}) must be longer than --short-window ({}), or the baseline \
+             follows every surge",
+            humantime::format_duration(c.baseline_window),
+            humantime::format_duration(c.short_window)
+        ));
+    }
+    if !(c.surge_threshold.is_finite() && c.surge_threshold > 1.0) {
+        return invalid(format!(
+            "--surge-threshold must be a number above 1 (got {}); 4 means four times the baseline",
+            c.surge_threshold
+        ));
+    }
+    if !(c.floor.is_finite() && c.floor > 0.0) {
+        return invalid(format!("--floor must be a positive number of SYN/s (got {})", c.floor));
+    }
+    Ok(())
+}
+
+impl RunArgs {
+    pub fn resolve(&self) -> Result<AgentConfig, ConfigError> {
+        let file = match &self.config {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        let detector = resolve_detector(&self.detector, &file)?;
+        let interfaces = if self.iface.is_empty() {
+            file.iface.clone().unwrap_or_default()
+        } else {
+            self.iface.clone()
+        };
+        let config = AgentConfig {
+            interfaces,
+            xdp_mode: self.xdp_mode.or(file.xdp_mode).unwrap_or_default(),
+            listen: self.listen.or(file.listen).unwrap_or_else(|| {
+                DEFAULT_LISTEN.parse().expect("the default listen address parses")
+            }),
+            detector,
+            watch_ports: self
+                .watch_ports
+                .clone()
+                .or(file.watch_ports)
+                .unwrap_or_else(|| DEFAULT_WATCH_PORTS.to_vec()),
+            top_ports: self.top_ports.or(file.top_ports).unwrap_or(DEFAULT_TOP_PORTS),
+            state_file: self
+                .state_file
+                .clone()
+                .or(file.state_file)
+                .unwrap_or_else(|| DEFAULT_STATE_FILE.into()),
+            save_interval: self
+                .save_interval
+                .or(file.save_interval)
+                .unwrap_or(DEFAULT_SAVE_INTERVAL),
+            pin_path: self
+                .pin_path
+                .clone()
+                .or(file.pin_path)
+                .unwrap_or_else(|| DEFAULT_PIN_PATH.into()),
+            keep_attached: self.keep_attached || file.keep_attached.unwrap_or(false),
+            debug_program: self.debug_program || file.debug_program.unwrap_or(false),
+        };
+        if config.top_ports > 1000 {
+            return Err(ConfigError::Invalid(format!(
+                "--top-ports {} would export too many series; use at most 1000",
+                config.top_ports
+            )));
+        }
+        if config.save_interval.is_zero() {
+            return Err(ConfigError::Invalid("--save-interval must be above zero".into()));
+        }
+        Ok(config)
+    }
+}
+
+impl ReplayArgs {
+    pub fn detector(&self) -> Result<DetectorConfig, ConfigError> {
+        resolve_detector(&self.detector, &FileConfig::default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<RunArgs, clap::Error> {
+        let cli = Cli::try_parse_from(["scan-agent", "run"].iter().chain(args))?;
+        match cli.command {
+            Command::Run(run) => Ok(run),
+            _ => unreachable!(),
+        }
+    }
+
+    fn temp_file(name: &str, text: &str) -> PathBuf {
+        let path = std::env::temp_dir().join(format!("scan-agent-{}-{name}", std::process::id()));
+        std::fs::write(&path, text).expect("write temp config");
+        path
+    }
+
+    #[test]
+    fn defaults_are_loopback_and_documented_values() {
+        let config = parse(&[]).unwrap().resolve().unwrap();
+        assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
+        assert!(config.listen.ip().is_loopback());
+        assert_eq!(config.detector, DetectorConfig::default());
+        assert_eq!(config.detector.interval, Duration::from_secs(5));
+        assert_eq!(config.watch_ports, DEFAULT_WATCH_PORTS);
+        assert_eq!(config.top_ports, 20);
+        assert_eq!(config.xdp_mode, ModeChoice::Auto);
+        assert!(!config.keep_attached);
+    }
+
+    #[test]
+    fn flags_override_the_file_which_overrides_defaults() {
+        let file = temp_file(
+            "override.toml",
+            "iface = [\"eth9\"]\ninterval = \"10s\"\ntop_ports = 7\nsurge_threshold = 6.0\n",
+        );
+        let args = parse(&["--config", file.to_str().unwrap(), "--interval", "2s"]).unwrap();
+        let config = args.resolve().unwrap();
+        std::fs::remove_file(&file).ok();
+        assert_eq!(config.detector.interval, Duration::from_secs(2));
+        assert_eq!(config.top_ports, 7);
+        assert_eq!(config.detector.surge_threshold, 6.0);
+        assert_eq!(config.interfaces, vec!["eth9".to_string()]);
+    }
+
+    #[test]
+    fn unknown_key_in_file_is_named() {
+        let file = temp_file("typo.toml", "intervall = \"10s\"\n");
+        let err = parse(&["--config", file.to_str().unwrap()]).unwrap().resolve().unwrap_err();
+        std::fs::remove_file(&file).ok();
+        let text = err.to_string();
+        assert!(text.contains("intervall") && text.contains("typo.toml"), "{text}");
+    }
+
+    #[test]
+    fn bad_values_name_the_flag_and_the_fix() {
+        let err = parse(&["--interval", "5 parsecs"]).unwrap_err().to_string();
+        assert!(err.contains("--interval") && err.contains("such as"), "{err}");
+        let err = parse(&["--surge-threshold", "0.5"]).unwrap().resolve().unwrap_err();
+        assert!(err.to_string().contains("--surge-threshold"), "{err}");
+        let err = parse(&["--short-window", "1s", "--interval", "5s"])
+            .unwrap()
+            .resolve()
+            .unwrap_err();
+        assert!(err.to_string().contains("--short-window"), "{err}");
+        let err = parse(&["--listen", "nowhere"]).unwrap_err().to_string();
+        assert!(err.contains("--listen"), "{err}");
+    }
+
+    #[test]
+    fn human_durations_are_accepted() {
+        let args = parse(&["--baseline-window", "6h", "--warmup", "30m", "--short-window", "90s"])
+            .unwrap();
+        let config = args.resolve().unwrap();
+        assert_eq!(config.detector.baseline_window, Duration::from_secs(6 * 3600));
+        assert_eq!(config.detector.warmup, Duration::from_secs(1800));
+        assert_eq!(config.detector.short_window, Duration::from_secs(90));
+    }
+}

@@ -1,0 +1,281 @@
+//! `scan-agent run`: attach, poll the counters into the detector, serve metrics,
+//! save state; on SIGINT/SIGTERM save state, detach (unless kept) and exit 0.
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context, Result, bail};
+use axum::{
+    Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::{Html, IntoResponse},
+    routing::get,
+};
+use scan_common::PORTS;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    config::AgentConfig,
+    detector::Detector,
+    metrics::{Metrics, Snapshot},
+    sensor::Sensor,
+    state,
+};
+
+struct Shared {
+    config: AgentConfig,
+    sensor: Sensor,
+    detector: Detector,
+    metrics: Metrics,
+    ports: Vec<u64>,
+    last_poll: Option<Instant>,
+    last_error: Option<String>,
+}
+
+type SharedState = Arc<Mutex<Shared>>;
+
+fn unix_now() -> Duration {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
+}
+
+/// The interface of the IPv4 default route, from /proc/net/route.
+pub fn default_route_interface() -> Option<String> {
+    let table = std::fs::read_to_string("/proc/net/route").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        (fields.get(1) == Some(&"00000000") && fields.get(7) == Some(&"00000000"))
+            .then(|| fields[0].to_string())
+    })
+}
+
+pub async fn run(mut config: AgentConfig) -> Result<()> {
+    if config.interfaces.is_empty() {
+        let iface = default_route_interface().context(
+            "no --iface given and no default route to take the interface from: pass --iface NAME",
+        )?;
+        log::info!("no --iface given: using {iface}, the default route's interface");
+        config.interfaces.push(iface);
+    }
+    let mut sensor = Sensor::load(Some(&config.pin_path))?;
+    if let Some(n) = sensor.verified_instructions() {
+        log::info!("XDP program loaded: the verifier processed {n} instructions");
+    }
+    match sensor.logger() {
+        Ok(logger) => forward_program_logs(logger),
+        Err(e) => log::warn!("program logs will not be forwarded: {e}"),
+    }
+    sensor.set_debug(config.debug_program)?;
+    for interface in &config.interfaces {
+        let a = sensor.attach(interface, config.xdp_mode, config.keep_attached)?;
+        log::info!(
+            "attached to {} in {} mode{}{}",
+            a.interface,
+            a.mode,
+            if a.adopted { " (adopted the link kept by the previous run)" } else { "" },
+            if config.keep_attached { "; it stays attached when the agent stops" } else { "" },
+        );
+    }
+    let detector = match state::load(&config.state_file)? {
+        Some(saved) => {
+            log::info!("restored baselines from {}", config.state_file.display());
+            Detector::restore(config.detector.clone(), saved)
+        }
+        None => {
+            log::info!(
+                "no state file at {}: learning baselines from scratch (warm-up {})",
+                config.state_file.display(),
+                humantime::format_duration(config.detector.warmup)
+            );
+            Detector::new(config.detector.clone())
+        }
+    };
+    let listen = config.listen;
+    let interval = config.detector.interval;
+    let save_interval = config.save_interval;
+    let shared = Arc::new(Mutex::new(Shared {
+        metrics: Metrics::new().context("registering metrics")?,
+        ports: vec![0; PORTS as usize],
+        config,
+        sensor,
+        detector,
+        last_poll: None,
+        last_error: None,
+    }));
+    poll(&shared);
+
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| {
+        format!("cannot listen on {listen}: is another agent running? choose another --listen")
+    })?;
+    log::info!("serving http://{listen}/metrics");
+    let app = Router::new()
+        .route("/", get(index))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .with_state(shared.clone());
+    let mut server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut poll_tick = tokio::time::interval(interval);
+    let mut save_tick = tokio::time::interval(save_interval);
+    poll_tick.tick().await;
+    save_tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = poll_tick.tick() => poll(&shared),
+            _ = save_tick.tick() => save(&shared),
+            _ = sigint.recv() => { log::info!("SIGINT: stopping"); break; }
+            _ = sigterm.recv() => { log::info!("SIGTERM: stopping"); break; }
+            result = &mut server => bail!("HTTP server stopped: {result:?}"),
+        }
+    }
+    server.abort();
+    save(&shared);
+    let shared = Arc::try_unwrap(shared)
+        .map_err(|_| anyhow::anyhow!("state still shared at shutdown"))?
+        .into_inner()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let kept = shared.config.keep_attached;
+    // Dropping the sensor detaches every link it owns; pinned (kept) links stay.
+    drop(shared);
+    log::info!(
+        "stopped; {}",
+        if kept { "the program stays attached (kept link)" } else { "detached" }
+    );
+    Ok(())
+}
+
+fn lock(shared: &SharedState) -> std::sync::MutexGuard<'_, Shared> {
+    // A panic while holding the lock is a bug; the data is still usable.
+    shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Reads every port counter (mmap, no syscall) and steps the detector.
+fn poll(shared: &SharedState) {
+    let mut guard = lock(shared);
+    let s = &mut *guard;
+    let timer = s.metrics.poll_duration.start_timer();
+    s.sensor.read_ports(&mut s.ports);
+    s.detector.step(unix_now(), &s.ports);
+    timer.observe_duration();
+    s.last_poll = Some(Instant::now());
+    s.metrics.last_poll.set(unix_now().as_secs_f64());
+    for flagged in s.detector.flagged_ports() {
+        log::debug!(
+            "port {} flagged: ratio {:.1}, {:.2} SYN/s against a baseline of {:.2}",
+            flagged.port,
+            flagged.ratio,
+            flagged.rate,
+            flagged.baseline
+        );
+    }
+}
+
+fn save(shared: &SharedState) {
+    let s = lock(shared);
+    if let Err(e) = state::save(&s.config.state_file, &s.detector.snapshot()) {
+        s.metrics.state_save_errors.inc();
+        log::error!("{e}");
+    }
+}
+
+async fn metrics(State(shared): State<SharedState>) -> impl IntoResponse {
+    let mut guard = lock(&shared);
+    let s = &mut *guard;
+    // Fresh kernel values at every scrape: microseconds by mmap.
+    s.sensor.read_ports(&mut s.ports);
+    let classes = match s.sensor.read_classes() {
+        Ok(classes) => classes,
+        Err(e) => {
+            s.metrics.poll_errors.inc();
+            s.last_error = Some(e.to_string());
+            log::error!("reading packet classes: {e}");
+            return (StatusCode::INTERNAL_SERVER_ERROR, format!("reading packet classes: {e}\n"))
+                .into_response();
+        }
+    };
+    let body = s.metrics.render(&Snapshot {
+        ports: &s.ports,
+        classes: &classes,
+        detector: &s.detector,
+        attachments: s.sensor.attachments(),
+        watch_ports: &s.config.watch_ports,
+        top_ports: s.config.top_ports,
+    });
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+}
+
+async fn healthz(State(shared): State<SharedState>) -> impl IntoResponse {
+    let s = lock(&shared);
+    let stale_after = s.config.detector.interval * 3;
+    let problem = if s.sensor.attachments().is_empty() {
+        Some("not attached to any interface".to_string())
+    } else if let Some(error) = &s.last_error {
+        Some(format!("last map read failed: {error}"))
+    } else {
+        match s.last_poll {
+            None => Some("no poll yet".to_string()),
+            Some(t) if t.elapsed() > stale_after => Some(format!(
+                "last poll {:.0}s ago (interval {})",
+                t.elapsed().as_secs_f64(),
+                humantime::format_duration(s.config.detector.interval)
+            )),
+            Some(_) => None,
+        }
+    };
+    match problem {
+        None => (StatusCode::OK, "ok\n".to_string()),
+        Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("unhealthy: {reason}\n")),
+    }
+}
+
+async fn index(State(shared): State<SharedState>) -> Html<String> {
+    let s = lock(&shared);
+    let interfaces: Vec<String> = s
+        .sensor
+        .attachments()
+        .iter()
+        .map(|a| format!("{} ({})", a.interface, a.mode))
+        .collect();
+    let mut rows = String::new();
+    for p in s.detector.top_ports(10) {
+        rows.push_str(&format!(
+            "<tr><td>{}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{}</td></tr>",
+            p.port,
+            p.rate,
+            p.baseline,
+            p.ratio,
+            if p.flagged { "SURGE" } else { "" }
+        ));
+    }
+    Html(format!(
+        "<!doctype html><title>scan-agent</title><h1>scan-agent {}</h1>\
+         <p>Attached: {}. Warm-up: {}.</p>\
+         <p><a href=\"/metrics\">/metrics</a> &middot; <a href=\"/healthz\">/healthz</a></p>\
+         <table border=1><tr><th>port</th><th>SYN/s</th><th>baseline</th><th>ratio</th><th></th></tr>{rows}</table>",
+        env!("CARGO_PKG_VERSION"),
+        if interfaces.is_empty() { "none".into() } else { interfaces.join(", ") },
+        if s.detector.warming_up() {
+            format!("{} left", humantime::format_duration(Duration::from_secs(s.detector.warmup_remaining().as_secs())))
+        } else {
+            "done".into()
+        },
+    ))
+}
+
+/// Forwards the program's aya-log records (only sent with --debug-program).
+fn forward_program_logs(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
+    let Ok(mut fd) = tokio::io::unix::AsyncFd::with_interest(logger, tokio::io::Interest::READABLE) else {
+        log::warn!("program logs will not be forwarded: cannot poll the log buffer");
+        return;
+    };
+    tokio::spawn(async move {
+        loop {
+            let Ok(mut guard) = fd.readable_mut().await else { return };
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    });
+}
