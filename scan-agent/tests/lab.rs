@@ -1,0 +1,298 @@
+//! Lab tests: a veth pair between the root namespace and a lab namespace, the real
+//! agent binary attached to the root-side end, real `connect()` SYNs from the lab
+//! namespace, `/metrics` scraped over HTTP, exact counts asserted.
+use std::{
+    path::PathBuf,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use scan_lab::{Agent, Lab, http::sample};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_scan-agent");
+
+/// A bpffs pin directory and a state file of this test's own, removed on drop.
+struct Scratch {
+    pin_path: PathBuf,
+    dir: PathBuf,
+}
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let tag = format!("scan-lab-test-{}-{name}", std::process::id());
+        let dir = std::env::temp_dir().join(&tag);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        Self { pin_path: PathBuf::from("/sys/fs/bpf").join(tag), dir }
+    }
+
+    fn state_file(&self) -> PathBuf {
+        self.dir.join("state.json")
+    }
+
+    fn log(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.log"))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = Command::new(AGENT)
+            .args(["detach", "--pin-path"])
+            .arg(&self.pin_path)
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn agent_args(lab: &Lab, scratch: &Scratch, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--iface",
+        &lab.host_if,
+        "--pin-path",
+        scratch.pin_path.to_str().expect("utf-8 path"),
+        "--state-file",
+        scratch.state_file().to_str().expect("utf-8 path"),
+        "--interval",
+        "1s",
+        "--short-window",
+        "5s",
+        "--baseline-window",
+        "5m",
+        "--warmup",
+        "8s",
+        "--surge-threshold",
+        "4",
+        "--save-interval",
+        "2s",
+        "--watch-ports",
+        "22,80,445,3389,8080,9998,9999",
+        "--top-ports",
+        "5",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+fn port_total(metrics: &str, port: u16) -> f64 {
+    sample(metrics, "scan_syn_packets_total", &format!("port=\"{port}\"")).unwrap_or(0.0)
+}
+
+fn value(metrics: &str, name: &str, labels: &str) -> f64 {
+    sample(metrics, name, labels)
+        .unwrap_or_else(|| panic!("{name}{{{labels}}} missing from /metrics:\n{metrics}"))
+}
+
+/// Polls /metrics until `check` holds, or fails after `limit` with the last scrape.
+fn wait_for(agent: &Agent, limit: Duration, what: &str, check: impl Fn(&str) -> bool) -> String {
+    let started = Instant::now();
+    loop {
+        let metrics = agent.metrics().expect("scrape /metrics");
+        if check(&metrics) {
+            return metrics;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{what}: not within {limit:?}; last /metrics:\n{metrics}\nagent log:\n{}",
+            agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn exact_counts_surge_and_restarts_keep_everything() {
+    let lab = Lab::create().expect("creating the lab (needs root and network namespaces)");
+    let scratch = Scratch::new("main");
+    let _open = lab.listen(8080).expect("listener on 8080");
+    let mut agent = Agent::start(
+        AGENT.as_ref(),
+        &agent_args(&lab, &scratch, &["--xdp-mode", "native"]),
+        &scratch.log("1"),
+    )
+    .expect("agent starts");
+    let metrics = agent.metrics().unwrap();
+    assert_eq!(
+        value(&metrics, "scan_agent_attached", &format!("interface=\"{}\"", lab.host_if)),
+        1.0
+    );
+    assert!(metrics.contains("mode=\"native\""), "{metrics}");
+
+    // Known numbers to open and closed ports, both families.
+    assert_eq!(lab.syns(false, 22, 37).unwrap(), 37);
+    assert_eq!(lab.syns(true, 80, 5).unwrap(), 5);
+    assert_eq!(lab.syns(false, 80, 11).unwrap(), 11);
+    assert_eq!(lab.syns(false, 8080, 20).unwrap(), 20);
+    assert_eq!(lab.syns(true, 3389, 3).unwrap(), 3);
+    let metrics = agent.metrics().unwrap();
+    assert_eq!(port_total(&metrics, 22), 37.0);
+    assert_eq!(port_total(&metrics, 80), 16.0);
+    assert_eq!(port_total(&metrics, 8080), 20.0);
+    assert_eq!(port_total(&metrics, 3389), 3.0);
+    assert_eq!(port_total(&metrics, 445), 0.0);
+    assert_eq!(value(&metrics, "scan_syn_packets_all_ports_total", ""), 76.0);
+    assert_eq!(value(&metrics, "scan_packets_total", "class=\"syn\""), 76.0);
+    assert!(value(&metrics, "scan_packets_total", "class=\"ipv6\"") >= 8.0);
+
+    // Steady background on 22 (~4 SYN/s) through the rest of the test, a 445
+    // surge after warm-up: 445 must be flagged, 22 must not.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let background = scope.spawn(|| {
+            let mut sent = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                sent += lab.syns_at_rate(22, 4, 4.0).expect("background SYNs");
+            }
+            sent
+        });
+        std::thread::sleep(Duration::from_secs(10));
+        let surge = scope.spawn(|| lab.syns_at_rate(445, 600, 60.0).expect("surge SYNs"));
+        let metrics = wait_for(&agent, Duration::from_secs(12), "445 flagged", |m| {
+            sample(m, "scan_surge_flagged", "port=\"445\"") == Some(1.0)
+        });
+        assert!(value(&metrics, "scan_surge_ratio", "port=\"445\"") >= 4.0, "{metrics}");
+        assert!(value(&metrics, "scan_surge_ratio", "port=\"22\"") < 4.0, "{metrics}");
+        assert_eq!(value(&metrics, "scan_surge_flagged", "port=\"22\""), 0.0);
+        assert_eq!(value(&metrics, "scan_agent_warming_up", ""), 0.0);
+        assert_eq!(surge.join().unwrap(), 600);
+
+        // Restart with TERM mid-traffic: counts and baselines are kept.
+        let before = agent.metrics().unwrap();
+        let baseline_22 = value(&before, "scan_syn_baseline_rate", "port=\"22\"");
+        assert!(baseline_22 > 0.0, "{before}");
+        let status = agent.stop(libc::SIGTERM).unwrap();
+        assert!(status.success(), "TERM must exit 0, got {status}");
+        agent = Agent::start(AGENT.as_ref(), &agent_args(&lab, &scratch, &[]), &scratch.log("2"))
+            .expect("agent restarts");
+        let after = agent.metrics().unwrap();
+        assert!(port_total(&after, 22) >= port_total(&before, 22), "counts reset:\n{after}");
+        assert_eq!(port_total(&after, 445), 600.0);
+        assert!(agent.log_text().contains("restored baselines"), "{}", agent.log_text());
+        let restored = value(&after, "scan_syn_baseline_rate", "port=\"22\"");
+        assert!(
+            (restored - baseline_22).abs() <= baseline_22 * 0.5,
+            "baseline 22: {baseline_22} before, {restored} after"
+        );
+        wait_for(&agent, Duration::from_secs(10), "counting resumes", |m| {
+            port_total(m, 22) > port_total(&after, 22)
+        });
+
+        // KILL mid-traffic: the periodic save and the pinned maps carry over.
+        let before = agent.metrics().unwrap();
+        std::thread::sleep(Duration::from_secs(3));
+        agent.stop(libc::SIGKILL).unwrap();
+        agent = Agent::start(AGENT.as_ref(), &agent_args(&lab, &scratch, &[]), &scratch.log("3"))
+            .expect("agent restarts after KILL");
+        let after = agent.metrics().unwrap();
+        assert!(port_total(&after, 22) >= port_total(&before, 22), "counts reset:\n{after}");
+        assert_eq!(port_total(&after, 445), 600.0);
+        assert!(value(&after, "scan_syn_baseline_rate", "port=\"22\"") > 0.0, "{after}");
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let background_sent = background.join().unwrap();
+        // Every background SYN sent while an agent was attached was counted; the
+        // ones sent in the gaps between agents may not be.
+        let total = port_total(&agent.metrics().unwrap(), 22);
+        assert!(total <= f64::from(37 + background_sent), "{total} > sent");
+    });
+
+    // Without --keep-attached the program leaves with the agent: not counted.
+    agent.stop(libc::SIGTERM).unwrap();
+    assert_eq!(lab.syns(false, 9998, 7).unwrap(), 7);
+    // With --keep-attached it stays: every SYN sent while the agent is down counts.
+    let mut agent = Agent::start(
+        AGENT.as_ref(),
+        &agent_args(&lab, &scratch, &["--keep-attached"]),
+        &scratch.log("4"),
+    )
+    .unwrap();
+    agent.stop(libc::SIGTERM).unwrap();
+    assert_eq!(lab.syns(false, 9999, 50).unwrap(), 50);
+    let agent = Agent::start(AGENT.as_ref(), &agent_args(&lab, &scratch, &[]), &scratch.log("5"))
+        .unwrap();
+    assert!(agent.log_text().contains("adopted"), "{}", agent.log_text());
+    let metrics = agent.metrics().unwrap();
+    assert_eq!(port_total(&metrics, 9998), 0.0, "SYNs counted with no program attached?");
+    assert_eq!(port_total(&metrics, 9999), 50.0);
+    assert_eq!(port_total(&metrics, 445), 600.0);
+    assert_eq!(port_total(&metrics, 8080), 20.0);
+}
+
+#[test]
+fn endpoints_answer_and_metrics_pass_promtool() {
+    let lab = Lab::create().expect("creating the lab (needs root and network namespaces)");
+    let scratch = Scratch::new("endpoints");
+    let agent = Agent::start(AGENT.as_ref(), &agent_args(&lab, &scratch, &[]), &scratch.log("1"))
+        .expect("agent starts");
+    lab.syns(false, 445, 3).unwrap();
+    let (status, body) = scan_lab::http::get(agent.listen, "/healthz").unwrap();
+    assert_eq!((status, body.trim()), (200, "ok"));
+    let (status, body) = scan_lab::http::get(agent.listen, "/").unwrap();
+    assert_eq!(status, 200);
+    assert!(body.contains("/metrics"), "{body}");
+    let metrics = agent.metrics().unwrap();
+    for name in [
+        "scan_syn_packets_total",
+        "scan_syn_rate",
+        "scan_syn_baseline_rate",
+        "scan_surge_ratio",
+        "scan_packets_total",
+        "scan_agent_attached",
+        "scan_agent_poll_duration_seconds",
+        "scan_agent_poll_errors_total",
+        "scan_agent_ports_active",
+        "scan_agent_ports_exported",
+        "scan_agent_ports_left_out",
+        "scan_agent_warming_up",
+        "scan_agent_build_info",
+    ] {
+        assert!(metrics.contains(&format!("# HELP {name} ")), "no HELP for {name}");
+        assert!(metrics.contains(&format!("# TYPE {name} ")), "no TYPE for {name}");
+    }
+    assert!(metrics.contains("# TYPE scan_syn_packets_total counter"));
+    assert!(metrics.contains("# TYPE scan_surge_ratio gauge"));
+    assert_eq!(value(&metrics, "scan_agent_warming_up", ""), 1.0);
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus, installed by cargo xtask setup)");
+    use std::io::Write as _;
+    promtool.stdin.take().unwrap().write_all(metrics.as_bytes()).unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_mismatched_pin_is_a_clear_error_not_a_reset() {
+    let lab = Lab::create().expect("creating the lab (needs root and network namespaces)");
+    let scratch = Scratch::new("mismatch");
+    std::fs::create_dir_all(&scratch.pin_path).unwrap();
+    let pin = scratch.pin_path.join("SCAN_PORT_SYNS");
+    let out = Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&pin)
+        .args(["type", "array", "key", "4", "value", "8", "entries", "16", "name", "SCAN_PORT_SYNS"])
+        .output()
+        .expect("bpftool (installed by cargo xtask setup)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(AGENT)
+        .arg("run")
+        .args(agent_args(&lab, &scratch, &[]))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("does not match"), "{stderr}");
+    assert!(stderr.contains(pin.to_str().unwrap()), "{stderr}");
+    assert!(stderr.contains("scan-agent detach"), "{stderr}");
+    assert!(pin.exists(), "the mismatched pin must be left alone");
+}

@@ -1,0 +1,112 @@
+//! The real agent binary as a child process.
+use std::{
+    net::{SocketAddr, TcpListener},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::http;
+
+pub struct Agent {
+    child: Option<Child>,
+    pub listen: SocketAddr,
+    pub log: PathBuf,
+}
+
+/// A free loopback port (bound then released).
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl Agent {
+    /// Starts `binary run <args> --listen 127.0.0.1:<free>` and waits for /healthz.
+    pub fn start(binary: &Path, args: &[String], log: &Path) -> Result<Self> {
+        let listen: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let log_file = std::fs::File::create(log)?;
+        let child = Command::new(binary)
+            .arg("run")
+            .args(args)
+            .arg("--listen")
+            .arg(listen.to_string())
+            .env("RUST_LOG", "info")
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let mut agent = Self { child: Some(child), listen, log: log.to_path_buf() };
+        agent.wait_healthy(Duration::from_secs(30))?;
+        Ok(agent)
+    }
+
+    fn wait_healthy(&mut self, limit: Duration) -> Result<()> {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if let Some(child) = &mut self.child
+                && let Some(status) = child.try_wait()?
+            {
+                bail!("agent exited early ({status}); its log:\n{}", self.log_text());
+            }
+            if let Ok((200, _)) = http::get(self.listen, "/healthz") {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("agent not healthy after {limit:?}; its log:\n{}", self.log_text())
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn metrics(&self) -> Result<String> {
+        let (status, body) = http::get(self.listen, "/metrics")?;
+        if status != 200 {
+            bail!("/metrics answered {status}: {body}");
+        }
+        Ok(body)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends `signal` and waits (bounded) for the exit; returns the exit status.
+    pub fn stop(&mut self, signal: i32) -> Result<std::process::ExitStatus> {
+        let mut child = self.child.take().context("agent already stopped")?;
+        // SAFETY: kill on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let started = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if started.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                bail!("agent did not exit within 20 s of signal {signal}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill on our own child's pid.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(10) {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

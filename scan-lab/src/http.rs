@@ -1,0 +1,71 @@
+//! A minimal HTTP/1.1 GET/POST client for loopback tests (no dependency needed).
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+
+/// Returns (status, body).
+pub fn request(addr: SocketAddr, method: &str, path: &str, body: &str) -> Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .with_context(|| format!("connecting to {addr}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, rest) = text.split_once("\r\n\r\n").context("no HTTP header end")?;
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no HTTP status")?;
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        dechunk(rest)?
+    } else {
+        rest.to_string()
+    };
+    Ok((status, body))
+}
+
+pub fn get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    request(addr, "GET", path, "")
+}
+
+fn dechunk(mut rest: &str) -> Result<String> {
+    let mut out = String::new();
+    loop {
+        let (size, after) = rest.split_once("\r\n").context("bad chunk")?;
+        let size = usize::from_str_radix(size.trim(), 16).context("bad chunk size")?;
+        if size == 0 {
+            return Ok(out);
+        }
+        if after.len() < size {
+            bail!("short chunk");
+        }
+        out.push_str(&after[..size]);
+        rest = after[size..].trim_start_matches("\r\n");
+    }
+}
+
+/// The value of the first sample of `metric` whose labels contain `labels`
+/// (e.g. `port="445"`), from a Prometheus text exposition.
+pub fn sample(exposition: &str, metric: &str, labels: &str) -> Option<f64> {
+    exposition.lines().find_map(|line| {
+        let rest = line.strip_prefix(metric)?;
+        let (series, value) = rest.rsplit_once(' ')?;
+        let matches = if labels.is_empty() {
+            series.is_empty() || series.starts_with('{')
+        } else {
+            series.starts_with('{') && series.contains(labels)
+        };
+        matches.then(|| value.parse().ok()).flatten()
+    })
+}

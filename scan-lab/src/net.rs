@@ -1,0 +1,196 @@
+//! Network namespaces and veth pairs, cleaned up on drop (also after a panic).
+use std::{
+    fs::File,
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+const NS_PREFIX: &str = "scanlab-";
+static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
+
+/// One lab: the root-side veth end `host_if` (where the sensor attaches) and the
+/// scanner namespace `namespace` holding the other end.
+pub struct Lab {
+    pub namespace: String,
+    pub host_if: String,
+    pub peer_if: String,
+    pub host_v4: Ipv4Addr,
+    pub peer_v4: Ipv4Addr,
+    pub host_v6: Ipv6Addr,
+    pub peer_v6: Ipv6Addr,
+}
+
+pub fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip").args(args).output().context("running ip (iproute2)")?;
+    if !out.status.success() {
+        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+pub fn require_root(why: &str) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("this needs root: {why}. Run it as root (CI does); it is not skipped");
+    }
+    Ok(())
+}
+
+/// Deletes labs left by processes that are gone (a killed test run).
+pub fn remove_stale_labs() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or_default();
+        let Some(rest) = name.strip_prefix(NS_PREFIX) else {
+            continue;
+        };
+        let Some((pid, n)) = rest.split_once('-') else {
+            continue;
+        };
+        if std::path::Path::new("/proc").join(pid).exists() {
+            continue;
+        }
+        let _ = ip(&["netns", "del", name]);
+        let _ = ip(&["link", "del", &format!("scl{pid}-{n}h")]);
+    }
+}
+
+fn subnet_in_use(octet: u8) -> bool {
+    Command::new("ip")
+        .args(["-o", "addr", "show", "to", &format!("198.18.{octet}.0/24")])
+        .output()
+        .map(|o| !o.stdout.is_empty())
+        .unwrap_or(true)
+}
+
+impl Lab {
+    pub fn create() -> Result<Self> {
+        require_root("the lab creates network namespaces and veth pairs")?;
+        remove_stale_labs();
+        let pid = std::process::id();
+        let n = NEXT_LAB.fetch_add(1, Ordering::Relaxed);
+        let namespace = format!("{NS_PREFIX}{pid}-{n}");
+        let host_if = format!("scl{}-{n}h", pid % 100_000);
+        let peer_if = format!("scl{}-{n}p", pid % 100_000);
+        let start = ((pid as usize * 7 + n as usize) % 200) as u8;
+        let octet = (0..200u8)
+            .map(|i| 10 + (start + i) % 200)
+            .find(|&o| !subnet_in_use(o))
+            .context("no free 198.18.x.0/24 subnet for the lab")?;
+        let lab = Self {
+            namespace,
+            host_if,
+            peer_if,
+            host_v4: Ipv4Addr::new(198, 18, octet, 1),
+            peer_v4: Ipv4Addr::new(198, 18, octet, 2),
+            host_v6: format!("2001:db8:5ca:{octet:x}::1").parse()?,
+            peer_v6: format!("2001:db8:5ca:{octet:x}::2").parse()?,
+        };
+        // From here on, Drop removes whatever was made.
+        lab.build().with_context(|| format!("building lab {}", lab.namespace))?;
+        Ok(lab)
+    }
+
+    fn build(&self) -> Result<()> {
+        let ns = self.namespace.as_str();
+        ip(&["netns", "add", ns])?;
+        ip(&["link", "add", &self.host_if, "type", "veth", "peer", "name", &self.peer_if])?;
+        ip(&["link", "set", &self.peer_if, "netns", ns])?;
+        ip(&["addr", "add", &format!("{}/24", self.host_v4), "dev", &self.host_if])?;
+        ip(&["addr", "add", &format!("{}/64", self.host_v6), "dev", &self.host_if, "nodad"])?;
+        ip(&["link", "set", &self.host_if, "up"])?;
+        let in_ns = |args: &[&str]| {
+            let mut full = vec!["-n", ns];
+            full.extend_from_slice(args);
+            ip(&full)
+        };
+        in_ns(&["addr", "add", &format!("{}/24", self.peer_v4), "dev", &self.peer_if])?;
+        in_ns(&["addr", "add", &format!("{}/64", self.peer_v6), "dev", &self.peer_if, "nodad"])?;
+        in_ns(&["link", "set", &self.peer_if, "up"])?;
+        in_ns(&["link", "set", "lo", "up"])?;
+        // No default route in the namespace: nothing can leave the lab.
+        Ok(())
+    }
+
+    /// Runs `f` on a thread that has joined the lab's namespace.
+    pub fn in_namespace<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T> {
+        let path = format!("/run/netns/{}", self.namespace);
+        let ns = File::open(&path).with_context(|| format!("opening {path}"))?;
+        std::thread::spawn(move || {
+            // SAFETY: setns on this thread only; the fd is valid for the call.
+            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(anyhow::anyhow!("setns: {}", io::Error::last_os_error()));
+            }
+            Ok(f())
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("lab thread panicked"))?
+    }
+
+    /// Opens `count` TCP connections from the namespace to `port` on the host
+    /// end: exactly one SYN each, since the host answers at once (RST when nothing
+    /// listens, SYN-ACK when something does). Returns the SYNs sent.
+    pub fn syns(&self, ipv6: bool, port: u16, count: u32) -> Result<u32> {
+        let addr: IpAddr = if ipv6 { self.host_v6.into() } else { self.host_v4.into() };
+        self.in_namespace(move || send_syns(SocketAddr::new(addr, port), count, None))?
+    }
+
+    /// Like [`Lab::syns`] but spread evenly at `rate` per second.
+    pub fn syns_at_rate(&self, port: u16, count: u32, rate: f64) -> Result<u32> {
+        let addr = SocketAddr::new(self.host_v4.into(), port);
+        self.in_namespace(move || send_syns(addr, count, Some(rate)))?
+    }
+
+    /// A listener on the host end (root namespace) that accepts and closes.
+    pub fn listen(&self, port: u16) -> Result<TcpListener> {
+        let listener = TcpListener::bind((self.host_v4, port))
+            .with_context(|| format!("listening on {}:{port}", self.host_v4))?;
+        let accept = listener.try_clone()?;
+        std::thread::spawn(move || {
+            for stream in accept.incoming() {
+                drop(stream);
+            }
+        });
+        Ok(listener)
+    }
+}
+
+/// Bounded: at most `count` connections, each with a 2 s timeout.
+fn send_syns(addr: SocketAddr, count: u32, rate: Option<f64>) -> Result<u32> {
+    let started = Instant::now();
+    let mut sent = 0;
+    for i in 0..count {
+        if let Some(rate) = rate {
+            let due = started + Duration::from_secs_f64(f64::from(i) / rate);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
+            Err(e) => bail!("connect to {addr}: {e} (after {sent} SYNs)"),
+        }
+        sent += 1;
+    }
+    Ok(sent)
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        // Deleting the namespace destroys the peer end, and with it the pair.
+        let _ = ip(&["netns", "del", &self.namespace]);
+        let _ = ip(&["link", "del", &self.host_if]);
+    }
+}
