@@ -55,22 +55,26 @@ pub struct DetectorArgs {
     /// Map read and detector step period [default: 5s]
     #[arg(long, value_parser = parse_duration)]
     pub interval: Option<Duration>,
-    /// Time constant of the short-term SYN rate [default: see detector]
+    /// Time constant of the short-term SYN rate [default: 1m]
     #[arg(long, value_parser = parse_duration)]
     pub short_window: Option<Duration>,
-    /// Time constant of the learned baseline rate [default: see detector]
+    /// Time constant of the learned baseline rate [default: 6h]
     #[arg(long, value_parser = parse_duration)]
     pub baseline_window: Option<Duration>,
-    /// History needed before any port is flagged [default: see detector]
+    /// History needed before any port is flagged [default: 15m]
     #[arg(long, value_parser = parse_duration)]
     pub warmup: Option<Duration>,
-    /// Surge ratio at or above which a port is flagged [default: see detector]
+    /// Surge ratio at or above which a port is flagged [default: 3]
     #[arg(long)]
     pub surge_threshold: Option<f64>,
     /// SYN/s added to rate and baseline in the ratio, so quiet ports are not flagged
-    /// for a handful of SYNs [default: see detector]
+    /// for a handful of SYNs [default: 0.1]
     #[arg(long)]
     pub floor: Option<f64>,
+    /// Time constant with which a flagged port's baseline still learns, so a lasting
+    /// new level becomes normal after hours [default: 1day]
+    #[arg(long, value_parser = parse_duration)]
+    pub surge_adapt_window: Option<Duration>,
 }
 
 #[derive(Args, Debug, Default)]
@@ -175,6 +179,8 @@ pub struct FileConfig {
     warmup: Option<Duration>,
     surge_threshold: Option<f64>,
     floor: Option<f64>,
+    #[serde(default, with = "humantime_serde_opt")]
+    surge_adapt_window: Option<Duration>,
     watch_ports: Option<Vec<u16>>,
     top_ports: Option<usize>,
     state_file: Option<PathBuf>,
@@ -257,6 +263,10 @@ pub fn resolve_detector(
             .or(file.surge_threshold)
             .unwrap_or(d.surge_threshold),
         floor: flags.floor.or(file.floor).unwrap_or(d.floor),
+        surge_adapt_window: flags
+            .surge_adapt_window
+            .or(file.surge_adapt_window)
+            .unwrap_or(d.surge_adapt_window),
     };
     validate_detector(&config)?;
     Ok(config)
@@ -266,6 +276,9 @@ fn validate_detector(c: &DetectorConfig) -> Result<(), ConfigError> {
     let invalid = |m: String| Err(ConfigError::Invalid(m));
     if c.interval.is_zero() {
         return invalid("--interval must be above zero (e.g. 5s)".into());
+    }
+    if c.surge_adapt_window.is_zero() {
+        return invalid("--surge-adapt-window must be above zero (e.g. 1day)".into());
     }
     if c.short_window < c.interval {
         return invalid(format!(
@@ -284,14 +297,15 @@ fn validate_detector(c: &DetectorConfig) -> Result<(), ConfigError> {
     }
     if !(c.surge_threshold.is_finite() && c.surge_threshold > 1.0) {
         return invalid(format!(
-            "--surge-threshold must be a number above 1 (got {}); 4 means four times the baseline",
+            "--surge-threshold must be a number above 1 (got {}); 3 means three times the baseline",
             c.surge_threshold
         ));
     }
     if !(c.floor.is_finite() && c.floor > 0.0) {
         return invalid(format!("--floor must be a positive number of SYN/s (got {})", c.floor));
     }
-    Ok(())
+    // Anything left is the detector's own rule, in its words.
+    c.validate().map_err(|e| ConfigError::Invalid(e.to_string()))
 }
 
 impl RunArgs {

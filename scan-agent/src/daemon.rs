@@ -174,9 +174,13 @@ fn poll(shared: &SharedState) {
 }
 
 fn save(shared: &SharedState) {
-    let s = lock(shared);
-    if let Err(e) = state::save(&s.config.state_file, &s.detector.snapshot()) {
-        s.metrics.state_save_errors.inc();
+    // Encoding and fsync happen outside the lock so polls and scrapes do not wait.
+    let (path, snapshot) = {
+        let s = lock(shared);
+        (s.config.state_file.clone(), s.detector.snapshot())
+    };
+    if let Err(e) = state::save(&path, &snapshot) {
+        lock(shared).metrics.state_save_errors.inc();
         log::error!("{e}");
     }
 }
@@ -267,7 +271,12 @@ async fn index(State(shared): State<SharedState>) -> Html<String> {
 
 /// Forwards the program's aya-log records (only sent with --debug-program).
 fn forward_program_logs(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
-    let Ok(mut fd) = tokio::io::unix::AsyncFd::with_interest(logger, tokio::io::Interest::READABLE) else {
+    // SAFETY: the logger owns its ring-buffer fd and keeps it open, unreplaced, for
+    // as long as the AsyncFd owns the logger (tokio PR #8587 made this explicit).
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    };
+    let Ok(mut fd) = registered else {
         log::warn!("program logs will not be forwarded: cannot poll the log buffer");
         return;
     };

@@ -7,7 +7,10 @@ use prometheus::{
 };
 use scan_common::{ClassCounts, PORTS, PacketClass};
 
-use crate::{detector::Detector, sensor::Attachment};
+use crate::{
+    detector::{ACTIVE_RATE, Detector},
+    sensor::Attachment,
+};
 
 pub struct Metrics {
     registry: Registry,
@@ -190,7 +193,7 @@ impl Metrics {
         let active = detector.active_ports();
         let active_exported = exported
             .iter()
-            .filter(|&&p| snapshot.detector.status(p).rate > 0.0)
+            .filter(|&&p| detector.status(p).rate >= ACTIVE_RATE)
             .count();
         self.ports_active.set(active as i64);
         self.ports_exported.set(exported.len() as i64);

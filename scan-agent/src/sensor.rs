@@ -41,7 +41,7 @@ pub enum SensorError {
     )]
     PinMismatch { path: PathBuf, dir: PathBuf, found: String, expected: String },
     #[error("cannot read pinned map {path}: {source}")]
-    PinRead { path: PathBuf, source: aya::maps::MapError },
+    PinRead { path: PathBuf, source: Box<aya::maps::MapError> },
     #[error(
         "cannot create pin directory {path}: {source}. Is bpffs mounted there? \
          (`mount -t bpf bpf /sys/fs/bpf`, or `scan-agent check`)"
@@ -51,20 +51,20 @@ pub enum SensorError {
         "loading the eBPF object failed: {0}. Run `scan-agent check` to see whether this \
          kernel supports BPF and whether this process has CAP_BPF and CAP_NET_ADMIN"
     )]
-    Load(#[from] aya::EbpfError),
+    Load(Box<aya::EbpfError>),
     #[error("the kernel rejected the XDP program: {0:#}")]
-    Verifier(ProgramError),
+    Verifier(Box<ProgramError>),
     #[error("map {0} is missing from the embedded object (a build problem)")]
     MissingMap(&'static str),
     #[error("map {name}: {source}")]
-    Map { name: &'static str, source: aya::maps::MapError },
+    Map { name: &'static str, source: Box<aya::maps::MapError> },
     #[error("mmap of {PORT_SYNS_MAP} failed: {0}")]
     Mmap(io::Error),
     #[error(
         "cannot attach to {interface} in {mode} mode: {source:#}. Does the interface exist \
          (`ip link`)? Does its driver support that mode? Try --xdp-mode skb"
     )]
-    Attach { interface: String, mode: AttachMode, source: ProgramError },
+    Attach { interface: String, mode: AttachMode, source: Box<ProgramError> },
     #[error(
         "cannot keep the program attached to {interface}: {reason}. This needs bpf_link \
          support for XDP (Linux >= 5.9); run without --keep-attached"
@@ -73,7 +73,7 @@ pub enum SensorError {
     #[error("pinned link {path}: {reason}")]
     PinnedLink { path: PathBuf, reason: String },
     #[error("test run failed: {0:#}")]
-    TestRun(ProgramError),
+    TestRun(Box<ProgramError>),
 }
 
 /// How the program is attached to an interface.
@@ -260,10 +260,10 @@ fn validate_pins(dir: &Path, cpus: usize) -> Result<(), SensorError> {
             continue;
         }
         let info = MapInfo::from_pin(&path)
-            .map_err(|source| SensorError::PinRead { path: path.clone(), source })?;
+            .map_err(|source| SensorError::PinRead { path: path.clone(), source: source.into() })?;
         let map_type = info
             .map_type()
-            .map_err(|source| SensorError::PinRead { path: path.clone(), source })?;
+            .map_err(|source| SensorError::PinRead { path: path.clone(), source: source.into() })?;
         let describe = |t: MapType, k: u32, v: u32, n: u32, f: u32| {
             format!("{t:?} key {k} B, value {v} B, {n} entries, flags {f:#x}")
         };
@@ -308,8 +308,8 @@ impl Sensor {
                 loader.map_pin_path(name, dir.join(name));
             }
         }
-        let mut ebpf = loader.load(PROGRAM_OBJECT)?;
-        program_mut(&mut ebpf).load().map_err(SensorError::Verifier)?;
+        let mut ebpf = loader.load(PROGRAM_OBJECT).map_err(|e| SensorError::Load(Box::new(e)))?;
+        program_mut(&mut ebpf).load().map_err(|e| SensorError::Verifier(Box::new(e)))?;
 
         let ports_map = take_map_data(&mut ebpf, PORT_SYNS_MAP)?;
         let ports = PortCounterView::new(ports_map, port_entries(cpus) as usize)?;
@@ -317,12 +317,12 @@ impl Sensor {
             .take_map(CLASSES_MAP)
             .ok_or(SensorError::MissingMap(CLASSES_MAP))?
             .try_into()
-            .map_err(|source| SensorError::Map { name: CLASSES_MAP, source })?;
+            .map_err(|source| SensorError::Map { name: CLASSES_MAP, source: Box::new(source) })?;
         let config = ebpf
             .take_map(CONFIG_MAP)
             .ok_or(SensorError::MissingMap(CONFIG_MAP))?
             .try_into()
-            .map_err(|source| SensorError::Map { name: CONFIG_MAP, source })?;
+            .map_err(|source| SensorError::Map { name: CONFIG_MAP, source: Box::new(source) })?;
         Ok(Self {
             ebpf,
             ports,
@@ -347,7 +347,7 @@ impl Sensor {
     pub fn set_debug(&mut self, on: bool) -> Result<(), SensorError> {
         self.config
             .set(0, ProgramConfig { debug: on.into() }, 0)
-            .map_err(|source| SensorError::Map { name: CONFIG_MAP, source })
+            .map_err(|source| SensorError::Map { name: CONFIG_MAP, source: Box::new(source) })
     }
 
     /// Attaches to `interface`. A link pinned by an earlier run with
@@ -388,7 +388,7 @@ impl Sensor {
                             last_error = Some(SensorError::Attach {
                                 interface: interface.to_string(),
                                 mode,
-                                source,
+                                source: Box::new(source),
                             });
                         }
                     }
@@ -487,7 +487,7 @@ impl Sensor {
             let values = self
                 .classes
                 .get(&class.index(), 0)
-                .map_err(|source| SensorError::Map { name: CLASSES_MAP, source })?;
+                .map_err(|source| SensorError::Map { name: CLASSES_MAP, source: Box::new(source) })?;
             counts.0[class as usize] = values.iter().copied().fold(0, u64::wrapping_add);
         }
         Ok(counts)
@@ -502,7 +502,7 @@ impl Sensor {
         // The kernel refuses (EINVAL) input shorter than an Ethernet header; no
         // driver delivers such a frame either.
         let options = TestRunOptions { data_in: Some(frame), repeat, ..Default::default() };
-        program(&self.ebpf).test_run(options).map_err(SensorError::TestRun)
+        program(&self.ebpf).test_run(options).map_err(|e| SensorError::TestRun(Box::new(e)))
     }
 }
 
@@ -523,7 +523,7 @@ fn take_map_data(ebpf: &mut Ebpf, name: &'static str) -> Result<MapData, SensorE
         Some(Map::Array(data)) => Ok(data),
         Some(_) => Err(SensorError::Map {
             name,
-            source: aya::maps::MapError::InvalidMapType { map_type: 0 },
+            source: Box::new(aya::maps::MapError::InvalidMapType { map_type: 0 }),
         }),
         None => Err(SensorError::MissingMap(name)),
     }

@@ -1,0 +1,412 @@
+//! `scan-agent replay FILE`: runs every frame of a capture through the real XDP program
+//! and reports what it counted, and, on capture time, what the surge detector flagged.
+//!
+//! - The program is loaded with private maps ([`Sensor::load`] with no pin path), so a
+//!   running agent and its pinned counters are not touched. This needs the same rights as
+//!   the agent (root, or CAP_BPF + CAP_NET_ADMIN), but no interface.
+//! - Each frame goes through `BPF_PROG_TEST_RUN` once. Frames shorter than an Ethernet
+//!   header (14 bytes) are refused by the kernel (EINVAL) and could never reach XDP: they
+//!   are counted as `skipped_short_frames` and not run. Frames longer than
+//!   [`MAX_RUN_FRAME`] are cut to that length (the kernel refuses much longer test input;
+//!   the program only ever sees the first, page-sized part of a frame anyway).
+//! - `packets` is the number of frames in the capture (skipped ones included);
+//!   `classes.seen` is the number the program ran on.
+//!
+//! # Detector on capture time
+//!
+//! With a [`DetectorConfig`], the detector is stepped as the live agent steps it, but on
+//! the capture's clock: at the first frame's timestamp `t0` (the reference reading), then
+//! at `t0 + k * interval` for every `k` until one step past the last frame. A step at
+//! time `T` is fed the cumulative per-port counters after every frame stamped before `T`.
+//! Frames stamped out of order are run in file order and count toward the next step.
+//! A gap of more than [`MAX_IDLE_STEPS`] intervals with no frames is crossed in one step
+//! to the last grid time before the next frame (the detector spreads the gap's SYNs, none,
+//! over it exactly), so a bogus timestamp cannot make a replay run for hours.
+//!
+//! A surge *episode* of a port runs from the first step at which the detector flags the
+//! port to the first step at which it no longer does (`end` is `None` when the capture
+//! ends first). `peak_ratio` is the highest ratio seen at the steps where it was flagged;
+//! `syns` counts the port's SYNs from the step before `start` (so the interval in which
+//! the surge was detected is included) to `end` (or the end of the capture).
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use aya::programs::ProgramError;
+use scan_common::{ClassCounts, PORTS, PacketClass};
+use serde::{Serialize, Serializer, ser::SerializeMap};
+
+use crate::{
+    capture::{CaptureError, CaptureReader},
+    detector::{Detector, DetectorConfig},
+    sensor::{Sensor, SensorError},
+};
+
+/// The shortest frame the kernel's test run accepts: an Ethernet header.
+pub const MIN_RUN_FRAME: usize = 14;
+/// Longer frames are cut to this length before the test run (see the module docs).
+pub const MAX_RUN_FRAME: usize = 65_535;
+/// Idle detector steps taken one by one before a gap is crossed in one step.
+pub const MAX_IDLE_STEPS: u64 = 100_000;
+
+/// Why a replay failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error(transparent)]
+    Capture(#[from] CaptureError),
+    #[error("cannot replay {}: {source}", path.display())]
+    Load { path: PathBuf, source: SensorError },
+    #[error("replaying packet {packet} of {} ({len} bytes) failed: {source}", path.display())]
+    TestRun { path: PathBuf, packet: u64, len: usize, source: SensorError },
+    #[error("replaying {}: cannot read the class counters: {source}", path.display())]
+    Counters { path: PathBuf, source: SensorError },
+    #[error("detector configuration: {0}")]
+    Config(#[from] crate::detector::ConfigError),
+}
+
+/// One surge episode of one port, in capture time.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SurgeEpisode {
+    pub port: u16,
+    /// First step at which the port was flagged (since the UNIX epoch).
+    #[serde(serialize_with = "serialize_time")]
+    pub start: Duration,
+    /// First step at which it no longer was; `None`: still flagged at the end.
+    #[serde(serialize_with = "serialize_optional_time")]
+    pub end: Option<Duration>,
+    /// Highest surge ratio while flagged.
+    pub peak_ratio: f64,
+    /// SYNs to the port from the step before `start` to `end` (or the end).
+    pub syns: u64,
+}
+
+/// What a replay counted. Serializes to
+/// `{"packets", "ports": {"445": n}, "classes": {"seen": n, ...}, "surges": [...],
+/// "skipped_short_frames"}`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ReplayReport {
+    /// Frames in the capture, skipped ones included.
+    pub packets: u64,
+    /// SYNs per destination port, only the ports with at least one.
+    pub ports: BTreeMap<u16, u64>,
+    /// The program's class counters: every class, in [`PacketClass`] order.
+    #[serde(serialize_with = "serialize_classes")]
+    pub classes: ClassCounts,
+    /// Surge episodes, by start time then port; empty without a detector.
+    pub surges: Vec<SurgeEpisode>,
+    /// Frames shorter than 14 bytes, not run (the kernel refuses them).
+    pub skipped_short_frames: u64,
+}
+
+fn serialize_classes<S: Serializer>(classes: &ClassCounts, serializer: S) -> Result<S::Ok, S::Error> {
+    let mut map = serializer.serialize_map(Some(PacketClass::ALL.len()))?;
+    for class in PacketClass::ALL {
+        map.serialize_entry(class.name(), &classes.get(class))?;
+    }
+    map.end()
+}
+
+fn serialize_time<S: Serializer>(time: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&rfc3339(*time))
+}
+
+fn serialize_optional_time<S: Serializer>(
+    time: &Option<Duration>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match time {
+        Some(time) => serializer.serialize_str(&rfc3339(*time)),
+        None => serializer.serialize_none(),
+    }
+}
+
+/// RFC 3339 UTC with milliseconds, e.g. `2026-03-02T10:15:00.000Z`, for any time since
+/// the epoch (no panic: years past 9999 just get more digits).
+pub fn rfc3339(since_epoch: Duration) -> String {
+    let secs = since_epoch.as_secs();
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days, on days since 1970-01-01 (non-negative here).
+    let z = days as i128 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i128::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3_600,
+        rem % 3_600 / 60,
+        rem % 60,
+        since_epoch.subsec_millis()
+    )
+}
+
+/// A surge episode still being tracked.
+struct OpenEpisode {
+    start: Duration,
+    /// The port's count at the step before `start`.
+    count_before: u64,
+    peak_ratio: f64,
+}
+
+/// Drives the detector on capture time and tracks episodes.
+struct CaptureClock {
+    detector: Detector,
+    interval: Duration,
+    /// Next grid time to step at; `None` before the first frame.
+    next: Option<Duration>,
+    counts: Vec<u64>,
+    /// The previous step's counts (for `count_before`).
+    previous: Vec<u64>,
+    /// Frames run since `counts` was last read.
+    dirty: bool,
+    open: BTreeMap<u16, OpenEpisode>,
+    closed: Vec<SurgeEpisode>,
+}
+
+impl CaptureClock {
+    fn new(config: DetectorConfig) -> Self {
+        Self {
+            interval: config.interval,
+            detector: Detector::new(config),
+            next: None,
+            counts: vec![0; PORTS as usize],
+            previous: vec![0; PORTS as usize],
+            dirty: true,
+            open: BTreeMap::new(),
+            closed: Vec::new(),
+        }
+    }
+
+    /// Steps at every grid time up to and including `now`.
+    fn advance_to(&mut self, sensor: &Sensor, now: Duration) {
+        let next = *self.next.get_or_insert(now);
+        if now < next {
+            return;
+        }
+        let pending = (now - next).as_nanos() / self.interval.as_nanos() + 1;
+        let mut at = next;
+        if pending > u128::from(MAX_IDLE_STEPS) {
+            // A long idle gap: step once now at the current grid point (feeding the
+            // frames run so far), then once at the last grid point <= now.
+            self.step(sensor, at);
+            let skip = u32::try_from(pending - 1).unwrap_or(u32::MAX);
+            at = at.saturating_add(self.interval.saturating_mul(skip));
+        }
+        while at <= now {
+            self.step(sensor, at);
+            at = at.saturating_add(self.interval);
+            if at == Duration::MAX {
+                break;
+            }
+        }
+        self.next = Some(at);
+    }
+
+    fn step(&mut self, sensor: &Sensor, at: Duration) {
+        std::mem::swap(&mut self.previous, &mut self.counts);
+        if self.dirty {
+            sensor.read_ports(&mut self.counts);
+            self.dirty = false;
+        } else {
+            self.counts.copy_from_slice(&self.previous);
+        }
+        self.detector.step(at, &self.counts);
+        let flagged = self.detector.flagged_ports();
+        let mut still = BTreeMap::new();
+        for status in &flagged {
+            let episode = self.open.remove(&status.port).unwrap_or_else(|| OpenEpisode {
+                start: at,
+                count_before: self.previous[usize::from(status.port)],
+                peak_ratio: status.ratio,
+            });
+            let peak_ratio = episode.peak_ratio.max(status.ratio);
+            still.insert(status.port, OpenEpisode { peak_ratio, ..episode });
+        }
+        for (port, episode) in std::mem::replace(&mut self.open, still) {
+            self.closed.push(SurgeEpisode {
+                port,
+                start: episode.start,
+                end: Some(at),
+                peak_ratio: episode.peak_ratio,
+                syns: self.counts[usize::from(port)].saturating_sub(episode.count_before),
+            });
+        }
+    }
+
+    /// Takes the final step (one grid step past the last frame) and returns the episodes.
+    fn finish(mut self, sensor: &Sensor) -> Vec<SurgeEpisode> {
+        if let Some(next) = self.next {
+            self.advance_to(sensor, next);
+        }
+        let mut episodes = self.closed;
+        for (port, episode) in self.open {
+            episodes.push(SurgeEpisode {
+                port,
+                start: episode.start,
+                end: None,
+                peak_ratio: episode.peak_ratio,
+                syns: self.counts[usize::from(port)].saturating_sub(episode.count_before),
+            });
+        }
+        episodes.sort_by_key(|e| (e.start, e.port));
+        episodes
+    }
+}
+
+fn is_einval(error: &SensorError) -> bool {
+    match error {
+        SensorError::TestRun(inner) => matches!(
+            &**inner,
+            ProgramError::SyscallError(e) if e.io_error.raw_os_error() == Some(libc::EINVAL)
+        ),
+        _ => false,
+    }
+}
+
+/// Replays the capture at `path` through the real program (private maps); with a
+/// detector configuration, also drives the detector on capture time. See the module
+/// documentation.
+pub fn replay(path: &Path, detector: Option<DetectorConfig>) -> Result<ReplayReport, ReplayError> {
+    if let Some(config) = &detector {
+        config.validate()?;
+    }
+    // Open the capture first: a bad file is reported even where BPF is not available.
+    let mut reader = CaptureReader::open(path)?;
+    let sensor = Sensor::load(None)
+        .map_err(|source| ReplayError::Load { path: path.to_path_buf(), source })?;
+    let mut clock = detector.map(CaptureClock::new);
+    let mut packets = 0u64;
+    let mut skipped_short_frames = 0u64;
+    while let Some(next) = reader.next_frame() {
+        let (timestamp, frame) = next?;
+        packets += 1;
+        if let Some(clock) = &mut clock {
+            clock.advance_to(&sensor, timestamp);
+        }
+        if frame.len() < MIN_RUN_FRAME {
+            skipped_short_frames += 1;
+            continue;
+        }
+        let frame = &frame[..frame.len().min(MAX_RUN_FRAME)];
+        match sensor.test_run(frame, 1) {
+            Ok(_) => {}
+            // Not expected for >= 14 bytes, but a kernel with other limits may refuse
+            // what no driver would deliver: count it, do not abort the replay.
+            Err(e) if is_einval(&e) && frame.len() <= MIN_RUN_FRAME => skipped_short_frames += 1,
+            Err(source) => {
+                return Err(ReplayError::TestRun {
+                    path: path.to_path_buf(),
+                    packet: packets,
+                    len: frame.len(),
+                    source,
+                });
+            }
+        }
+        if let Some(clock) = &mut clock {
+            clock.dirty = true;
+        }
+    }
+    let surges = clock.map(|clock| clock.finish(&sensor)).unwrap_or_default();
+    let mut counts = vec![0u64; PORTS as usize];
+    sensor.read_ports(&mut counts);
+    let ports = counts
+        .iter()
+        .enumerate()
+        .filter(|&(_, &n)| n != 0)
+        .map(|(port, &n)| (port as u16, n))
+        .collect();
+    let classes = sensor
+        .read_classes()
+        .map_err(|source| ReplayError::Counters { path: path.to_path_buf(), source })?;
+    Ok(ReplayReport { packets, ports, classes, surges, skipped_short_frames })
+}
+
+/// Ports listed by [`ReplayReport::render_table`]; the JSON output lists all.
+pub const TABLE_PORTS: usize = 20;
+
+impl ReplayReport {
+    /// A human-readable summary: packets, classes, the busiest ports and the episodes.
+    pub fn render_table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "packets: {}", self.packets);
+        if self.skipped_short_frames > 0 {
+            let _ = writeln!(
+                out,
+                "skipped: {} frames shorter than an Ethernet header (14 bytes)",
+                self.skipped_short_frames
+            );
+        }
+        let _ = writeln!(out, "\n{:<16} {:>12}", "class", "packets");
+        for class in PacketClass::ALL {
+            let _ = writeln!(out, "{:<16} {:>12}", class.name(), self.classes.get(class));
+        }
+        let total: u64 = self.ports.values().sum();
+        let mut busiest: Vec<(u16, u64)> = self.ports.iter().map(|(&p, &n)| (p, n)).collect();
+        busiest.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let _ = writeln!(
+            out,
+            "\nSYNs: {total} to {} port{}",
+            self.ports.len(),
+            if self.ports.len() == 1 { "" } else { "s" }
+        );
+        if !busiest.is_empty() {
+            let _ = writeln!(out, "{:>6} {:>12} {:>7}", "port", "SYNs", "share");
+            for &(port, n) in busiest.iter().take(TABLE_PORTS) {
+                let share = 100.0 * n as f64 / total as f64;
+                let _ = writeln!(out, "{port:>6} {n:>12} {share:>6.1}%");
+            }
+            if busiest.len() > TABLE_PORTS {
+                let rest: u64 = busiest[TABLE_PORTS..].iter().map(|&(_, n)| n).sum();
+                let _ = writeln!(
+                    out,
+                    "{:>6} {rest:>12}  ({} more ports; --format json lists all)",
+                    "...",
+                    busiest.len() - TABLE_PORTS
+                );
+            }
+        }
+        let _ = writeln!(out, "\nsurge episodes: {}", self.surges.len());
+        if !self.surges.is_empty() {
+            let _ = writeln!(
+                out,
+                "{:>6}  {:<24}  {:<24}  {:>10}  {:>10}",
+                "port", "start", "end", "peak ratio", "SYNs"
+            );
+            for e in &self.surges {
+                let end = e.end.map_or_else(|| "(still flagged)".to_string(), rfc3339);
+                let _ = writeln!(
+                    out,
+                    "{:>6}  {:<24}  {:<24}  {:>10.1}  {:>10}",
+                    e.port,
+                    rfc3339(e.start),
+                    end,
+                    e.peak_ratio,
+                    e.syns
+                );
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339(Duration::ZERO), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(Duration::from_millis(1_772_445_600_250)), "2026-03-02T10:00:00.250Z");
+        assert_eq!(rfc3339(Duration::from_secs(951_782_400)), "2000-02-29T00:00:00.000Z");
+        assert_eq!(rfc3339(Duration::from_secs(4_107_542_399)), "2100-02-28T23:59:59.000Z");
+        let _ = rfc3339(Duration::MAX);
+    }
+}

@@ -1,0 +1,203 @@
+//! Part 4a: the real agent binary on a lab veth. RSS once it has seen SYNs on
+//! all 65,536 ports, its CPU over a window at the default interval while every
+//! port keeps receiving SYNs, and the time to scrape /metrics over HTTP.
+use std::{
+    fs,
+    net::{SocketAddr, TcpListener},
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{
+    cpu, http,
+    lab::{BPFFS_PREFIX, Lab},
+    proc::{self, ChildGuard},
+    stats, trafgen,
+};
+
+pub struct Settings {
+    pub cpu_window: Duration,
+    pub scrapes: usize,
+}
+
+pub struct AgentResults {
+    pub binary: PathBuf,
+    pub rss_mib: f64,
+    pub hwm_mib: f64,
+    pub ports_active: f64,
+    pub syns_seen: f64,
+    pub cpu_percent: f64,
+    pub cpu_window_s: f64,
+    pub background_pps: u64,
+    pub scrape_ms: f64,
+    pub scrape_bytes: usize,
+}
+
+/// A bpffs directory of ours for the agent's pins; emptied and removed on drop.
+struct PinDir(PathBuf);
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        remove_pin_dir(&self.0);
+    }
+}
+
+/// Removes the pins in `dir` (the maps go when their last user does) and `dir`.
+pub fn remove_pin_dir(dir: &Path) {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+    let _ = fs::remove_dir(dir);
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Builds the agent binary (the bench itself is built by `cargo run`, the agent's
+/// binary target is not) and returns its path.
+pub fn build_binary(root: &Path, target_dir: &Path) -> Result<PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    proc::run(
+        Command::new(cargo)
+            .current_dir(root)
+            .args(["build", "--release", "--quiet", "-p", "scan-agent", "--bin", "scan-agent"]),
+        Duration::from_secs(900),
+    )
+    .context("building target/release/scan-agent")?;
+    let binary = target_dir.join("release/scan-agent");
+    if !binary.exists() {
+        bail!("{} missing after the build", binary.display());
+    }
+    Ok(binary)
+}
+
+fn wait_healthy(agent: &mut ChildGuard, addr: SocketAddr) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        proc::check_stop()?;
+        if !agent.running() {
+            bail!("the agent exited during start-up");
+        }
+        if let Ok((200, _)) = http::get(addr, "/healthz", Duration::from_secs(2)) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the agent did not report healthy within 30 s");
+        }
+        proc::sleep(Duration::from_millis(200))?;
+    }
+}
+
+fn metrics(addr: SocketAddr) -> Result<String> {
+    let (status, body) = http::get(addr, "/metrics", Duration::from_secs(10))?;
+    if status != 200 {
+        bail!("/metrics answered {status}: {body}");
+    }
+    Ok(body)
+}
+
+pub fn run(settings: &Settings, binary: &Path, dir: &Path) -> Result<AgentResults> {
+    let lab = Lab::create('a')?;
+    let pins = PinDir(PathBuf::from(format!("/sys/fs/bpf/{BPFFS_PREFIX}{}", std::process::id())));
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let state = dir.join("agent-state.json");
+    let mut agent = ChildGuard::spawn(
+        Command::new(binary)
+            .args(["run", "--iface", &lab.root_if, "--pin-path"])
+            .arg(&pins.0)
+            .arg("--state-file")
+            .arg(&state)
+            .args(["--listen", &addr.to_string()])
+            .env("RUST_LOG", "warn"),
+    )?;
+    let pid = agent.pid();
+    let result = measure(settings, &lab, dir, &mut agent, pid, addr);
+    // Stop it the way an operator would: SIGTERM, state saved, detached.
+    let stopped = agent.terminate(Duration::from_secs(15))?;
+    let mut results = result.map_err(|e| {
+        e.context(format!("agent output: {}", stopped.stderr.trim().lines().last().unwrap_or("")))
+    })?;
+    if !stopped.status.success() {
+        bail!("the agent exited with {} on SIGTERM: {}", stopped.status, stopped.stderr.trim());
+    }
+    results.binary = binary.to_path_buf();
+    drop(pins);
+    drop(lab);
+    Ok(results)
+}
+
+fn measure(
+    settings: &Settings,
+    lab: &Lab,
+    dir: &Path,
+    agent: &mut ChildGuard,
+    pid: u32,
+    addr: SocketAddr,
+) -> Result<AgentResults> {
+    wait_healthy(agent, addr)?;
+    // Warm-up: two SYNs to every port, then two detector steps (default 5 s each).
+    let all_ports = trafgen::Flood { packets: 2 * 65_536, rate_pps: 100_000, first_port: 0, last_port: 65_535 };
+    all_ports.run(lab, dir)?;
+    let interval = scan_agent::detector::DEFAULT_INTERVAL;
+    let deadline = Instant::now() + interval * 4;
+    let (syns_seen, ports_active) = loop {
+        proc::sleep(Duration::from_millis(500))?;
+        let text = metrics(addr)?;
+        let seen = http::sample(&text, "scan_syn_packets_all_ports_total").unwrap_or(0.0);
+        let active = http::sample(&text, "scan_agent_ports_active").unwrap_or(0.0);
+        if active >= 65_536.0 || Instant::now() > deadline {
+            break (seen, active);
+        }
+    };
+    if syns_seen < 2.0 * 65_536.0 {
+        bail!("the agent counted {syns_seen} SYNs of the {} sent", 2 * 65_536);
+    }
+    let (rss, hwm) = cpu::rss_kib(pid)?;
+
+    // CPU window: every port keeps getting about one SYN per interval.
+    let background_pps = (65_536.0 / interval.as_secs_f64()).ceil() as u64;
+    let window = settings.cpu_window;
+    let background = trafgen::Flood {
+        packets: background_pps * (window.as_secs() + 30),
+        rate_pps: background_pps,
+        first_port: 0,
+        last_port: 65_535,
+    };
+    let mut flood = background.spawn(lab, dir)?;
+    proc::sleep(Duration::from_secs(1))?;
+    let cpu_before = cpu::process_cpu_ns(pid)?;
+    let t = Instant::now();
+    proc::sleep(window)?;
+    let cpu_ns = cpu::process_cpu_ns(pid)? - cpu_before;
+    let cpu_window_s = t.elapsed().as_secs_f64();
+    if !flood.running() {
+        bail!("the background flood ended early");
+    }
+    drop(flood);
+
+    let mut bytes = 0;
+    let mut times = Vec::new();
+    for _ in 0..settings.scrapes.max(1) {
+        let t = Instant::now();
+        bytes = metrics(addr)?.len();
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(AgentResults {
+        binary: PathBuf::new(),
+        rss_mib: rss as f64 / 1024.0,
+        hwm_mib: hwm as f64 / 1024.0,
+        ports_active,
+        syns_seen,
+        cpu_percent: cpu_ns as f64 / (cpu_window_s * 1e9) * 100.0,
+        cpu_window_s,
+        background_pps,
+        scrape_ms: stats::median(&times),
+        scrape_bytes: bytes,
+    })
+}

@@ -1,0 +1,261 @@
+//! Part 2: a bounded SYN flood over veth from a namespace of ours to the root
+//! namespace, at a fixed offered rate over all ports, with each counter in turn.
+//!
+//! CPU per delivered SYN = (softirq + hardirq time of every CPU, from /proc/stat,
+//! + this process's own user + system time, from getrusage) / SYNs delivered to
+//! the root end of the veth. Both the XDP program (native or generic), the
+//! nftables hook and the AF_PACKET filter run in softirq; the AF_PACKET counter's
+//! reading thread is this process. The generator (trafgen, another process) is
+//! left out, as is its system time for sending: it is the same for every counter.
+use std::{path::Path, time::Duration};
+
+use anyhow::{Context as _, Result};
+use scan_agent::sensor::{ModeChoice, Sensor};
+use scan_common::PORTS;
+
+use crate::{afpacket::AfPacketCounter, cpu, lab::Lab, nft::NftCounter, proc, stats, trafgen};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    None,
+    Ours,
+    OursSkb,
+    Nftables,
+    AfPacket,
+}
+
+impl Counter {
+    pub const ALL: [Counter; 5] =
+        [Counter::None, Counter::Ours, Counter::OursSkb, Counter::Nftables, Counter::AfPacket];
+
+    pub fn key(self) -> &'static str {
+        match self {
+            Counter::None => "none",
+            Counter::Ours => "ours",
+            Counter::OursSkb => "ours_skb",
+            Counter::Nftables => "nftables",
+            Counter::AfPacket => "af_packet",
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Counter::None => "no sensor",
+            Counter::Ours => "ours, native XDP",
+            Counter::OursSkb => "ours, SKB (generic) XDP",
+            Counter::Nftables => "nftables netdev ingress, dynamic set with per-port counters",
+            Counter::AfPacket => "AF_PACKET + classic BPF SYN filter, userspace counting",
+        }
+    }
+}
+
+pub struct Settings {
+    pub rate_pps: u64,
+    pub seconds: f64,
+    pub rounds: usize,
+}
+
+/// One flood with one counter.
+#[derive(Clone, Debug)]
+pub struct Sample {
+    pub sent: u64,
+    pub delivered: u64,
+    pub counted: Option<u64>,
+    pub irq_ns: u64,
+    pub process_ns: u64,
+    pub achieved_pps: f64,
+}
+
+impl Sample {
+    pub fn cpu_ns_per_syn(&self) -> f64 {
+        (self.irq_ns + self.process_ns) as f64 / self.delivered.max(1) as f64
+    }
+
+    pub fn accuracy(&self) -> Option<f64> {
+        self.counted.map(|c| c as f64 / self.sent.max(1) as f64)
+    }
+}
+
+pub struct CounterFigures {
+    pub counter: Counter,
+    /// Medians over rounds.
+    pub cpu_ns_per_syn: f64,
+    pub softirq_ns_per_syn: f64,
+    pub process_ns_per_syn: f64,
+    /// Counted / sent, summed over rounds (None for no sensor).
+    pub accuracy: Option<f64>,
+    pub samples: Vec<Sample>,
+    pub note: String,
+}
+
+pub struct FloodResults {
+    pub rate_pps: u64,
+    pub seconds: f64,
+    pub rounds: usize,
+    pub interface: String,
+    pub figures: Vec<CounterFigures>,
+    pub errors: Vec<String>,
+}
+
+enum Active {
+    None,
+    Ours(Box<Sensor>),
+    Nft(NftCounter),
+    AfPacket(AfPacketCounter),
+}
+
+impl Active {
+    fn start(counter: Counter, lab: &Lab, dir: &Path) -> Result<Self> {
+        Ok(match counter {
+            Counter::None => Active::None,
+            Counter::Ours | Counter::OursSkb => {
+                let mut sensor = Sensor::load(None)?;
+                let mode =
+                    if counter == Counter::Ours { ModeChoice::Native } else { ModeChoice::Skb };
+                sensor.attach(&lab.root_if, mode, false)?;
+                Active::Ours(Box::new(sensor))
+            }
+            Counter::Nftables => Active::Nft(NftCounter::create(&lab.root_if, dir)?),
+            Counter::AfPacket => Active::AfPacket(AfPacketCounter::start(lab.root_ifindex)?),
+        })
+    }
+
+    /// Waits until a counter that lags (the AF_PACKET reader) has caught up.
+    fn drain(&self, sent: u64) -> Result<()> {
+        match self {
+            Active::AfPacket(c) => {
+                let mut last = c.counted();
+                for _ in 0..30 {
+                    proc::sleep(Duration::from_millis(100))?;
+                    let now = c.counted();
+                    if now >= sent || now == last {
+                        break;
+                    }
+                    last = now;
+                }
+                Ok(())
+            }
+            // Counted synchronously in softirq: done when the packets are in.
+            _ => proc::sleep(Duration::from_millis(200)),
+        }
+    }
+
+    /// (counted, note) once the flood is over; stops the counter.
+    fn finish(self) -> Result<(Option<u64>, String)> {
+        Ok(match self {
+            Active::None => (None, String::new()),
+            Active::Ours(sensor) => {
+                let mut ports = vec![0u64; PORTS as usize];
+                sensor.read_ports(&mut ports);
+                let mode = sensor.attachments().first().map(|a| a.mode.name()).unwrap_or("?");
+                let active = ports.iter().filter(|&&c| c > 0).count();
+                (Some(ports.iter().sum()), format!("attached in {mode} mode; {active} ports counted"))
+            }
+            Active::Nft(nft) => {
+                let (total, elements) = nft.counted()?;
+                (Some(total), format!("{elements} set elements"))
+            }
+            Active::AfPacket(c) => {
+                let counts = c.finish()?;
+                (
+                    Some(counts.counted),
+                    format!(
+                        "{} ports; socket saw {} and dropped {}",
+                        counts.ports, counts.kernel_packets, counts.kernel_drops
+                    ),
+                )
+            }
+        })
+    }
+}
+
+fn one_flood(lab: &Lab, dir: &Path, counter: Counter, settings: &Settings) -> Result<(Sample, String)> {
+    let active = Active::start(counter, lab, dir)
+        .with_context(|| format!("setting up {}", counter.key()))?;
+    proc::sleep(Duration::from_millis(300))?;
+    let flood = trafgen::Flood {
+        packets: (settings.rate_pps as f64 * settings.seconds) as u64,
+        rate_pps: settings.rate_pps,
+        first_port: 1,
+        last_port: 65535,
+    };
+    let rx_before = lab.root_rx_packets()?;
+    let sys_before = cpu::system_times()?;
+    let self_before = cpu::self_cpu_ns();
+    let sent = flood.run(lab, dir)?;
+    active.drain(sent.packets)?;
+    let self_after = cpu::self_cpu_ns();
+    let sys_after = cpu::system_times()?;
+    let rx_after = lab.root_rx_packets()?;
+    let (counted, note) = active.finish()?;
+    let sample = Sample {
+        sent: sent.packets,
+        delivered: rx_after - rx_before,
+        counted,
+        irq_ns: sys_before.irq_ns_until(&sys_after),
+        process_ns: self_after.saturating_sub(self_before),
+        achieved_pps: sent.packets as f64 / sent.seconds,
+    };
+    Ok((sample, note))
+}
+
+pub fn run(settings: &Settings, dir: &Path) -> Result<FloodResults> {
+    let lab = Lab::create('f')?;
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); Counter::ALL.len()];
+    let mut notes = vec![String::new(); Counter::ALL.len()];
+    let mut errors = Vec::new();
+    for round in 0..settings.rounds {
+        for i in 0..Counter::ALL.len() {
+            // Rotate the order from round to round so drift spreads evenly.
+            let index = (i + round) % Counter::ALL.len();
+            let counter = Counter::ALL[index];
+            proc::check_stop()?;
+            match one_flood(&lab, dir, counter, settings) {
+                Ok((sample, note)) => {
+                    eprintln!(
+                        "  flood round {} {:<9} {:>8.0} ns/SYN  sent {} delivered {} counted {:?}",
+                        round + 1,
+                        counter.key(),
+                        sample.cpu_ns_per_syn(),
+                        sample.sent,
+                        sample.delivered,
+                        sample.counted
+                    );
+                    samples[index].push(sample);
+                    notes[index] = note;
+                }
+                Err(e) => errors.push(format!("{} (round {}): {e:#}", counter.key(), round + 1)),
+            }
+        }
+    }
+    let figures = Counter::ALL
+        .iter()
+        .zip(samples)
+        .zip(notes)
+        .filter(|((_, s), _)| !s.is_empty())
+        .map(|((&counter, samples), note)| {
+            let per = |f: &dyn Fn(&Sample) -> f64| {
+                stats::median(&samples.iter().map(f).collect::<Vec<_>>())
+            };
+            let sent: u64 = samples.iter().map(|s| s.sent).sum();
+            let counted: Option<u64> = samples.iter().map(|s| s.counted).sum();
+            CounterFigures {
+                counter,
+                cpu_ns_per_syn: per(&Sample::cpu_ns_per_syn),
+                softirq_ns_per_syn: per(&|s| s.irq_ns as f64 / s.delivered.max(1) as f64),
+                process_ns_per_syn: per(&|s| s.process_ns as f64 / s.delivered.max(1) as f64),
+                accuracy: counted.map(|c| c as f64 / sent.max(1) as f64),
+                samples,
+                note,
+            }
+        })
+        .collect();
+    Ok(FloodResults {
+        rate_pps: settings.rate_pps,
+        seconds: settings.seconds,
+        rounds: settings.rounds,
+        interface: format!("veth {} (root) <- {} (namespace {})", lab.root_if, lab.ns_if, lab.ns),
+        figures,
+        errors,
+    })
+}
