@@ -60,6 +60,7 @@ fn a_445_surge_reaches_alertmanager_and_resolves() {
         .expect("Prometheus and Alertmanager (Debian packages, installed by cargo xtask setup)");
 
     let stop_background = AtomicBool::new(false);
+    let stop_surge = AtomicBool::new(false);
     std::thread::scope(|scope| {
         scope.spawn(|| {
             while !stop_background.load(Ordering::Relaxed) {
@@ -74,10 +75,10 @@ fn a_445_surge_reaches_alertmanager_and_resolves() {
         );
 
         let surge_started = Instant::now();
-        let stop_surge = AtomicBool::new(false);
-        let surge = scope.spawn(|| {
+        let (lab, stop_surge_flag) = (&lab, &stop_surge);
+        let surge = scope.spawn(move || {
             let mut sent = 0;
-            while !stop_surge.load(Ordering::Relaxed) && surge_started.elapsed() < Duration::from_secs(120) {
+            while !stop_surge_flag.load(Ordering::Relaxed) && surge_started.elapsed() < Duration::from_secs(120) {
                 sent += lab.syns_at_rate(445, 50, 50.0).expect("surge SYNs");
             }
             sent

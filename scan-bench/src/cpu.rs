@@ -7,9 +7,6 @@ use anyhow::{Context as _, Result, bail};
 /// System-wide CPU times from the first line of /proc/stat, in nanoseconds.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SystemTimes {
-    pub user: u64,
-    pub system: u64,
-    pub idle: u64,
     pub irq: u64,
     pub softirq: u64,
 }
@@ -34,9 +31,6 @@ pub fn system_times() -> Result<SystemTimes> {
     let ns = 1_000_000_000 / clock_ticks_per_second();
     // user nice system idle iowait irq softirq steal ...
     Ok(SystemTimes {
-        user: (fields[0] + fields[1]) * ns,
-        system: fields[2] * ns,
-        idle: (fields[3] + fields[4]) * ns,
         irq: fields[5] * ns,
         softirq: fields[6] * ns,
     })

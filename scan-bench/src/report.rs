@@ -102,6 +102,7 @@ impl Results {
                         "delivered": f.samples.iter().map(|s| s.delivered).collect::<Vec<_>>(),
                         "counted": f.samples.iter().map(|s| s.counted).collect::<Vec<_>>(),
                         "cpu_ns_per_syn_by_round": f.samples.iter().map(|s| s.cpu_ns_per_syn()).collect::<Vec<_>>(),
+                        "accuracy_by_round": f.samples.iter().map(|s| num(s.accuracy())).collect::<Vec<_>>(),
                         "achieved_pps": f.samples.iter().map(|s| s.achieved_pps.round()).collect::<Vec<_>>(),
                         "note": f.note,
                     }),

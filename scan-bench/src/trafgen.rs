@@ -41,7 +41,7 @@ impl Flood {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &lab.ns, "trafgen", "-i"])
             .arg(&path)
-            .args(["-o", &lab.ns_if, "-P", "1", "-A"])
+            .args(["-o", &lab.ns_if, "-P", "1", "--no-sock-mem"])
             .args(["-n", &self.packets.to_string()])
             .args(["-b", &format!("{}pps", self.rate_pps)]);
         Ok(cmd)
