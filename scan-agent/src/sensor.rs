@@ -70,6 +70,8 @@ pub enum SensorError {
          support for XDP (Linux >= 5.9); run without --keep-attached"
     )]
     KeepAttached { interface: String, reason: String },
+    #[error("no network interface named {0:?}: see `ip link` for the names")]
+    NoInterface(String),
     #[error("pinned link {path}: {reason}")]
     PinnedLink { path: PathBuf, reason: String },
     #[error("test run failed: {0:#}")]
@@ -360,6 +362,9 @@ impl Sensor {
         choice: ModeChoice,
         keep: bool,
     ) -> Result<Attachment, SensorError> {
+        if !Path::new("/sys/class/net").join(interface).exists() {
+            return Err(SensorError::NoInterface(interface.to_string()));
+        }
         let adopted = self.adopt_pinned_link(interface)?;
         let was_adopted = adopted.is_some();
         let (link_id, mode) = match adopted {

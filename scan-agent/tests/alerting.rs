@@ -32,7 +32,7 @@ impl Drop for Scratch {
 #[test]
 fn a_445_surge_reaches_alertmanager_and_resolves() {
     let lab = Lab::create().expect("creating the lab (needs root and network namespaces)");
-    let tag = format!("scan-alerting-{}", std::process::id());
+    let tag = format!("scan-lab-alerting-{}", std::process::id());
     let scratch = Scratch(std::env::temp_dir().join(&tag), PathBuf::from("/sys/fs/bpf").join(&tag));
     std::fs::create_dir_all(&scratch.0).unwrap();
     let rules = scratch.0.join("rules.yml");

@@ -29,7 +29,12 @@ struct TpacketStats {
 }
 
 const fn stmt(code: u16, k: u32) -> libc::sock_filter {
-    libc::sock_filter { code, jt: 0, jf: 0, k }
+    libc::sock_filter {
+        code,
+        jt: 0,
+        jf: 0,
+        k,
+    }
 }
 
 const fn jump(code: u16, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
@@ -49,24 +54,24 @@ const RET_K: u16 = 0x06;
 /// `tcp[tcpflags] & (tcp-syn|tcp-ack) == tcp-syn` for IPv4 and IPv6, as
 /// `tcpdump -dd` would write it. Jump offsets count from the next instruction.
 pub const SYN_FILTER: [libc::sock_filter; 18] = [
-    stmt(LD_H_ABS, 12),              // 0: ethertype
-    jump(JEQ_K, 0x0800, 0, 8),       // 1: IPv4 -> 2, else -> 10
-    stmt(LD_B_ABS, 23),              // 2: IPv4 protocol
-    jump(JEQ_K, 6, 0, 13),           // 3: TCP -> 4, else reject
-    stmt(LD_H_ABS, 20),              // 4: flags + fragment offset
-    jump(JSET_K, 0x1fff, 11, 0),     // 5: later fragment -> reject
-    stmt(LDX_B_MSH, 14),             // 6: X = IPv4 header length
-    stmt(LD_B_IND, 14 + 13),         // 7: TCP flags
-    stmt(AND_K, 0x12),               // 8: SYN | ACK
-    jump(JEQ_K, 0x02, 6, 7),         // 9: SYN only -> accept, else reject
-    jump(JEQ_K, 0x86dd, 0, 6),       // 10: IPv6 -> 11, else reject
-    stmt(LD_B_ABS, 14 + 6),          // 11: next header
-    jump(JEQ_K, 6, 0, 4),            // 12: TCP -> 13, else reject
-    stmt(LD_B_ABS, 14 + 40 + 13),    // 13: TCP flags
-    stmt(AND_K, 0x12),               // 14
-    jump(JEQ_K, 0x02, 0, 1),         // 15: SYN only -> accept, else reject
-    stmt(RET_K, SNAPLEN),            // 16: accept
-    stmt(RET_K, 0),                  // 17: reject
+    stmt(LD_H_ABS, 12),           // 0: ethertype
+    jump(JEQ_K, 0x0800, 0, 8),    // 1: IPv4 -> 2, else -> 10
+    stmt(LD_B_ABS, 23),           // 2: IPv4 protocol
+    jump(JEQ_K, 6, 0, 13),        // 3: TCP -> 4, else reject
+    stmt(LD_H_ABS, 20),           // 4: flags + fragment offset
+    jump(JSET_K, 0x1fff, 11, 0),  // 5: later fragment -> reject
+    stmt(LDX_B_MSH, 14),          // 6: X = IPv4 header length
+    stmt(LD_B_IND, 14 + 13),      // 7: TCP flags
+    stmt(AND_K, 0x12),            // 8: SYN | ACK
+    jump(JEQ_K, 0x02, 6, 7),      // 9: SYN only -> accept, else reject
+    jump(JEQ_K, 0x86dd, 0, 6),    // 10: IPv6 -> 11, else reject
+    stmt(LD_B_ABS, 14 + 6),       // 11: next header
+    jump(JEQ_K, 6, 0, 4),         // 12: TCP -> 13, else reject
+    stmt(LD_B_ABS, 14 + 40 + 13), // 13: TCP flags
+    stmt(AND_K, 0x12),            // 14
+    jump(JEQ_K, 0x02, 0, 1),      // 15: SYN only -> accept, else reject
+    stmt(RET_K, SNAPLEN),         // 16: accept
+    stmt(RET_K, 0),               // 17: reject
 ];
 
 fn check(ret: libc::c_int, what: &str) -> Result<()> {
@@ -102,15 +107,30 @@ fn open(ifindex: u32) -> Result<OwnedFd> {
         len: SYN_FILTER.len() as u16,
         filter: SYN_FILTER.as_ptr().cast_mut(),
     };
-    check(setsockopt(raw, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &program), "SO_ATTACH_FILTER")?;
+    check(
+        setsockopt(raw, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &program),
+        "SO_ATTACH_FILTER",
+    )?;
     let rcvbuf: libc::c_int = 64 << 20;
     if setsockopt(raw, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &rcvbuf) < 0 {
-        check(setsockopt(raw, libc::SOL_SOCKET, libc::SO_RCVBUF, &rcvbuf), "SO_RCVBUF")?;
+        check(
+            setsockopt(raw, libc::SOL_SOCKET, libc::SO_RCVBUF, &rcvbuf),
+            "SO_RCVBUF",
+        )?;
     }
     let one: libc::c_int = 1;
-    check(setsockopt(raw, libc::SOL_PACKET, PACKET_IGNORE_OUTGOING, &one), "PACKET_IGNORE_OUTGOING")?;
-    let timeout = libc::timeval { tv_sec: 0, tv_usec: 100_000 };
-    check(setsockopt(raw, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &timeout), "SO_RCVTIMEO")?;
+    check(
+        setsockopt(raw, libc::SOL_PACKET, PACKET_IGNORE_OUTGOING, &one),
+        "PACKET_IGNORE_OUTGOING",
+    )?;
+    let timeout = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 100_000,
+    };
+    check(
+        setsockopt(raw, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &timeout),
+        "SO_RCVTIMEO",
+    )?;
     // SAFETY: zeroed sockaddr_ll is valid; fields set below.
     let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     addr.sll_family = libc::AF_PACKET as u16;
@@ -165,7 +185,11 @@ impl AfPacketCounter {
                 .name("af-packet".into())
                 .spawn(move || count(fd, &stop, &counted))?
         };
-        Ok(Self { stop, counted, thread: Some(thread) })
+        Ok(Self {
+            stop,
+            counted,
+            thread: Some(thread),
+        })
     }
 
     /// SYNs counted so far.
@@ -201,7 +225,10 @@ fn count(fd: OwnedFd, stop: &AtomicBool, counted: &AtomicU64) -> Result<Counts> 
     loop {
         let mut iovecs: Vec<libc::iovec> = buffers
             .iter_mut()
-            .map(|b| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: b.len() })
+            .map(|b| libc::iovec {
+                iov_base: b.as_mut_ptr().cast(),
+                iov_len: b.len(),
+            })
             .collect();
         // SAFETY: zeroed mmsghdr is valid; each points at its own iovec.
         let mut msgs: Vec<libc::mmsghdr> = iovecs
@@ -215,7 +242,13 @@ fn count(fd: OwnedFd, stop: &AtomicBool, counted: &AtomicU64) -> Result<Counts> 
             .collect();
         // SAFETY: msgs/iovecs/buffers outlive the call; BATCH entries.
         let n = unsafe {
-            libc::recvmmsg(raw, msgs.as_mut_ptr(), BATCH as u32, libc::MSG_WAITFORONE, std::ptr::null_mut())
+            libc::recvmmsg(
+                raw,
+                msgs.as_mut_ptr(),
+                BATCH as u32,
+                libc::MSG_WAITFORONE,
+                std::ptr::null_mut(),
+            )
         };
         if n < 0 {
             let e = io::Error::last_os_error();
@@ -243,7 +276,13 @@ fn count(fd: OwnedFd, stop: &AtomicBool, counted: &AtomicU64) -> Result<Counts> 
     let mut len = size_of::<TpacketStats>() as libc::socklen_t;
     // SAFETY: passes a live TpacketStats and its size.
     let ret = unsafe {
-        libc::getsockopt(raw, libc::SOL_PACKET, PACKET_STATISTICS, (&raw mut stats).cast(), &mut len)
+        libc::getsockopt(
+            raw,
+            libc::SOL_PACKET,
+            PACKET_STATISTICS,
+            (&raw mut stats).cast(),
+            &mut len,
+        )
     };
     check(ret, "PACKET_STATISTICS")?;
     Ok(Counts {

@@ -64,9 +64,15 @@ fn free_port() -> Result<u16> {
 pub fn build_binary(root: &Path, target_dir: &Path) -> Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     proc::run(
-        Command::new(cargo)
-            .current_dir(root)
-            .args(["build", "--release", "--quiet", "-p", "scan-agent", "--bin", "scan-agent"]),
+        Command::new(cargo).current_dir(root).args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "scan-agent",
+            "--bin",
+            "scan-agent",
+        ]),
         Duration::from_secs(900),
     )
     .context("building target/release/scan-agent")?;
@@ -104,7 +110,10 @@ fn metrics(addr: SocketAddr) -> Result<String> {
 
 pub fn run(settings: &Settings, binary: &Path, dir: &Path) -> Result<AgentResults> {
     let lab = Lab::create('a')?;
-    let pins = PinDir(PathBuf::from(format!("/sys/fs/bpf/{BPFFS_PREFIX}{}", std::process::id())));
+    let pins = PinDir(PathBuf::from(format!(
+        "/sys/fs/bpf/{BPFFS_PREFIX}{}",
+        std::process::id()
+    )));
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let state = dir.join("agent-state.json");
     let mut agent = ChildGuard::spawn(
@@ -121,10 +130,17 @@ pub fn run(settings: &Settings, binary: &Path, dir: &Path) -> Result<AgentResult
     // Stop it the way an operator would: SIGTERM, state saved, detached.
     let stopped = agent.terminate(Duration::from_secs(15))?;
     let mut results = result.map_err(|e| {
-        e.context(format!("agent output: {}", stopped.stderr.trim().lines().last().unwrap_or("")))
+        e.context(format!(
+            "agent output: {}",
+            stopped.stderr.trim().lines().last().unwrap_or("")
+        ))
     })?;
     if !stopped.status.success() {
-        bail!("the agent exited with {} on SIGTERM: {}", stopped.status, stopped.stderr.trim());
+        bail!(
+            "the agent exited with {} on SIGTERM: {}",
+            stopped.status,
+            stopped.stderr.trim()
+        );
     }
     results.binary = binary.to_path_buf();
     drop(pins);
@@ -142,7 +158,12 @@ fn measure(
 ) -> Result<AgentResults> {
     wait_healthy(agent, addr)?;
     // Warm-up: two SYNs to every port, then two detector steps (default 5 s each).
-    let all_ports = trafgen::Flood { packets: 2 * 65_536, rate_pps: 100_000, first_port: 0, last_port: 65_535 };
+    let all_ports = trafgen::Flood {
+        packets: 2 * 65_536,
+        rate_pps: 100_000,
+        first_port: 0,
+        last_port: 65_535,
+    };
     all_ports.run(lab, dir)?;
     let interval = scan_agent::detector::DEFAULT_INTERVAL;
     let deadline = Instant::now() + interval * 4;
@@ -156,7 +177,10 @@ fn measure(
         }
     };
     if syns_seen < 2.0 * 65_536.0 {
-        bail!("the agent counted {syns_seen} SYNs of the {} sent", 2 * 65_536);
+        bail!(
+            "the agent counted {syns_seen} SYNs of the {} sent",
+            2 * 65_536
+        );
     }
     let (rss, hwm) = cpu::rss_kib(pid)?;
 

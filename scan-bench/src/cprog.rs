@@ -8,7 +8,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use aya::{
     Ebpf,
-    programs::{TestRun as _, TestRunOptions, TestRunResult, Xdp},
+    programs::{TestRun as _, TestRunOptions, TestRunResult, Xdp, XdpMode},
 };
 
 use crate::proc;
@@ -35,8 +35,7 @@ pub struct CObjects {
 
 /// Compiles bench/*.c with `clang -O2 -g -target bpf -c` into `out_dir`.
 pub fn build(source_dir: &Path, out_dir: &Path) -> Result<CObjects> {
-    std::fs::create_dir_all(out_dir)
-        .with_context(|| format!("creating {}", out_dir.display()))?;
+    std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let compile = |source: &str| -> Result<PathBuf> {
         let src = source_dir.join(source);
         let obj = out_dir.join(source.replace(".c", ".o"));
@@ -51,7 +50,10 @@ pub fn build(source_dir: &Path, out_dir: &Path) -> Result<CObjects> {
         .with_context(|| format!("compiling {} (is clang-22 installed?)", src.display()))?;
         Ok(obj)
     };
-    Ok(CObjects { pass: compile(PASS_SOURCE)?, reference: compile(REFERENCE_SOURCE)? })
+    Ok(CObjects {
+        pass: compile(PASS_SOURCE)?,
+        reference: compile(REFERENCE_SOURCE)?,
+    })
 }
 
 /// A loaded XDP program from a C object (not attached anywhere).
@@ -64,8 +66,8 @@ impl XdpObject {
     pub fn load(object: &Path, program: &'static str) -> Result<Self> {
         let bytes =
             std::fs::read(object).with_context(|| format!("reading {}", object.display()))?;
-        let mut ebpf = Ebpf::load(&bytes)
-            .with_context(|| format!("loading {} with aya", object.display()))?;
+        let mut ebpf =
+            Ebpf::load(&bytes).with_context(|| format!("loading {} with aya", object.display()))?;
         let xdp: &mut Xdp = ebpf
             .program_mut(program)
             .with_context(|| format!("no program {program} in {}", object.display()))?
@@ -76,13 +78,29 @@ impl XdpObject {
         Ok(Self { ebpf, program })
     }
 
+    /// Attaches to `interface`; detached when `self` is dropped.
+    pub fn attach(&mut self, interface: &str, mode: XdpMode) -> Result<()> {
+        let xdp: &mut Xdp = self
+            .ebpf
+            .program_mut(self.program)
+            .context("program vanished")?
+            .try_into()?;
+        xdp.attach(interface, mode)
+            .with_context(|| format!("attaching {} to {interface} ({mode:?})", self.program))?;
+        Ok(())
+    }
+
     pub fn test_run(&self, frame: &[u8], repeat: u32) -> Result<TestRunResult> {
         let xdp: &Xdp = self
             .ebpf
             .program(self.program)
             .context("program vanished")?
             .try_into()?;
-        let options = TestRunOptions { data_in: Some(frame), repeat, ..Default::default() };
+        let options = TestRunOptions {
+            data_in: Some(frame),
+            repeat,
+            ..Default::default()
+        };
         xdp.test_run(options)
             .with_context(|| format!("BPF_PROG_TEST_RUN of {}", self.program))
     }

@@ -81,7 +81,9 @@ fn schedstat_ns(pid: u32) -> io::Result<u64> {
     for task in fs::read_dir(format!("/proc/{pid}/task"))? {
         let path = task?.path().join("schedstat");
         // A thread may exit between listing and reading.
-        let Ok(text) = fs::read_to_string(path) else { continue };
+        let Ok(text) = fs::read_to_string(path) else {
+            continue;
+        };
         let run: u64 = text
             .split_whitespace()
             .next()
@@ -96,10 +98,18 @@ fn stat_cpu_ns(pid: u32) -> Result<u64> {
     let text = fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("reading /proc/{pid}/stat"))?;
     // Fields after the command name (which may hold spaces, hence rsplit on ')').
-    let rest = text.rsplit_once(')').map(|(_, r)| r).context("bad /proc/PID/stat")?;
+    let rest = text
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("bad /proc/PID/stat")?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // rest[0] is field 3 (state); utime and stime are fields 14 and 15.
-    let get = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    let get = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     Ok((get(11) + get(12)) * (1_000_000_000 / clock_ticks_per_second()))
 }
 

@@ -1,23 +1,35 @@
 //! Part 2: a bounded SYN flood over veth from a namespace of ours to the root
 //! namespace, at a fixed offered rate over all ports, with each counter in turn.
 //!
-//! CPU per delivered SYN = (softirq + hardirq time of every CPU, from /proc/stat,
-//! + this process's own user + system time, from getrusage) / SYNs delivered to
-//! the root end of the veth. Both the XDP program (native or generic), the
-//! nftables hook and the AF_PACKET filter run in softirq; the AF_PACKET counter's
-//! reading thread is this process. The generator (trafgen, another process) is
-//! left out, as is its system time for sending: it is the same for every counter.
+//! CPU per delivered SYN is the softirq and hardirq time of every CPU (from
+//! /proc/stat) plus this process's own user and system time (getrusage), divided
+//! by the SYNs delivered to the root end of the veth. The XDP program (native or
+//! generic), the nftables hook and the AF_PACKET filter all run in softirq; the
+//! AF_PACKET counter's reading thread is this process. The generator (trafgen,
+//! another process) is left out, as is its system time for sending: it is the
+//! same for every counter.
 use std::{path::Path, time::Duration};
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, anyhow};
+use aya::programs::XdpMode;
 use scan_agent::sensor::{ModeChoice, Sensor};
 use scan_common::PORTS;
 
-use crate::{afpacket::AfPacketCounter, cpu, lab::Lab, nft::NftCounter, proc, stats, trafgen};
+use crate::{
+    afpacket::AfPacketCounter,
+    cprog::{self, CObjects, XdpObject},
+    cpu,
+    lab::Lab,
+    nft::NftCounter,
+    proc, stats, trafgen,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {
     None,
+    /// Not a counter: the empty XDP_PASS program in native mode, to separate the
+    /// cost of veth's native XDP path from the cost of our program.
+    EmptyXdp,
     Ours,
     OursSkb,
     Nftables,
@@ -25,12 +37,24 @@ pub enum Counter {
 }
 
 impl Counter {
-    pub const ALL: [Counter; 5] =
-        [Counter::None, Counter::Ours, Counter::OursSkb, Counter::Nftables, Counter::AfPacket];
+    pub const ALL: [Counter; 6] = [
+        Counter::None,
+        Counter::EmptyXdp,
+        Counter::Ours,
+        Counter::OursSkb,
+        Counter::Nftables,
+        Counter::AfPacket,
+    ];
+
+    /// Whether it counts SYNs (and so has an accuracy).
+    pub fn counts(self) -> bool {
+        !matches!(self, Counter::None | Counter::EmptyXdp)
+    }
 
     pub fn key(self) -> &'static str {
         match self {
             Counter::None => "none",
+            Counter::EmptyXdp => "empty_xdp",
             Counter::Ours => "ours",
             Counter::OursSkb => "ours_skb",
             Counter::Nftables => "nftables",
@@ -41,6 +65,7 @@ impl Counter {
     pub fn label(self) -> &'static str {
         match self {
             Counter::None => "no sensor",
+            Counter::EmptyXdp => "empty XDP_PASS program, native (veth's XDP path alone)",
             Counter::Ours => "ours, native XDP",
             Counter::OursSkb => "ours, SKB (generic) XDP",
             Counter::Nftables => "nftables netdev ingress, dynamic set with per-port counters",
@@ -99,19 +124,29 @@ pub struct FloodResults {
 
 enum Active {
     None,
+    Empty(Box<XdpObject>),
     Ours(Box<Sensor>),
     Nft(NftCounter),
     AfPacket(AfPacketCounter),
 }
 
 impl Active {
-    fn start(counter: Counter, lab: &Lab, dir: &Path) -> Result<Self> {
+    fn start(counter: Counter, lab: &Lab, dir: &Path, objects: Objects<'_>) -> Result<Self> {
         Ok(match counter {
             Counter::None => Active::None,
+            Counter::EmptyXdp => {
+                let objects = objects.map_err(|e| anyhow!("C objects not built: {e}"))?;
+                let mut pass = XdpObject::load(&objects.pass, cprog::PASS_PROGRAM)?;
+                pass.attach(&lab.root_if, XdpMode::Driver)?;
+                Active::Empty(Box::new(pass))
+            }
             Counter::Ours | Counter::OursSkb => {
                 let mut sensor = Sensor::load(None)?;
-                let mode =
-                    if counter == Counter::Ours { ModeChoice::Native } else { ModeChoice::Skb };
+                let mode = if counter == Counter::Ours {
+                    ModeChoice::Native
+                } else {
+                    ModeChoice::Skb
+                };
                 sensor.attach(&lab.root_if, mode, false)?;
                 Active::Ours(Box::new(sensor))
             }
@@ -144,12 +179,24 @@ impl Active {
     fn finish(self) -> Result<(Option<u64>, String)> {
         Ok(match self {
             Active::None => (None, String::new()),
+            Active::Empty(pass) => {
+                // Detach before the next counter is set up.
+                drop(pass);
+                (None, "attached in native mode".into())
+            }
             Active::Ours(sensor) => {
                 let mut ports = vec![0u64; PORTS as usize];
                 sensor.read_ports(&mut ports);
-                let mode = sensor.attachments().first().map(|a| a.mode.name()).unwrap_or("?");
+                let mode = sensor
+                    .attachments()
+                    .first()
+                    .map(|a| a.mode.name())
+                    .unwrap_or("?");
                 let active = ports.iter().filter(|&&c| c > 0).count();
-                (Some(ports.iter().sum()), format!("attached in {mode} mode; {active} ports counted"))
+                (
+                    Some(ports.iter().sum()),
+                    format!("attached in {mode} mode; {active} ports counted"),
+                )
             }
             Active::Nft(nft) => {
                 let (total, elements) = nft.counted()?;
@@ -169,8 +216,16 @@ impl Active {
     }
 }
 
-fn one_flood(lab: &Lab, dir: &Path, counter: Counter, settings: &Settings) -> Result<(Sample, String)> {
-    let active = Active::start(counter, lab, dir)
+type Objects<'a> = Result<&'a CObjects, String>;
+
+fn one_flood(
+    lab: &Lab,
+    dir: &Path,
+    counter: Counter,
+    settings: &Settings,
+    objects: Objects<'_>,
+) -> Result<(Sample, String)> {
+    let active = Active::start(counter, lab, dir, objects)
         .with_context(|| format!("setting up {}", counter.key()))?;
     proc::sleep(Duration::from_millis(300))?;
     let flood = trafgen::Flood {
@@ -199,7 +254,7 @@ fn one_flood(lab: &Lab, dir: &Path, counter: Counter, settings: &Settings) -> Re
     Ok((sample, note))
 }
 
-pub fn run(settings: &Settings, dir: &Path) -> Result<FloodResults> {
+pub fn run(settings: &Settings, dir: &Path, objects: Objects<'_>) -> Result<FloodResults> {
     let lab = Lab::create('f')?;
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); Counter::ALL.len()];
     let mut notes = vec![String::new(); Counter::ALL.len()];
@@ -210,7 +265,7 @@ pub fn run(settings: &Settings, dir: &Path) -> Result<FloodResults> {
             let index = (i + round) % Counter::ALL.len();
             let counter = Counter::ALL[index];
             proc::check_stop()?;
-            match one_flood(&lab, dir, counter, settings) {
+            match one_flood(&lab, dir, counter, settings, objects.clone()) {
                 Ok((sample, note)) => {
                     eprintln!(
                         "  flood round {} {:<9} {:>8.0} ns/SYN  sent {} delivered {} counted {:?}",
@@ -254,7 +309,10 @@ pub fn run(settings: &Settings, dir: &Path) -> Result<FloodResults> {
         rate_pps: settings.rate_pps,
         seconds: settings.seconds,
         rounds: settings.rounds,
-        interface: format!("veth {} (root) <- {} (namespace {})", lab.root_if, lab.ns_if, lab.ns),
+        interface: format!(
+            "veth {} (root) <- {} (namespace {})",
+            lab.root_if, lab.ns_if, lab.ns
+        ),
         figures,
         errors,
     })

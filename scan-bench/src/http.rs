@@ -13,9 +13,14 @@ pub fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(u16, Stri
         .with_context(|| format!("connecting to {addr}"))?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).with_context(|| format!("reading {path} from {addr}"))?;
+    stream
+        .read_to_end(&mut raw)
+        .with_context(|| format!("reading {path} from {addr}"))?;
     let text = String::from_utf8_lossy(&raw);
     let Some((head, body)) = text.split_once("\r\n\r\n") else {
         bail!("malformed HTTP response from {addr}{path}");
@@ -28,7 +33,11 @@ pub fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(u16, Stri
     let chunked = head
         .lines()
         .any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding:") && l.contains("chunked"));
-    let body = if chunked { dechunk(body)? } else { body.to_string() };
+    let body = if chunked {
+        dechunk(body)?
+    } else {
+        body.to_string()
+    };
     Ok((status, body))
 }
 
@@ -56,7 +65,10 @@ pub fn sample(text: &str, name: &str) -> Option<f64> {
 mod tests {
     #[test]
     fn chunks_and_samples() {
-        assert_eq!(super::dechunk("5\r\nhello\r\n1\r\n!\r\n0\r\n\r\n").unwrap(), "hello!");
+        assert_eq!(
+            super::dechunk("5\r\nhello\r\n1\r\n!\r\n0\r\n\r\n").unwrap(),
+            "hello!"
+        );
         let text = "# HELP a x\na_total 12\na 3\n";
         assert_eq!(super::sample(text, "a"), Some(3.0));
         assert_eq!(super::sample(text, "a_total"), Some(12.0));

@@ -48,7 +48,10 @@ impl Lab {
         let base = u32::from(Ipv4Addr::new(198, 19, 0, 0)) + slot * 4;
         let mac = |end: u8| {
             let p = pid.to_be_bytes();
-            format!("02:5b:{:02x}:{:02x}:{:02x}:{end:02x}", p[2], p[3], tag as u8)
+            format!(
+                "02:5b:{:02x}:{:02x}:{:02x}:{end:02x}",
+                p[2], p[3], tag as u8
+            )
         };
         let mut lab = Self {
             ns: format!("{NS_PREFIX}{pid}-{tag}"),
@@ -61,7 +64,8 @@ impl Lab {
             root_ifindex: 0,
         };
         // From here on, dropping `lab` removes whatever was made.
-        lab.build().with_context(|| format!("creating the lab namespace {}", lab.ns))?;
+        lab.build()
+            .with_context(|| format!("creating the lab namespace {}", lab.ns))?;
         Ok(lab)
     }
 
@@ -79,20 +83,54 @@ impl Lab {
             ],
         )?;
         ip(&[
-            "link", "add", root_if, "address", &self.root_mac, "type", "veth", "peer", "name",
-            ns_if, "address", &self.ns_mac, "netns", ns,
+            "link",
+            "add",
+            root_if,
+            "address",
+            &self.root_mac,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            ns_if,
+            "address",
+            &self.ns_mac,
+            "netns",
+            ns,
         ])?;
-        fs::write(format!("/proc/sys/net/ipv6/conf/{root_if}/disable_ipv6"), "1")
-            .context("disabling IPv6 on the root end")?;
+        fs::write(
+            format!("/proc/sys/net/ipv6/conf/{root_if}/disable_ipv6"),
+            "1",
+        )
+        .context("disabling IPv6 on the root end")?;
         let root_cidr = format!("{}/30", self.root_ip);
         let ns_cidr = format!("{}/30", self.ns_ip);
         ip(&["addr", "add", &root_cidr, "dev", root_if])?;
         ip(&["-n", ns, "addr", "add", &ns_cidr, "dev", ns_if])?;
         // Static neighbours: no ARP in the counts either.
         let (root_ip, ns_ip) = (self.root_ip.to_string(), self.ns_ip.to_string());
-        ip(&["neigh", "replace", &ns_ip, "lladdr", &self.ns_mac, "dev", root_if, "nud", "permanent"])?;
         ip(&[
-            "-n", ns, "neigh", "replace", &root_ip, "lladdr", &self.root_mac, "dev", ns_if, "nud",
+            "neigh",
+            "replace",
+            &ns_ip,
+            "lladdr",
+            &self.ns_mac,
+            "dev",
+            root_if,
+            "nud",
+            "permanent",
+        ])?;
+        ip(&[
+            "-n",
+            ns,
+            "neigh",
+            "replace",
+            &root_ip,
+            "lladdr",
+            &self.root_mac,
+            "dev",
+            ns_if,
+            "nud",
             "permanent",
         ])?;
         ip(&["link", "set", root_if, "up"])?;
@@ -139,7 +177,9 @@ fn dead_owner(name: &str, prefix: &str) -> bool {
 pub fn remove_leftovers() -> Vec<String> {
     let mut removed = Vec::new();
     let text = |cmd: &mut Command| {
-        cmd.output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
+        cmd.output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
     };
     for line in text(Command::new("ip").args(["netns", "list"])).lines() {
         let name = line.split_whitespace().next().unwrap_or("");

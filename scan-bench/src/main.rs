@@ -65,26 +65,46 @@ impl Plan {
     fn new(quick: bool) -> Self {
         if quick {
             Plan {
-                test_run: testrun::Settings { repeat: 200_000, runs: 3 },
-                flood: flood::Settings { rate_pps: 100_000, seconds: 1.5, rounds: 1 },
+                test_run: testrun::Settings {
+                    repeat: 200_000,
+                    runs: 3,
+                },
+                flood: flood::Settings {
+                    rate_pps: 100_000,
+                    seconds: 1.5,
+                    rounds: 1,
+                },
                 map_read: mapread::Settings {
                     fast_iterations: 50,
                     batch_iterations: 5,
                     per_key_iterations: 2,
                 },
-                agent: agent::Settings { cpu_window: Duration::from_secs(10), scrapes: 3 },
+                agent: agent::Settings {
+                    cpu_window: Duration::from_secs(10),
+                    scrapes: 3,
+                },
                 render_iterations: 10,
             }
         } else {
             Plan {
-                test_run: testrun::Settings { repeat: 2_000_000, runs: 7 },
-                flood: flood::Settings { rate_pps: 100_000, seconds: 8.0, rounds: 3 },
+                test_run: testrun::Settings {
+                    repeat: 2_000_000,
+                    runs: 7,
+                },
+                flood: flood::Settings {
+                    rate_pps: 100_000,
+                    seconds: 10.0,
+                    rounds: 3,
+                },
                 map_read: mapread::Settings {
                     fast_iterations: 500,
                     batch_iterations: 31,
                     per_key_iterations: 9,
                 },
-                agent: agent::Settings { cpu_window: Duration::from_secs(60), scrapes: 21 },
+                agent: agent::Settings {
+                    cpu_window: Duration::from_secs(60),
+                    scrapes: 21,
+                },
                 render_iterations: 101,
             }
         }
@@ -188,7 +208,9 @@ fn bench() -> Result<Vec<String>> {
     let wants = |p: Part| args.only.is_empty() || args.only.contains(&p);
     let mut results = report::Results {
         quick: args.quick,
-        started_unix: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        started_unix: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
         seconds: 0.0,
         machine: machine::Machine::probe(&cprog::clang()),
         testrun: None,
@@ -203,31 +225,36 @@ fn bench() -> Result<Vec<String>> {
     let objects = objects.as_ref().map_err(Clone::clone);
 
     if wants(Part::XdpTestRun) {
-        results.testrun =
-            part(&mut results, "xdp_test_run", || testrun::run(&plan.test_run, objects.clone()));
+        results.testrun = part(&mut results, "xdp_test_run", || {
+            testrun::run(&plan.test_run, objects.clone())
+        });
         if let Some(t) = &results.testrun {
             let errors = t.errors.clone();
             note_errors(&mut results, "xdp_test_run", &errors);
         }
     }
     if wants(Part::Flood) {
-        results.flood = part(&mut results, "flood", || flood::run(&plan.flood, &scratch.0));
+        results.flood = part(&mut results, "flood", || {
+            flood::run(&plan.flood, &scratch.0, objects.clone())
+        });
         if let Some(f) = &results.flood {
             let errors = f.errors.clone();
             note_errors(&mut results, "flood", &errors);
         }
     }
     if wants(Part::MapRead) {
-        results.mapread =
-            part(&mut results, "map_read", || mapread::run(&plan.map_read, objects.clone()));
+        results.mapread = part(&mut results, "map_read", || {
+            mapread::run(&plan.map_read, objects.clone())
+        });
         if let Some(m) = &results.mapread {
             let errors = m.errors.clone();
             note_errors(&mut results, "map_read", &errors);
         }
     }
     if wants(Part::Agent) {
-        results.render =
-            part(&mut results, "metrics_render", || render::run(plan.render_iterations));
+        results.render = part(&mut results, "metrics_render", || {
+            render::run(plan.render_iterations)
+        });
         results.agent = part(&mut results, "agent", || {
             let binary = agent::build_binary(&root, &target)?;
             agent::run(&plan.agent, &binary, &scratch.0)
@@ -236,8 +263,11 @@ fn bench() -> Result<Vec<String>> {
     results.seconds = started.elapsed().as_secs_f64();
 
     let summary = out_dir.join("summary.json");
-    std::fs::write(&summary, serde_json::to_string_pretty(&results.summary_json())? + "\n")
-        .with_context(|| format!("writing {}", summary.display()))?;
+    std::fs::write(
+        &summary,
+        serde_json::to_string_pretty(&results.summary_json())? + "\n",
+    )
+    .with_context(|| format!("writing {}", summary.display()))?;
     let section = results.markdown();
     let results_md = out_dir.join("results.md");
     std::fs::write(&results_md, &section)?;

@@ -59,7 +59,9 @@ pub fn run(settings: &Settings, objects: Result<&CObjects, String>) -> Result<Ma
     let mut errors = Vec::new();
     let (mut batch_ms, mut per_key_ms) = (None, None);
     match objects {
-        Err(e) => errors.push(format!("no PERCPU_ARRAY to read (C objects not built): {e}")),
+        Err(e) => errors.push(format!(
+            "no PERCPU_ARRAY to read (C objects not built): {e}"
+        )),
         Ok(objects) => match percpu_reads(settings, objects, cpus) {
             Ok((batch, per_key)) => {
                 batch_ms = Some(batch);
@@ -68,7 +70,15 @@ pub fn run(settings: &Settings, objects: Result<&CObjects, String>) -> Result<Ma
             Err(e) => errors.push(format!("{e:#}")),
         },
     }
-    Ok(MapReadResults { cpus, bytes, ours_ms, memcpy_ms, batch_ms, per_key_ms, errors })
+    Ok(MapReadResults {
+        cpus,
+        bytes,
+        ours_ms,
+        memcpy_ms,
+        batch_ms,
+        per_key_ms,
+        errors,
+    })
 }
 
 fn percpu_reads(settings: &Settings, objects: &CObjects, cpus: usize) -> Result<(f64, f64)> {
@@ -84,7 +94,9 @@ fn percpu_reads(settings: &Settings, objects: &CObjects, cpus: usize) -> Result<
     let mut out = vec![0u64; PORTS as usize];
     let mut batch = BatchBuffers::new(PORTS as usize, cpus);
     // One read first, to fail early with the syscall's error.
-    batch.read_all(fd, &mut out).context("BPF_MAP_LOOKUP_BATCH")?;
+    batch
+        .read_all(fd, &mut out)
+        .context("BPF_MAP_LOOKUP_BATCH")?;
     let mut failure = None;
     let batch_ms = median_ms(settings.batch_iterations, || {
         if let Err(e) = batch.read_all(fd, black_box(&mut out)) {
@@ -137,7 +149,12 @@ struct BatchBuffers {
 
 impl BatchBuffers {
     fn new(entries: usize, cpus: usize) -> Self {
-        Self { entries, cpus, keys: vec![0; entries], values: vec![0; entries * cpus] }
+        Self {
+            entries,
+            cpus,
+            keys: vec![0; entries],
+            values: vec![0; entries * cpus],
+        }
     }
 
     /// Reads every element with as few BPF_MAP_LOOKUP_BATCH calls as the kernel
@@ -182,7 +199,10 @@ impl BatchBuffers {
             first = false;
         }
         if done != self.entries {
-            return Err(io::Error::other(format!("batch read {done} of {} elements", self.entries)));
+            return Err(io::Error::other(format!(
+                "batch read {done} of {} elements",
+                self.entries
+            )));
         }
         for (i, &key) in self.keys.iter().enumerate() {
             let values = &self.values[i * self.cpus..(i + 1) * self.cpus];

@@ -27,8 +27,11 @@ impl NftCounter {
         std::fs::write(&path, ruleset)?;
         // The guard exists before the table, so a half-made table is deleted too.
         let counter = Self { table };
-        proc::run(Command::new("nft").arg("-f").arg(&path), Duration::from_secs(20))
-            .context("creating the nftables table (apt-get install nftables)")?;
+        proc::run(
+            Command::new("nft").arg("-f").arg(&path),
+            Duration::from_secs(20),
+        )
+        .context("creating the nftables table (apt-get install nftables)")?;
         Ok(counter)
     }
 
@@ -51,11 +54,13 @@ fn sum_counters(json: &str) -> Result<(u64, usize)> {
     let mut total = 0;
     let mut elements = 0;
     for item in items {
-        let Some(elems) = item["set"]["elem"].as_array() else { continue };
+        let Some(elems) = item["set"]["elem"].as_array() else {
+            continue;
+        };
         for e in elems {
-            let packets = e["elem"]["counter"]["packets"].as_u64().with_context(|| {
-                format!("set element without a counter: {e}")
-            })?;
+            let packets = e["elem"]["counter"]["packets"]
+                .as_u64()
+                .with_context(|| format!("set element without a counter: {e}"))?;
             total += packets;
             elements += 1;
         }

@@ -68,7 +68,9 @@ pub struct ChildGuard {
     stderr: Option<thread::JoinHandle<Vec<u8>>>,
 }
 
-fn drain(reader: Option<impl std::io::Read + Send + 'static>) -> Option<thread::JoinHandle<Vec<u8>>> {
+fn drain(
+    reader: Option<impl std::io::Read + Send + 'static>,
+) -> Option<thread::JoinHandle<Vec<u8>>> {
     reader.map(|mut r| {
         thread::spawn(move || {
             let mut buf = Vec::new();
@@ -106,7 +108,12 @@ impl ChildGuard {
             .with_context(|| format!("starting `{what}`"))?;
         let stdout = drain(child.stdout.take());
         let stderr = drain(child.stderr.take());
-        Ok(Self { child: Some(child), what, stdout, stderr })
+        Ok(Self {
+            child: Some(child),
+            what,
+            stdout,
+            stderr,
+        })
     }
 
     pub fn pid(&self) -> u32 {
@@ -131,7 +138,11 @@ impl ChildGuard {
                 break status;
             }
             if Instant::now() >= end {
-                bail!("`{}` still running after {:.0?}: killed", self.what, timeout);
+                bail!(
+                    "`{}` still running after {:.0?}: killed",
+                    self.what,
+                    timeout
+                );
             }
             if stop_requested() {
                 bail!("interrupted by SIGINT/SIGTERM while `{}` ran", self.what);
@@ -170,7 +181,11 @@ impl ChildGuard {
                 .map(|b| String::from_utf8_lossy(&b).into_owned())
                 .unwrap_or_default()
         };
-        Finished { status, stdout: text(self.stdout.take()), stderr: text(self.stderr.take()) }
+        Finished {
+            status,
+            stdout: text(self.stdout.take()),
+            stderr: text(self.stderr.take()),
+        }
     }
 }
 

@@ -46,8 +46,11 @@ pub fn run(iterations: usize) -> Result<RenderResults> {
         step_times.push(median_ms(1, || detector.step(now, &cumulative)));
     }
     let classes = ClassCounts::default();
-    let attachments =
-        [Attachment { interface: "eth0".into(), mode: AttachMode::Native, adopted: false }];
+    let attachments = [Attachment {
+        interface: "eth0".into(),
+        mode: AttachMode::Native,
+        adopted: false,
+    }];
     let measure = |watch: &[u16], top: usize| -> Result<RenderFigures> {
         let metrics = Metrics::new()?;
         let snapshot = Snapshot {

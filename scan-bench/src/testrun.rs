@@ -47,7 +47,7 @@ pub struct TestRunResults {
 }
 
 enum Program {
-    Ours(Sensor),
+    Ours(Box<Sensor>),
     C(XdpObject),
 }
 
@@ -68,13 +68,19 @@ fn measure(program: &Program, frame: &[u8], repeat: u32) -> Result<(f64, f64)> {
     if result.return_value != XDP_PASS {
         bail!("returned {} instead of XDP_PASS", result.return_value);
     }
-    Ok((spent as f64 / f64::from(repeat), result.duration.as_nanos() as f64))
+    Ok((
+        spent as f64 / f64::from(repeat),
+        result.duration.as_nanos() as f64,
+    ))
 }
 
 pub fn run(settings: &Settings, objects: Result<&CObjects, String>) -> Result<TestRunResults> {
     let mut errors = Vec::new();
     let mut programs: Vec<(&'static str, Program)> = Vec::new();
-    programs.push(("ours", Program::Ours(Sensor::load(None).context("loading our program")?)));
+    programs.push((
+        "ours",
+        Program::Ours(Box::new(Sensor::load(None).context("loading our program")?)),
+    ));
     match objects {
         Ok(objects) => {
             for (name, path, program) in [
@@ -125,10 +131,21 @@ pub fn run(settings: &Settings, objects: Result<&CObjects, String>) -> Result<Te
                 ns.insert(name, crate::stats::median(&cpu));
                 kernel_ns.insert(name, crate::stats::median(&kernel));
             }
-            MixFigures { key: mix.key, label: mix.label, frame_len: mix.frame.len(), ns, kernel_ns }
+            MixFigures {
+                key: mix.key,
+                label: mix.label,
+                frame_len: mix.frame.len(),
+                ns,
+                kernel_ns,
+            }
         })
         .collect();
-    Ok(TestRunResults { repeat: settings.repeat, runs: settings.runs, mixes, errors })
+    Ok(TestRunResults {
+        repeat: settings.repeat,
+        runs: settings.runs,
+        mixes,
+        errors,
+    })
 }
 
 fn port_total(map: &PerCpuArray<&MapData, u64>, port: u16) -> Result<u64> {

@@ -42,8 +42,28 @@ pub fn require_root(why: &str) -> Result<()> {
     Ok(())
 }
 
-/// Deletes labs left by processes that are gone (a killed test run).
+/// Pin directories of labs are named `scan-lab-*-<pid>[-...]` under /sys/fs/bpf.
+const PIN_PREFIX: &str = "scan-lab-";
+
+fn pid_alive(pid: &str) -> bool {
+    std::path::Path::new("/proc").join(pid).exists()
+}
+
+/// Deletes labs (namespaces, veth ends, bpffs pins) left by processes that are
+/// gone, such as a killed test run.
 pub fn remove_stale_labs() {
+    if let Ok(entries) = std::fs::read_dir("/sys/fs/bpf") {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(rest) = name.strip_prefix(PIN_PREFIX) else {
+                continue;
+            };
+            let pid = rest.split('-').find(|part| part.chars().all(|c| c.is_ascii_digit()) && !part.is_empty());
+            if pid.is_some_and(|pid| !pid_alive(pid)) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
     let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
         return;
     };
@@ -55,7 +75,7 @@ pub fn remove_stale_labs() {
         let Some((pid, n)) = rest.split_once('-') else {
             continue;
         };
-        if std::path::Path::new("/proc").join(pid).exists() {
+        if pid_alive(pid) {
             continue;
         }
         let _ = ip(&["netns", "del", name]);
@@ -183,6 +203,13 @@ fn send_syns(addr: SocketAddr, count: u32, rate: Option<f64>) -> Result<u32> {
             Err(e) => bail!("connect to {addr}: {e} (after {sent} SYNs)"),
         }
         sent += 1;
+    }
+    // Hold the pace to the end of the period, so back-to-back calls keep `rate`.
+    if let Some(rate) = rate {
+        let end = started + Duration::from_secs_f64(f64::from(count) / rate);
+        if let Some(wait) = end.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
     }
     Ok(sent)
 }

@@ -128,21 +128,37 @@ fn test() -> Result<()> {
 }
 
 fn run_agent(with_prometheus: bool, agent_args: &[String]) -> Result<()> {
+    // `cargo xtask run -- --with-prometheus` is accepted as well as before the `--`.
+    let with_prometheus = with_prometheus || agent_args.iter().any(|a| a == "--with-prometheus");
+    let agent_args: Vec<String> =
+        agent_args.iter().filter(|a| *a != "--with-prometheus").cloned().collect();
     run(cmd("cargo").args(["build", "--release", "-p", "scan-agent", "-p", "scan-lab"]))?;
     let has_iface = agent_args.iter().any(|a| a == "--iface" || a.starts_with("--iface="));
     if has_iface {
         require_root("attaching XDP needs CAP_BPF and CAP_NET_ADMIN")?;
         let mut c = cmd("target/release/scan-agent");
-        c.arg("run").args(agent_args);
-        return run(&mut c);
+        c.arg("run").args(&agent_args);
+        return run_in_foreground(&mut c);
     }
     require_root("the lab creates network namespaces and attaches XDP")?;
     let mut c = cmd("target/release/scan-lab-demo");
     if with_prometheus {
         c.arg("--with-prometheus");
     }
-    c.args(agent_args);
-    run(&mut c)
+    c.arg("--").args(&agent_args);
+    run_in_foreground(&mut c)
+}
+
+/// Like a shell: Ctrl-C goes to the child (agent or demo), which cleans up and
+/// exits; this process waits for it instead of dying first. Both children install
+/// their own SIGINT/SIGTERM handlers, which replace the inherited SIG_IGN.
+fn run_in_foreground(c: &mut Command) -> Result<()> {
+    // SAFETY: setting a signal disposition to SIG_IGN has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+        libc::signal(libc::SIGTERM, libc::SIG_IGN);
+    }
+    run(c)
 }
 
 fn require_root(why: &str) -> Result<()> {

@@ -28,7 +28,8 @@ struct Args {
     /// Stop by itself after this long.
     #[arg(long, default_value_t = 3600)]
     seconds: u64,
-    /// Extra arguments for `scan-agent run`.
+    /// Extra arguments for `scan-agent run` (after `--`).
+    #[arg(last = true)]
     agent_args: Vec<String>,
 }
 
@@ -43,6 +44,7 @@ fn main() -> Result<()> {
     unsafe {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGHUP, on_signal as *const () as libc::sighandler_t);
     }
     let lab = Lab::create()?;
     let dir = std::env::temp_dir().join(format!("scan-lab-demo-{}", std::process::id()));
