@@ -115,6 +115,11 @@ prom_config_fleet() {
   promtool check config "$tmp/prom/prometheus.yml" >/dev/null
   echo "with targets/routers.yml.example as a file_sd file: valid"
 }
+prom_config_federation() {
+  need promtool || return 1
+  promtool check config deploy/prometheus/federation.yml >/dev/null
+  echo "valid, with its rule file scan-agent.rules.yml"
+}
 am_config() {
   need amtool || return 1
   amtool check-config deploy/alertmanager/alertmanager.yml >/dev/null
@@ -218,6 +223,7 @@ check "test-scale: scaled rules fire in seconds"       scale_unit_test
 check "test-scale: refuses lines it cannot rewrite"    scale_refuses
 check "promtool check config prometheus.yml"           prom_config
 check "promtool check config (fleet file_sd example)"  prom_config_fleet
+check "promtool check config federation.yml"           prom_config_federation
 check "amtool check-config"                            am_config
 check "alertmanager routes by severity"                am_routes
 check "dashboard JSON and metric names"                dashboard

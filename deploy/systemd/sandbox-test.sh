@@ -221,7 +221,7 @@ negative() { # negative NAME SED_FILE SED_EXPR
     if [[ $(ns systemctl show -p ExecMainStatus --value scan-agent) != 0 &&
           $(ns systemctl is-active scan-agent) != active ]]; then
       result OK "negative control '$1' fails as expected:"
-      grep -E '^Error|prohibited' "$W/agent.log" | head -2 | sed 's/^/       | /' | cut -c1-240
+      grep -iE '^error|prohibited' "$W/agent.log" | head -2 | sed 's/^/       | /' | cut -c1-240
     else
       result FAIL "negative control '$1' did not fail: that line of the kit may be unnecessary"
     fi
