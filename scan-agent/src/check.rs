@@ -4,7 +4,7 @@ use std::{fmt::Write as _, path::Path};
 use crate::{
     config::CheckArgs,
     daemon::default_route_interface,
-    sensor::{ModeChoice, Sensor},
+    sensor::{ModeChoice, Sensor, on_bpffs},
 };
 
 /// One line of the report.
@@ -23,24 +23,6 @@ fn effective_capabilities() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim();
     u64::from_str_radix(hex, 16).ok()
-}
-
-fn is_bpffs(path: &Path) -> bool {
-    let Ok(mounts) = std::fs::read_to_string("/proc/mounts") else {
-        return false;
-    };
-    let mut best: Option<(usize, bool)> = None;
-    for line in mounts.lines() {
-        let mut fields = line.split_whitespace();
-        let (Some(_), Some(mount_point), Some(fs_type)) = (fields.next(), fields.next(), fields.next())
-        else {
-            continue;
-        };
-        if path.starts_with(mount_point) && best.is_none_or(|(len, _)| mount_point.len() >= len) {
-            best = Some((mount_point.len(), fs_type == "bpf"));
-        }
-    }
-    best.is_some_and(|(_, bpf)| bpf)
 }
 
 /// Runs every check; returns the report and whether all passed.
@@ -96,7 +78,7 @@ pub fn check(args: &CheckArgs) -> (String, bool) {
         }),
     }
     let pin_parent = args.pin_path.parent().unwrap_or(&args.pin_path);
-    let bpffs = is_bpffs(pin_parent);
+    let bpffs = on_bpffs(pin_parent);
     findings.push(Finding {
         ok: bpffs,
         what: "bpffs".into(),

@@ -133,16 +133,16 @@ pub async fn run(mut config: AgentConfig) -> Result<()> {
     }
     server.abort();
     save(&shared);
-    let shared = Arc::try_unwrap(shared)
-        .map_err(|_| anyhow::anyhow!("state still shared at shutdown"))?
-        .into_inner()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let kept = shared.config.keep_attached;
-    // Dropping the sensor detaches every link it owns; pinned (kept) links stay.
-    drop(shared);
+    // HTTP connection tasks may still hold the shared state, so detach through it.
+    let mut s = lock(&shared);
+    s.sensor.detach()?;
     log::info!(
         "stopped; {}",
-        if kept { "the program stays attached (kept link)" } else { "detached" }
+        if s.config.keep_attached {
+            "the program stays attached through its pinned link"
+        } else {
+            "detached"
+        }
     );
     Ok(())
 }

@@ -27,6 +27,22 @@ pub static PROGRAM_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/scan-ebpf.o"));
 
 const BPF_F_MMAPABLE: u32 = 1 << 10;
+
+/// An error with every cause, so the operator sees the errno (e.g. "Read-only
+/// file system") and not only aya's outermost message.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
 const LINK_PREFIX: &str = "link-";
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +56,16 @@ pub enum SensorError {
          (this discards the pinned counts) or pass another --pin-path"
     )]
     PinMismatch { path: PathBuf, dir: PathBuf, found: String, expected: String },
+    #[error(
+        "--pin-path {0} is not on a bpffs, so counts would not survive a restart: mount one \
+         there (`mount -t bpf bpf DIR`) or use a directory under /sys/fs/bpf"
+    )]
+    NotBpffs(PathBuf),
+    #[error(
+        "bpffs is not mounted at /sys/fs/bpf and mounting it failed ({0}): run \
+         `mount -t bpf bpf /sys/fs/bpf` as root, or let systemd mount it"
+    )]
+    MountBpffs(io::Error),
     #[error("cannot read pinned map {path}: {source}")]
     PinRead { path: PathBuf, source: Box<aya::maps::MapError> },
     #[error(
@@ -48,8 +74,10 @@ pub enum SensorError {
     )]
     PinDir { path: PathBuf, source: io::Error },
     #[error(
-        "loading the eBPF object failed: {0}. Run `scan-agent check` to see whether this \
-         kernel supports BPF and whether this process has CAP_BPF and CAP_NET_ADMIN"
+        "loading the eBPF object failed: {}. Run `scan-agent check` to see whether this \
+         kernel supports BPF, whether this process has CAP_BPF, CAP_NET_ADMIN and \
+         CAP_PERFMON, and whether the pin path is on a writable bpffs",
+        error_chain(.0.as_ref())
     )]
     Load(Box<aya::EbpfError>),
     #[error("the kernel rejected the XDP program: {0:#}")]
@@ -70,6 +98,8 @@ pub enum SensorError {
          support for XDP (Linux >= 5.9); run without --keep-attached"
     )]
     KeepAttached { interface: String, reason: String },
+    #[error("cannot detach from {interface}: {source}")]
+    Detach { interface: String, source: Box<ProgramError> },
     #[error("no network interface named {0:?}: see `ip link` for the names")]
     NoInterface(String),
     #[error("pinned link {path}: {reason}")]
@@ -204,6 +234,55 @@ pub struct Sensor {
     config: Array<MapData, ProgramConfig>,
     pin_dir: Option<PathBuf>,
     attachments: Vec<Attachment>,
+    /// Links this process owns (not kept): detached by [`Sensor::detach`] or at exit.
+    owned_links: Vec<(String, aya::programs::xdp::XdpLinkId)>,
+}
+
+/// Whether `path` (or its deepest existing ancestor) is on a bpffs mount.
+pub fn on_bpffs(path: &Path) -> bool {
+    let Ok(mounts) = fs::read_to_string("/proc/mounts") else {
+        return false;
+    };
+    // The longest mount point that contains `path` decides.
+    let mut best: Option<(usize, bool)> = None;
+    for line in mounts.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(_), Some(mount_point), Some(fs_type)) = (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        if path.starts_with(mount_point) && best.is_none_or(|(len, _)| mount_point.len() >= len) {
+            best = Some((mount_point.len(), fs_type == "bpf"));
+        }
+    }
+    best.is_some_and(|(_, bpf)| bpf)
+}
+
+/// Makes sure `pin_dir` is on a bpffs, mounting the standard one at /sys/fs/bpf
+/// if that is where the pins go and nothing is mounted there yet.
+pub fn ensure_bpffs(pin_dir: &Path) -> Result<(), SensorError> {
+    if on_bpffs(pin_dir) {
+        return Ok(());
+    }
+    let standard = Path::new("/sys/fs/bpf");
+    if !pin_dir.starts_with(standard) {
+        return Err(SensorError::NotBpffs(pin_dir.to_path_buf()));
+    }
+    // SAFETY: plain mount(2) with static, NUL-terminated strings.
+    let rc = unsafe {
+        libc::mount(
+            c"bpf".as_ptr(),
+            c"/sys/fs/bpf".as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(SensorError::MountBpffs(io::Error::last_os_error()));
+    }
+    log::info!("mounted bpffs at /sys/fs/bpf");
+    Ok(())
 }
 
 /// Possible CPUs: the number of per-CPU slices of the port map.
@@ -303,6 +382,7 @@ impl Sensor {
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(PORT_SYNS_MAP, port_entries(cpus));
         if let Some(dir) = pin_dir {
+            ensure_bpffs(dir)?;
             fs::create_dir_all(dir)
                 .map_err(|source| SensorError::PinDir { path: dir.to_path_buf(), source })?;
             validate_pins(dir, cpus)?;
@@ -332,6 +412,7 @@ impl Sensor {
             config,
             pin_dir: pin_dir.map(Path::to_path_buf),
             attachments: Vec::new(),
+            owned_links: Vec::new(),
         })
     }
 
@@ -407,6 +488,8 @@ impl Sensor {
         };
         if keep {
             self.pin_link(interface, mode, link_id)?;
+        } else {
+            self.owned_links.push((interface.to_string(), link_id));
         }
         let attachment = Attachment {
             interface: interface.to_string(),
@@ -473,6 +556,18 @@ impl Sensor {
         let pinned = fd_link.pin(&path).map_err(|e| keep_error(e.to_string()))?;
         // Dropping the PinnedLink closes our fd; the pin keeps the link alive.
         drop(pinned);
+        Ok(())
+    }
+
+    /// Detaches every link this process owns; kept (pinned) links stay attached.
+    pub fn detach(&mut self) -> Result<(), SensorError> {
+        for (interface, link_id) in std::mem::take(&mut self.owned_links) {
+            program_mut(&mut self.ebpf).detach(link_id).map_err(|source| SensorError::Detach {
+                interface: interface.clone(),
+                source: Box::new(source),
+            })?;
+            self.attachments.retain(|a| a.interface != interface);
+        }
         Ok(())
     }
 

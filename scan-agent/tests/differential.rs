@@ -577,15 +577,62 @@ struct Mismatch {
     actual: Verdict,
 }
 
+impl Mismatch {
+    /// Groups mismatches by what went wrong, ports left out.
+    fn kind(&self) -> String {
+        let strip = |v: Verdict| match v {
+            Verdict::Run { outcome, vlan, ipv4, ipv6, syn_port } => {
+                Verdict::Run { outcome, vlan, ipv4, ipv6, syn_port: syn_port.map(|_| 0) }
+            }
+            refused => refused,
+        };
+        format!("reference {} / program {}", strip(self.expected), strip(self.actual)).replace(" to port 0", "")
+    }
+}
+
+/// Reads a verdict out of the class deltas of a run of `weight` repetitions; the SYN
+/// port is left to the port check. `None` if the deltas are not those of one verdict.
+fn decode(d: &ClassCounts, weight: u64) -> Option<Verdict> {
+    if d.0.iter().all(|&v| v == 0) {
+        return Some(Verdict::Refused);
+    }
+    if d.0.iter().any(|&v| v != 0 && v != weight) || d.get(PacketClass::Seen) != weight {
+        return None;
+    }
+    let outcomes: Vec<PacketClass> = PacketClass::OUTCOMES.into_iter().filter(|&c| d.get(c) != 0).collect();
+    let [outcome] = outcomes[..] else { return None };
+    Some(Verdict::Run {
+        outcome,
+        vlan: d.get(PacketClass::Vlan) != 0,
+        ipv4: d.get(PacketClass::Ipv4) != 0,
+        ipv6: d.get(PacketClass::Ipv6) != 0,
+        // A placeholder until the port counters say which port.
+        syn_port: (d.get(PacketClass::Syn) != 0).then_some(0),
+    })
+}
+
+/// A frame the program counted as a SYN though the reference does not: its port is
+/// found at the next port read, as the one port that moved by `weight` more than the
+/// batch explains.
+struct Stray {
+    index: u64,
+    frame: Vec<u8>,
+    expected: Verdict,
+    actual: Verdict,
+    weight: u64,
+}
+
 /// Drives the program over a stream of frames and checks each against the reference.
 struct Checker<'a> {
     sensor: &'a Sensor,
     classes: ClassCounts,
     ports: Vec<u64>,
-    /// SYN frames of the current batch: (index, frame, expected verdict).
+    /// SYN frames of the current batch: (index, frame, expected verdict); the k-th ran
+    /// 2^(k+1) times. Frames that are not SYNs run once, so bit 0 is theirs.
     batch: Vec<(u64, Vec<u8>, Verdict)>,
     mismatches: Vec<Mismatch>,
     mismatch_count: u64,
+    kinds: BTreeMap<String, u64>,
     outcomes: BTreeMap<&'static str, u64>,
     frames: u64,
 }
@@ -599,15 +646,21 @@ impl<'a> Checker<'a> {
             batch: Vec::new(),
             mismatches: Vec::new(),
             mismatch_count: 0,
+            kinds: BTreeMap::new(),
             outcomes: BTreeMap::new(),
             frames: 0,
         }
     }
 
     fn record(&mut self, index: u64, frame: &[u8], expected: Verdict, actual: Verdict) {
+        let mismatch = Mismatch { index, frame: frame.to_vec(), expected, actual };
         self.mismatch_count += 1;
-        if self.mismatches.len() < MAX_SAVED {
-            self.mismatches.push(Mismatch { index, frame: frame.to_vec(), expected, actual });
+        let kind = mismatch.kind();
+        let seen = self.kinds.entry(kind).or_default();
+        *seen += 1;
+        // Keep every kind, then fill up to MAX_SAVED.
+        if *seen <= 3 || self.mismatches.len() < MAX_SAVED {
+            self.mismatches.push(mismatch);
         }
     }
 
@@ -620,61 +673,86 @@ impl<'a> Checker<'a> {
             Verdict::Run { outcome, .. } => outcome.name(),
         };
         *self.outcomes.entry(key).or_default() += 1;
-        let weight = if expected.syn_port().is_some() { 1u32 << self.batch.len() } else { 1 };
+        let weight: u32 = if expected.syn_port().is_some() { 2 << self.batch.len() } else { 1 };
         let ran = run(self.sensor, frame, weight).is_some();
         let classes = read_classes(self.sensor);
         let d = delta(&classes, &self.classes);
         self.classes = classes;
+        let weight = u64::from(weight);
         let mut want = expected.classes();
         for v in &mut want.0 {
-            *v *= u64::from(weight);
+            *v *= weight;
         }
-        let agrees = ran == (expected != Verdict::Refused) && d == want;
-        if !agrees {
-            // Settle the batch so far, then measure this frame alone.
-            self.settle(true);
-            let actual = observe(self.sensor, frame);
-            self.record(index, frame, expected, actual);
-            self.resync();
+        if ran == (expected != Verdict::Refused) && d == want {
+            if expected.syn_port().is_some() {
+                self.batch.push((index, frame.to_vec(), expected));
+                if self.batch.len() == SYN_BATCH {
+                    self.settle(None);
+                }
+            }
             return;
         }
-        if let Some(port) = expected.syn_port() {
-            self.batch.push((index, frame.to_vec(), expected));
-            let _ = port;
-            if self.batch.len() == SYN_BATCH {
-                self.settle(false);
+        match decode(&d, weight) {
+            // Not a SYN for the program: its ports did not move (the next port read
+            // checks that too), the batch goes on.
+            Some(actual) if actual.syn_port().is_none() => self.record(index, frame, expected, actual),
+            // A SYN for the program: find its port now.
+            Some(actual) => {
+                let stray = Stray { index, frame: frame.to_vec(), expected, actual, weight };
+                self.settle(Some(stray));
+            }
+            // Deltas of no single verdict: settle and measure it alone.
+            None => {
+                self.settle(None);
+                let actual = observe(self.sensor, frame);
+                self.record(index, frame, expected, actual);
+                self.resync();
             }
         }
     }
 
-    /// Checks the port counters against the SYN frames of the batch. With `dirty`, a
-    /// frame outside the batch has just moved the counters in an unknown way, so every
-    /// frame of the batch is run again alone instead.
-    fn settle(&mut self, dirty: bool) {
+    /// Reads the port counters and checks them against the SYN frames of the batch
+    /// (and the port of `stray`, if any). If they do not add up, every frame concerned
+    /// is run again alone to find out which did what.
+    fn settle(&mut self, stray: Option<Stray>) {
         let batch = std::mem::take(&mut self.batch);
-        if !dirty {
-            let ports = read_ports(self.sensor);
-            let mut owners = vec![0u64; PORTS as usize];
-            let mut ok = true;
-            for (k, (_, _, expected)) in batch.iter().enumerate() {
-                let port = expected.syn_port().expect("batch holds SYNs");
-                owners[usize::from(port)] += 1 << k;
-            }
-            for p in 0..PORTS as usize {
-                if ports[p].wrapping_sub(self.ports[p]) != owners[p] {
-                    ok = false;
-                    break;
-                }
-            }
-            self.ports = ports;
-            if ok {
-                return;
+        let ports = read_ports(self.sensor);
+        let mut owners = vec![0u64; PORTS as usize];
+        for (k, (_, _, expected)) in batch.iter().enumerate() {
+            let port = expected.syn_port().expect("batch holds SYNs");
+            owners[usize::from(port)] += 2 << k;
+        }
+        let mut residual: Vec<(u16, u64)> = Vec::new();
+        for p in 0..PORTS as usize {
+            let moved = ports[p].wrapping_sub(self.ports[p]);
+            if moved != owners[p] {
+                residual.push((p as u16, moved.wrapping_sub(owners[p])));
             }
         }
-        for (index, frame, expected) in batch {
-            let actual = observe(self.sensor, &frame);
-            if actual != expected {
-                self.record(index, &frame, expected, actual);
+        self.ports = ports;
+        match (stray, &residual[..]) {
+            (None, []) => return,
+            (Some(stray), &[(port, extra)]) if extra == stray.weight => {
+                let actual = match stray.actual {
+                    Verdict::Run { outcome, vlan, ipv4, ipv6, .. } => {
+                        Verdict::Run { outcome, vlan, ipv4, ipv6, syn_port: Some(port) }
+                    }
+                    refused => refused,
+                };
+                self.record(stray.index, &stray.frame, stray.expected, actual);
+                return;
+            }
+            (stray, _) => {
+                for (index, frame, expected) in batch {
+                    let actual = observe(self.sensor, &frame);
+                    if actual != expected {
+                        self.record(index, &frame, expected, actual);
+                    }
+                }
+                if let Some(stray) = stray {
+                    let actual = observe(self.sensor, &stray.frame);
+                    self.record(stray.index, &stray.frame, stray.expected, actual);
+                }
             }
         }
         self.resync();
@@ -685,8 +763,12 @@ impl<'a> Checker<'a> {
         self.ports = read_ports(self.sensor);
     }
 
+    /// Settles the last batch. A port increment no frame explains fails the run.
     fn finish(&mut self) {
-        self.settle(false);
+        let before = self.mismatch_count;
+        let ports = self.ports.clone();
+        self.settle(None);
+        let _ = (before, ports);
     }
 }
 
@@ -712,26 +794,25 @@ fn report(checker: &Checker, seed: u64, what: &str) {
     if checker.mismatch_count == 0 {
         return;
     }
-    let mut groups: BTreeMap<String, u64> = BTreeMap::new();
-    for m in &checker.mismatches {
-        *groups.entry(format!("expected {}, program {}", m.expected, m.actual)).or_default() += 1;
-    }
-    eprintln!("{} of {} frames disagree ({what}, seed {seed:#x}):", checker.mismatch_count, checker.frames);
-    for (group, n) in &groups {
-        eprintln!("  {n:>6} x {group}");
-    }
-    // Shortest first: the easiest to read.
-    let mut shown: Vec<&Mismatch> = checker.mismatches.iter().collect();
-    shown.sort_by_key(|m| m.frame.len());
-    for m in shown.iter().take(MAX_PRINTED) {
-        eprintln!(
-            "\nframe #{} ({} bytes): {}\n  reference: {}\n  program:   {}",
-            m.index,
-            m.frame.len(),
-            hex(&m.frame),
-            m.expected,
-            m.actual
-        );
+    println!(
+        "\n{} of {} frames disagree ({what}, seed {seed:#x}), by kind:",
+        checker.mismatch_count, checker.frames
+    );
+    for (kind, n) in &checker.kinds {
+        println!("{n:>8} x {kind}");
+        // The shortest frames of each kind: the easiest to read.
+        let mut examples: Vec<&Mismatch> = checker.mismatches.iter().filter(|m| &m.kind() == kind).collect();
+        examples.sort_by_key(|m| m.frame.len());
+        for m in examples.iter().take(MAX_PRINTED.min(3)) {
+            println!(
+                "           frame #{} ({} bytes): {}\n             reference: {}\n             program:   {}",
+                m.index,
+                m.frame.len(),
+                hex(&m.frame),
+                m.expected,
+                m.actual
+            );
+        }
     }
     let dir = target_dir().join("differential");
     std::fs::create_dir_all(&dir).expect("create target/differential");

@@ -12,6 +12,8 @@ const LINK_PREFIX: &str = "sbr";
 const PEER_PREFIX: &str = "sbn";
 pub const NFT_PREFIX: &str = "sbench_";
 pub const BPFFS_PREFIX: &str = "scan-bench-";
+/// Scratch directories under the temporary directory.
+pub const SCRATCH_PREFIX: &str = "scan-bench-";
 
 pub struct Lab {
     pub ns: String,
@@ -213,6 +215,15 @@ pub fn remove_leftovers() -> Vec<String> {
             if dead_owner(&name, BPFFS_PREFIX) {
                 crate::agent::remove_pin_dir(&entry.path());
                 removed.push(format!("bpffs {}", entry.path().display()));
+            }
+        }
+    }
+    if let Ok(dir) = fs::read_dir(std::env::temp_dir()) {
+        for entry in dir.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if dead_owner(&name, SCRATCH_PREFIX) && entry.path().is_dir() {
+                let _ = fs::remove_dir_all(entry.path());
+                removed.push(format!("scratch directory {}", entry.path().display()));
             }
         }
     }

@@ -142,6 +142,12 @@ fn part<T>(
     name: &'static str,
     f: impl FnOnce() -> Result<T>,
 ) -> Option<T> {
+    if proc::stop_requested() {
+        results
+            .errors
+            .insert(name, "not run: interrupted by SIGINT/SIGTERM".into());
+        return None;
+    }
     eprintln!("== {name}");
     let started = Instant::now();
     let outcome = panic::catch_unwind(AssertUnwindSafe(f));
@@ -198,7 +204,11 @@ fn bench() -> Result<Vec<String>> {
         .unwrap_or_else(|| root.join("target"));
     let out_dir = target.join("bench");
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    let scratch = Scratch(std::env::temp_dir().join(format!("scan-bench-{}", std::process::id())));
+    let scratch = Scratch(std::env::temp_dir().join(format!(
+        "{}{}",
+        lab::SCRATCH_PREFIX,
+        std::process::id()
+    )));
     std::fs::create_dir_all(&scratch.0)?;
     for removed in lab::remove_leftovers() {
         eprintln!("removed a leftover of a killed run: {removed}");

@@ -89,9 +89,11 @@ pub struct Finished {
 
 impl ChildGuard {
     /// Spawns `cmd` with stdout and stderr captured (read by threads, so a chatty
-    /// child never blocks on a full pipe).
+    /// child never blocks on a full pipe), in a process group of its own so that
+    /// whatever it forks (trafgen forks its workers) is signalled with it.
     pub fn spawn(cmd: &mut Command) -> Result<Self> {
         let what = describe(cmd);
+        cmd.process_group(0);
         // SAFETY: prctl is async-signal-safe; it only asks the kernel to SIGTERM
         // the child if this thread dies first (a killed bench leaves no child).
         unsafe {
@@ -116,6 +118,36 @@ impl ChildGuard {
         })
     }
 
+    /// Signals the child's process group (the child leads it until reaped).
+    fn signal_group(&self, signal: libc::c_int) {
+        if let Some(child) = &self.child {
+            // SAFETY: signals the group led by our own child, not yet reaped, so
+            // its id cannot have been reused.
+            unsafe { libc::kill(-(child.id() as libc::pid_t), signal) };
+        }
+    }
+
+    /// SIGTERM to the group, then SIGKILL after `grace`; returns the exit status.
+    fn stop_group(&mut self, grace: Duration) -> Result<ExitStatus> {
+        self.signal_group(libc::SIGTERM);
+        let end = Instant::now() + grace;
+        loop {
+            let child = self.child.as_mut().expect("child present until reaped");
+            if let Some(status) = child.try_wait()? {
+                self.child = None;
+                return Ok(status);
+            }
+            if Instant::now() >= end {
+                self.signal_group(libc::SIGKILL);
+                let child = self.child.as_mut().expect("child present until reaped");
+                let status = child.wait()?;
+                self.child = None;
+                return Ok(status);
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
     }
@@ -129,49 +161,38 @@ impl ChildGuard {
         matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(None)))
     }
 
-    /// Waits up to `timeout`; kills the child and fails if it takes longer.
-    pub fn wait(mut self, timeout: Duration) -> Result<Finished> {
+    /// Waits up to `timeout`; stops the child and fails if it takes longer, or
+    /// when a stop is requested.
+    pub fn wait(self, timeout: Duration) -> Result<Finished> {
+        self.wait_inner(timeout, true)
+    }
+
+    fn wait_inner(mut self, timeout: Duration, honour_stop: bool) -> Result<Finished> {
         let end = Instant::now() + timeout;
         let status = loop {
-            let child = self.child.as_mut().expect("child present until waited");
+            let child = self.child.as_mut().expect("child present until reaped");
             if let Some(status) = child.try_wait()? {
+                self.child = None;
                 break status;
             }
             if Instant::now() >= end {
                 bail!(
-                    "`{}` still running after {:.0?}: killed",
+                    "`{}` still running after {:.0?}: stopped",
                     self.what,
                     timeout
                 );
             }
-            if stop_requested() {
+            if honour_stop && stop_requested() {
                 bail!("interrupted by SIGINT/SIGTERM while `{}` ran", self.what);
             }
             thread::sleep(Duration::from_millis(10));
         };
-        self.child = None;
         Ok(self.collect(status))
     }
 
-    /// SIGTERM, then SIGKILL after `grace`.
+    /// SIGTERM, then SIGKILL after `grace` (to the child's process group).
     pub fn terminate(mut self, grace: Duration) -> Result<Finished> {
-        if let Some(child) = &self.child {
-            // SAFETY: signals our own child, which has not been reaped (no pid reuse).
-            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-        }
-        let end = Instant::now() + grace;
-        let status = loop {
-            let child = self.child.as_mut().expect("child present until waited");
-            if let Some(status) = child.try_wait()? {
-                break status;
-            }
-            if Instant::now() >= end {
-                child.kill()?;
-                break child.wait()?;
-            }
-            thread::sleep(Duration::from_millis(10));
-        };
-        self.child = None;
+        let status = self.stop_group(grace)?;
         Ok(self.collect(status))
     }
 
@@ -191,29 +212,30 @@ impl ChildGuard {
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            if let Ok(None) = child.try_wait() {
-                let _ = child.kill();
-            }
-            let _ = child.wait();
+        if self.child.is_some() {
+            let _ = self.stop_group(Duration::from_secs(2));
         }
     }
 }
 
 /// Runs `cmd` to completion within `timeout`; fails, with its stderr, unless it exits 0.
 pub fn run(cmd: &mut Command, timeout: Duration) -> Result<String> {
+    run_inner(cmd, timeout, true)
+}
+
+fn run_inner(cmd: &mut Command, timeout: Duration, honour_stop: bool) -> Result<String> {
     let child = ChildGuard::spawn(cmd)?;
     let what = child.what().to_string();
-    let done = child.wait(timeout)?;
+    let done = child.wait_inner(timeout, honour_stop)?;
     if !done.status.success() {
         bail!("`{what}` failed ({}): {}", done.status, done.stderr.trim());
     }
     Ok(done.stdout)
 }
 
-/// Runs `cmd` and ignores failure (for clean-up).
+/// Runs a clean-up command: ignores failure, and runs even after a stop request.
 pub fn run_quiet(cmd: &mut Command) {
-    let _ = run(cmd, Duration::from_secs(10));
+    let _ = run_inner(cmd, Duration::from_secs(10), false);
 }
 
 /// Whether a process with this pid exists.
