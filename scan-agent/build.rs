@@ -34,7 +34,14 @@ fn main() -> anyhow::Result<()> {
 
     let mut cmd = ebpf_cargo()?;
     cmd.current_dir(workspace)
-        .args(["build", "--package", "scan-ebpf", "--release", "--target", TARGET])
+        .args([
+            "build",
+            "--package",
+            "scan-ebpf",
+            "--release",
+            "--target",
+            TARGET,
+        ])
         .args(["-Z", "build-std=core", "--target-dir"])
         .arg(&target_dir);
     for key in [
@@ -57,9 +64,7 @@ fn main() -> anyhow::Result<()> {
         ]
         .join("\x1f"),
     );
-    let status = cmd
-        .status()
-        .with_context(|| format!("running {cmd:?}"))?;
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
     if !status.success() {
         bail!(
             "building the eBPF program failed ({status}); run `cargo xtask setup` to install \
@@ -114,5 +119,7 @@ fn sysroot(cmd: &mut Command) -> Option<PathBuf> {
 }
 
 fn has_library_source(sysroot: &Path) -> bool {
-    sysroot.join("lib/rustlib/src/rust/library/core/Cargo.toml").exists()
+    sysroot
+        .join("lib/rustlib/src/rust/library/core/Cargo.toml")
+        .exists()
 }

@@ -74,7 +74,11 @@ pub enum CaptureError {
          written by tcpdump, tshark, dumpcap or `scan-agent`",
         path.display()
     )]
-    WrongMagic { path: PathBuf, magic: String, hint: &'static str },
+    WrongMagic {
+        path: PathBuf,
+        magic: String,
+        hint: &'static str,
+    },
     #[error("capture {} is truncated: {detail}", path.display())]
     Truncated { path: PathBuf, detail: String },
     #[error("capture {} is corrupt: {detail}", path.display())]
@@ -85,7 +89,12 @@ pub enum CaptureError {
          Ethernet interface (`tcpdump -i eth0`), not on `any` (LINUX_SLL) or a tunnel",
         path.display()
     )]
-    LinkType { path: PathBuf, name: String, code: u32, context: String },
+    LinkType {
+        path: PathBuf,
+        name: String,
+        code: u32,
+        context: String,
+    },
     #[error("cannot write capture {}: {detail}", path.display())]
     Write { path: PathBuf, detail: String },
 }
@@ -109,7 +118,10 @@ pub struct CaptureReader {
 
 enum Inner {
     Pcap(PcapReader<File>),
-    PcapNg { reader: PcapNgReader<File>, last: Duration },
+    PcapNg {
+        reader: PcapNgReader<File>,
+        last: Duration,
+    },
 }
 
 /// A link type as libpcap names it, e.g. `LINKTYPE_RAW`.
@@ -124,8 +136,14 @@ impl CaptureReader {
     /// Opens a pcap or pcapng file and checks its header.
     pub fn open(path: &Path) -> Result<Self, CaptureError> {
         let path_buf = path.to_path_buf();
-        let mut file = File::open(path).map_err(|source| CaptureError::Open { path: path_buf.clone(), source })?;
-        let io_error = |source| CaptureError::Io { path: path_buf.clone(), source };
+        let mut file = File::open(path).map_err(|source| CaptureError::Open {
+            path: path_buf.clone(),
+            source,
+        })?;
+        let io_error = |source| CaptureError::Io {
+            path: path_buf.clone(),
+            source,
+        };
         let mut magic = [0u8; 4];
         let mut got = 0;
         while got < magic.len() {
@@ -142,13 +160,16 @@ impl CaptureReader {
         if got < magic.len() {
             return Err(CaptureError::Truncated {
                 path: path_buf,
-                detail: format!("the file is only {got} bytes long, shorter than any capture header"),
+                detail: format!(
+                    "the file is only {got} bytes long, shorter than any capture header"
+                ),
             });
         }
         file.seek(SeekFrom::Start(0)).map_err(io_error)?;
         let word = u32::from_be_bytes(magic);
         let inner = if PCAP_MAGICS.contains(&word) {
-            let reader = PcapReader::new(file).map_err(|e| pcap_error(&path_buf, e, "the 24-byte pcap file header"))?;
+            let reader = PcapReader::new(file)
+                .map_err(|e| pcap_error(&path_buf, e, "the 24-byte pcap file header"))?;
             let link = reader.header().datalink;
             if link != DataLink::ETHERNET {
                 return Err(CaptureError::LinkType {
@@ -160,8 +181,12 @@ impl CaptureReader {
             }
             Inner::Pcap(reader)
         } else if word == PCAPNG_MAGIC {
-            let reader = PcapNgReader::new(file).map_err(|e| pcap_error(&path_buf, e, "the pcapng section header block"))?;
-            Inner::PcapNg { reader, last: Duration::ZERO }
+            let reader = PcapNgReader::new(file)
+                .map_err(|e| pcap_error(&path_buf, e, "the pcapng section header block"))?;
+            Inner::PcapNg {
+                reader,
+                last: Duration::ZERO,
+            }
         } else {
             let hint = match magic {
                 [0x1F, 0x8B, ..] => " (gzip-compressed: decompress it first)",
@@ -173,11 +198,19 @@ impl CaptureReader {
             };
             return Err(CaptureError::WrongMagic {
                 path: path_buf,
-                magic: format!("{:02x} {:02x} {:02x} {:02x}", magic[0], magic[1], magic[2], magic[3]),
+                magic: format!(
+                    "{:02x} {:02x} {:02x} {:02x}",
+                    magic[0], magic[1], magic[2], magic[3]
+                ),
                 hint,
             });
         };
-        Ok(Self { path: path_buf, inner, packets: 0, done: false })
+        Ok(Self {
+            path: path_buf,
+            inner,
+            packets: 0,
+            done: false,
+        })
     }
 
     /// pcap or pcapng.
@@ -227,16 +260,21 @@ pub fn read_capture(path: &Path) -> Result<Vec<(Duration, Vec<u8>)>, CaptureErro
 fn pcap_error(path: &Path, error: PcapError, what: &str) -> CaptureError {
     let path = path.to_path_buf();
     match error {
-        PcapError::IoError(e) if e.kind() == io::ErrorKind::UnexpectedEof => CaptureError::Truncated {
-            path,
-            detail: format!("the file ends inside {what} (or its length field is corrupt)"),
-        },
+        PcapError::IoError(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            CaptureError::Truncated {
+                path,
+                detail: format!("the file ends inside {what} (or its length field is corrupt)"),
+            }
+        }
         PcapError::IncompleteBuffer => CaptureError::Truncated {
             path,
             detail: format!("the file ends inside {what}"),
         },
         PcapError::IoError(source) => CaptureError::Io { path, source },
-        other => CaptureError::Corrupt { path, detail: format!("{what}: {other}") },
+        other => CaptureError::Corrupt {
+            path,
+            detail: format!("{what}: {other}"),
+        },
     }
 }
 
@@ -248,7 +286,13 @@ fn next_pcap(
     let header = reader.header();
     let raw = match reader.next_raw_packet()? {
         Ok(raw) => raw,
-        Err(e) => return Some(Err(pcap_error(path, e, &format!("packet record {}", index + 1)))),
+        Err(e) => {
+            return Some(Err(pcap_error(
+                path,
+                e,
+                &format!("packet record {}", index + 1),
+            )));
+        }
     };
     if raw.incl_len > MAX_FRAME {
         return Some(Err(CaptureError::Corrupt {
@@ -315,7 +359,9 @@ fn pcapng_time(raw: u64, interface: &InterfaceDescriptionBlock) -> Duration {
         let frac = raw & ((1u128 << bits) - 1);
         (raw >> bits, (frac * 1_000_000_000) >> bits)
     };
-    let secs = u64::try_from(secs).unwrap_or(u64::MAX).saturating_add(offset_secs);
+    let secs = u64::try_from(secs)
+        .unwrap_or(u64::MAX)
+        .saturating_add(offset_secs);
     Duration::from_secs(secs).saturating_add(Duration::from_nanos(nanos as u64))
 }
 
@@ -325,7 +371,10 @@ fn next_pcapng(
     last: &mut Duration,
     index: u64,
 ) -> Option<Result<(Duration, Vec<u8>), CaptureError>> {
-    let corrupt = |detail: String| CaptureError::Corrupt { path: path.to_path_buf(), detail };
+    let corrupt = |detail: String| CaptureError::Corrupt {
+        path: path.to_path_buf(),
+        detail,
+    };
     // Raw blocks only: pcap-file's own decoding of some block types (name resolution)
     // can panic on crafted input; section and interface blocks, which it does decode on
     // the way, are safe, and packet blocks are decoded here.
@@ -338,7 +387,11 @@ fn next_pcapng(
             let block = match reader.next_raw_block()? {
                 Ok(block) => block,
                 Err(e) => {
-                    return Some(Err(pcap_error(path, e, &format!("the block after packet {index}"))));
+                    return Some(Err(pcap_error(
+                        path,
+                        e,
+                        &format!("the block after packet {index}"),
+                    )));
                 }
             };
             let body: &[u8] = &block.body;
@@ -416,7 +469,10 @@ fn next_pcapng(
 }
 
 fn write_error(path: &Path, detail: impl std::fmt::Display) -> CaptureError {
-    CaptureError::Write { path: path.to_path_buf(), detail: detail.to_string() }
+    CaptureError::Write {
+        path: path.to_path_buf(),
+        detail: detail.to_string(),
+    }
 }
 
 /// Writes Ethernet frames as a nanosecond-resolution pcap (native byte order), readable
@@ -431,15 +487,23 @@ pub fn write_pcap(path: &Path, frames: &[(Duration, Vec<u8>)]) -> Result<(), Cap
         endianness: Endianness::native(),
         ..Default::default()
     };
-    let mut writer = PcapWriter::with_header(BufWriter::new(file), header).map_err(|e| write_error(path, e))?;
+    let mut writer =
+        PcapWriter::with_header(BufWriter::new(file), header).map_err(|e| write_error(path, e))?;
     for (i, (timestamp, frame)) in frames.iter().enumerate() {
         let len = u32::try_from(frame.len()).unwrap_or(u32::MAX);
-        let packet = PcapPacket { timestamp: *timestamp, orig_len: len, data: Cow::Borrowed(frame) };
+        let packet = PcapPacket {
+            timestamp: *timestamp,
+            orig_len: len,
+            data: Cow::Borrowed(frame),
+        };
         writer
             .write_packet(&packet)
             .map_err(|e| write_error(path, format_args!("packet {}: {e}", i + 1)))?;
     }
-    writer.into_writer().flush().map_err(|e| write_error(path, e))
+    writer
+        .into_writer()
+        .flush()
+        .map_err(|e| write_error(path, e))
 }
 
 /// Writes Ethernet frames as pcapng: one section, one Ethernet interface with
@@ -452,7 +516,9 @@ pub fn write_pcapng(path: &Path, frames: &[(Duration, Vec<u8>)]) -> Result<(), C
         snaplen: MAX_FRAME,
         options: vec![InterfaceDescriptionOption::IfTsResol(9)],
     };
-    writer.write_pcapng_block(interface).map_err(|e| write_error(path, e))?;
+    writer
+        .write_pcapng_block(interface)
+        .map_err(|e| write_error(path, e))?;
     for (i, (timestamp, frame)) in frames.iter().enumerate() {
         // pcap-file writes the timestamp's nanoseconds as the raw 64-bit value, which
         // is right for if_tsresol = 9.
@@ -467,15 +533,24 @@ pub fn write_pcapng(path: &Path, frames: &[(Duration, Vec<u8>)]) -> Result<(), C
             .write_pcapng_block(block)
             .map_err(|e| write_error(path, format_args!("packet {}: {e}", i + 1)))?;
     }
-    writer.into_inner().flush().map_err(|e| write_error(path, e))
+    writer
+        .into_inner()
+        .flush()
+        .map_err(|e| write_error(path, e))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn interface(options: Vec<InterfaceDescriptionOption<'static>>) -> InterfaceDescriptionBlock<'static> {
-        InterfaceDescriptionBlock { linktype: DataLink::ETHERNET, snaplen: 0, options }
+    fn interface(
+        options: Vec<InterfaceDescriptionOption<'static>>,
+    ) -> InterfaceDescriptionBlock<'static> {
+        InterfaceDescriptionBlock {
+            linktype: DataLink::ETHERNET,
+            snaplen: 0,
+            options,
+        }
     }
 
     #[test]
@@ -483,14 +558,23 @@ mod tests {
         let micro = interface(vec![]);
         assert_eq!(pcapng_time(1_500_000, &micro), Duration::from_millis(1500));
         let nano = interface(vec![InterfaceDescriptionOption::IfTsResol(9)]);
-        assert_eq!(pcapng_time(1_500_000_001, &nano), Duration::new(1, 500_000_001));
+        assert_eq!(
+            pcapng_time(1_500_000_001, &nano),
+            Duration::new(1, 500_000_001)
+        );
         let binary = interface(vec![InterfaceDescriptionOption::IfTsResol(0x80 | 10)]);
-        assert_eq!(pcapng_time(1024 + 512, &binary), Duration::from_millis(1500));
+        assert_eq!(
+            pcapng_time(1024 + 512, &binary),
+            Duration::from_millis(1500)
+        );
         let pico = interface(vec![
             InterfaceDescriptionOption::IfTsResol(12),
             InterfaceDescriptionOption::IfTsOffset(10),
         ]);
-        assert_eq!(pcapng_time(2_000_000_000_001, &pico), Duration::from_secs(12));
+        assert_eq!(
+            pcapng_time(2_000_000_000_001, &pico),
+            Duration::from_secs(12)
+        );
         for r in [0u8, 19, 20, 38, 39, 127, 0x80, 0xBF, 0xC0, 0xFF] {
             let weird = interface(vec![InterfaceDescriptionOption::IfTsResol(r)]);
             let _ = pcapng_time(u64::MAX, &weird);

@@ -21,7 +21,10 @@ const CAP_BPF: u32 = 39;
 
 fn effective_capabilities() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim();
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))?
+        .trim();
     u64::from_str_radix(hex, 16).ok()
 }
 
@@ -41,14 +44,20 @@ pub fn check(args: &CheckArgs) -> (String, bool) {
         what: "kernel".into(),
         detail: format!(
             "{release}{}",
-            if new_enough { "" } else { ": need >= 5.9 (bpf_link for XDP, mmapable arrays, CAP_BPF)" }
+            if new_enough {
+                ""
+            } else {
+                ": need >= 5.9 (bpf_link for XDP, mmapable arrays, CAP_BPF)"
+            }
         ),
     });
     let btf = Path::new("/sys/kernel/btf/vmlinux").exists();
     findings.push(Finding {
         ok: btf,
         what: "BTF".into(),
-        detail: if btf { "/sys/kernel/btf/vmlinux present".into() } else {
+        detail: if btf {
+            "/sys/kernel/btf/vmlinux present".into()
+        } else {
             "no /sys/kernel/btf/vmlinux (CONFIG_DEBUG_INFO_BTF): program logs may not work".into()
         },
     });
@@ -59,14 +68,22 @@ pub fn check(args: &CheckArgs) -> (String, bool) {
             for (cap, name, why) in [
                 (CAP_BPF, "CAP_BPF", "create maps and load the program"),
                 (CAP_NET_ADMIN, "CAP_NET_ADMIN", "attach XDP to interfaces"),
-                (CAP_PERFMON, "CAP_PERFMON", "let the verifier accept the program's pointer arithmetic"),
+                (
+                    CAP_PERFMON,
+                    "CAP_PERFMON",
+                    "let the verifier accept the program's pointer arithmetic",
+                ),
             ] {
                 let ok = has(cap) || sys_admin;
                 findings.push(Finding {
                     ok,
                     what: name.into(),
-                    detail: if ok { format!("present (needed to {why})") } else {
-                        format!("missing: needed to {why}; run as root or grant it (see deploy/systemd)")
+                    detail: if ok {
+                        format!("present (needed to {why})")
+                    } else {
+                        format!(
+                            "missing: needed to {why}; run as root or grant it (see deploy/systemd)"
+                        )
                     },
                 });
             }
@@ -83,9 +100,16 @@ pub fn check(args: &CheckArgs) -> (String, bool) {
         ok: bpffs,
         what: "bpffs".into(),
         detail: if bpffs {
-            format!("{} is on bpffs: pinned counts survive restarts", pin_parent.display())
+            format!(
+                "{} is on bpffs: pinned counts survive restarts",
+                pin_parent.display()
+            )
         } else {
-            format!("{} is not on bpffs: `mount -t bpf bpf {}`", pin_parent.display(), pin_parent.display())
+            format!(
+                "{} is not on bpffs: `mount -t bpf bpf {}`",
+                pin_parent.display(),
+                pin_parent.display()
+            )
         },
     });
     let interfaces = if args.iface.is_empty() {
@@ -106,7 +130,13 @@ pub fn check(args: &CheckArgs) -> (String, bool) {
     let mut report = String::new();
     let all_ok = findings.iter().all(|f| f.ok);
     for f in &findings {
-        let _ = writeln!(report, "[{}] {:<14} {}", if f.ok { " ok " } else { "FAIL" }, f.what, f.detail);
+        let _ = writeln!(
+            report,
+            "[{}] {:<14} {}",
+            if f.ok { " ok " } else { "FAIL" },
+            f.what,
+            f.detail
+        );
     }
     (report, all_ok)
 }
@@ -115,16 +145,23 @@ fn check_interface(interface: &str, try_attach: Option<ModeChoice>) -> Finding {
     let what = format!("iface {interface}");
     let sys = Path::new("/sys/class/net").join(interface);
     if !sys.exists() {
-        return Finding { ok: false, what, detail: "no such interface (see `ip link`)".into() };
+        return Finding {
+            ok: false,
+            what,
+            detail: "no such interface (see `ip link`)".into(),
+        };
     }
     let driver = std::fs::read_link(sys.join("device/driver"))
         .ok()
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
         .or_else(|| {
             // Virtual devices (veth, bridge) have no device/driver link.
-            std::fs::read_to_string(sys.join("uevent")).ok().and_then(|u| {
-                u.lines().find_map(|l| l.strip_prefix("DEVTYPE=").map(str::to_string))
-            })
+            std::fs::read_to_string(sys.join("uevent"))
+                .ok()
+                .and_then(|u| {
+                    u.lines()
+                        .find_map(|l| l.strip_prefix("DEVTYPE=").map(str::to_string))
+                })
         })
         .unwrap_or_else(|| "unknown driver".into());
     let state = std::fs::read_to_string(sys.join("operstate")).unwrap_or_default();
@@ -139,15 +176,27 @@ fn check_interface(interface: &str, try_attach: Option<ModeChoice>) -> Finding {
             ),
         };
     };
-    let result = Sensor::load(None).map_err(|e| e.to_string()).and_then(|mut sensor| {
-        sensor.attach(interface, mode, false).map_err(|e| e.to_string())
-    });
+    let result = Sensor::load(None)
+        .map_err(|e| e.to_string())
+        .and_then(|mut sensor| {
+            sensor
+                .attach(interface, mode, false)
+                .map_err(|e| e.to_string())
+        });
     match result {
         Ok(a) => Finding {
             ok: true,
             what,
-            detail: format!("{driver}, {}; takes XDP in {} mode (attached, then detached)", state.trim(), a.mode),
+            detail: format!(
+                "{driver}, {}; takes XDP in {} mode (attached, then detached)",
+                state.trim(),
+                a.mode
+            ),
         },
-        Err(e) => Finding { ok: false, what, detail: format!("{driver}: {e}") },
+        Err(e) => Finding {
+            ok: false,
+            what,
+            detail: format!("{driver}: {e}"),
+        },
     }
 }

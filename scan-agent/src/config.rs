@@ -17,8 +17,8 @@ pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/scan-agent";
 /// Ports scanned most often (DShield/GreyNoise top lists: remote shells, file
 /// sharing, databases, remote desktops, web admin): always exported.
 pub const DEFAULT_WATCH_PORTS: &[u16] = &[
-    22, 23, 25, 80, 135, 139, 443, 445, 1433, 2323, 3306, 3389, 5432, 5900, 6379, 8080, 8443,
-    9200, 27017,
+    22, 23, 25, 80, 135, 139, 443, 445, 1433, 2323, 3306, 3389, 5432, 5900, 6379, 8080, 8443, 9200,
+    27017,
 ];
 pub const DEFAULT_TOP_PORTS: usize = 20;
 pub const DEFAULT_SAVE_INTERVAL: Duration = Duration::from_secs(120);
@@ -200,7 +200,9 @@ mod humantime_serde_opt {
         let text: Option<String> = Option::deserialize(d)?;
         text.map(|t| {
             humantime::parse_duration(&t).map_err(|e| {
-                serde::de::Error::custom(format!("{t:?}: {e}; write a duration such as \"5s\" or \"6h\""))
+                serde::de::Error::custom(format!(
+                    "{t:?}: {e}; write a duration such as \"5s\" or \"6h\""
+                ))
             })
         })
         .transpose()
@@ -226,7 +228,10 @@ pub struct AgentConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config file {path} is not valid: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{0}")]
@@ -235,8 +240,10 @@ pub enum ConfigError {
 
 impl FileConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
             message: e.to_string(),
@@ -252,7 +259,10 @@ pub fn resolve_detector(
     let d = DetectorConfig::default();
     let config = DetectorConfig {
         interval: flags.interval.or(file.interval).unwrap_or(d.interval),
-        short_window: flags.short_window.or(file.short_window).unwrap_or(d.short_window),
+        short_window: flags
+            .short_window
+            .or(file.short_window)
+            .unwrap_or(d.short_window),
         baseline_window: flags
             .baseline_window
             .or(file.baseline_window)
@@ -302,10 +312,14 @@ fn validate_detector(c: &DetectorConfig) -> Result<(), ConfigError> {
         ));
     }
     if !(c.floor.is_finite() && c.floor > 0.0) {
-        return invalid(format!("--floor must be a positive number of SYN/s (got {})", c.floor));
+        return invalid(format!(
+            "--floor must be a positive number of SYN/s (got {})",
+            c.floor
+        ));
     }
     // Anything left is the detector's own rule, in its words.
-    c.validate().map_err(|e| ConfigError::Invalid(e.to_string()))
+    c.validate()
+        .map_err(|e| ConfigError::Invalid(e.to_string()))
 }
 
 impl RunArgs {
@@ -324,7 +338,9 @@ impl RunArgs {
             interfaces,
             xdp_mode: self.xdp_mode.or(file.xdp_mode).unwrap_or_default(),
             listen: self.listen.or(file.listen).unwrap_or_else(|| {
-                DEFAULT_LISTEN.parse().expect("the default listen address parses")
+                DEFAULT_LISTEN
+                    .parse()
+                    .expect("the default listen address parses")
             }),
             detector,
             watch_ports: self
@@ -332,7 +348,10 @@ impl RunArgs {
                 .clone()
                 .or(file.watch_ports)
                 .unwrap_or_else(|| DEFAULT_WATCH_PORTS.to_vec()),
-            top_ports: self.top_ports.or(file.top_ports).unwrap_or(DEFAULT_TOP_PORTS),
+            top_ports: self
+                .top_ports
+                .or(file.top_ports)
+                .unwrap_or(DEFAULT_TOP_PORTS),
             state_file: self
                 .state_file
                 .clone()
@@ -357,7 +376,9 @@ impl RunArgs {
             )));
         }
         if config.save_interval.is_zero() {
-            return Err(ConfigError::Invalid("--save-interval must be above zero".into()));
+            return Err(ConfigError::Invalid(
+                "--save-interval must be above zero".into(),
+            ));
         }
         Ok(config)
     }
@@ -418,17 +439,29 @@ mod tests {
     #[test]
     fn unknown_key_in_file_is_named() {
         let file = temp_file("typo.toml", "intervall = \"10s\"\n");
-        let err = parse(&["--config", file.to_str().unwrap()]).unwrap().resolve().unwrap_err();
+        let err = parse(&["--config", file.to_str().unwrap()])
+            .unwrap()
+            .resolve()
+            .unwrap_err();
         std::fs::remove_file(&file).ok();
         let text = err.to_string();
-        assert!(text.contains("intervall") && text.contains("typo.toml"), "{text}");
+        assert!(
+            text.contains("intervall") && text.contains("typo.toml"),
+            "{text}"
+        );
     }
 
     #[test]
     fn bad_values_name_the_flag_and_the_fix() {
         let err = parse(&["--interval", "5 parsecs"]).unwrap_err().to_string();
-        assert!(err.contains("--interval") && err.contains("such as"), "{err}");
-        let err = parse(&["--surge-threshold", "0.5"]).unwrap().resolve().unwrap_err();
+        assert!(
+            err.contains("--interval") && err.contains("such as"),
+            "{err}"
+        );
+        let err = parse(&["--surge-threshold", "0.5"])
+            .unwrap()
+            .resolve()
+            .unwrap_err();
         assert!(err.to_string().contains("--surge-threshold"), "{err}");
         let err = parse(&["--short-window", "1s", "--interval", "5s"])
             .unwrap()
@@ -441,10 +474,20 @@ mod tests {
 
     #[test]
     fn human_durations_are_accepted() {
-        let args = parse(&["--baseline-window", "6h", "--warmup", "30m", "--short-window", "90s"])
-            .unwrap();
+        let args = parse(&[
+            "--baseline-window",
+            "6h",
+            "--warmup",
+            "30m",
+            "--short-window",
+            "90s",
+        ])
+        .unwrap();
         let config = args.resolve().unwrap();
-        assert_eq!(config.detector.baseline_window, Duration::from_secs(6 * 3600));
+        assert_eq!(
+            config.detector.baseline_window,
+            Duration::from_secs(6 * 3600)
+        );
         assert_eq!(config.detector.warmup, Duration::from_secs(1800));
         assert_eq!(config.detector.short_window, Duration::from_secs(90));
     }

@@ -37,7 +37,9 @@ struct Shared {
 type SharedState = Arc<Mutex<Shared>>;
 
 fn unix_now() -> Duration {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
 }
 
 /// The interface of the IPv4 default route, from /proc/net/route.
@@ -73,8 +75,16 @@ pub async fn run(mut config: AgentConfig) -> Result<()> {
             "attached to {} in {} mode{}{}",
             a.interface,
             a.mode,
-            if a.adopted { " (adopted the link kept by the previous run)" } else { "" },
-            if config.keep_attached { "; it stays attached when the agent stops" } else { "" },
+            if a.adopted {
+                " (adopted the link kept by the previous run)"
+            } else {
+                ""
+            },
+            if config.keep_attached {
+                "; it stays attached when the agent stops"
+            } else {
+                ""
+            },
         );
     }
     let detector = match state::load(&config.state_file)? {
@@ -105,9 +115,11 @@ pub async fn run(mut config: AgentConfig) -> Result<()> {
     }));
     poll(&shared);
 
-    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| {
-        format!("cannot listen on {listen}: is another agent running? choose another --listen")
-    })?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| {
+            format!("cannot listen on {listen}: is another agent running? choose another --listen")
+        })?;
     log::info!("serving http://{listen}/metrics");
     let app = Router::new()
         .route("/", get(index))
@@ -149,7 +161,9 @@ pub async fn run(mut config: AgentConfig) -> Result<()> {
 
 fn lock(shared: &SharedState) -> std::sync::MutexGuard<'_, Shared> {
     // A panic while holding the lock is a bug; the data is still usable.
-    shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    shared
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Reads every port counter (mmap, no syscall) and steps the detector.
@@ -196,7 +210,10 @@ async fn metrics(State(shared): State<SharedState>) -> impl IntoResponse {
             s.metrics.poll_errors.inc();
             s.last_error = Some(e.to_string());
             log::error!("reading packet classes: {e}");
-            return (StatusCode::INTERNAL_SERVER_ERROR, format!("reading packet classes: {e}\n"))
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("reading packet classes: {e}\n"),
+            )
                 .into_response();
         }
     };
@@ -208,7 +225,14 @@ async fn metrics(State(shared): State<SharedState>) -> impl IntoResponse {
         watch_ports: &s.config.watch_ports,
         top_ports: s.config.top_ports,
     });
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
 }
 
 async fn healthz(State(shared): State<SharedState>) -> impl IntoResponse {
@@ -231,7 +255,10 @@ async fn healthz(State(shared): State<SharedState>) -> impl IntoResponse {
     };
     match problem {
         None => (StatusCode::OK, "ok\n".to_string()),
-        Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("unhealthy: {reason}\n")),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy: {reason}\n"),
+        ),
     }
 }
 
@@ -260,9 +287,18 @@ async fn index(State(shared): State<SharedState>) -> Html<String> {
          <p><a href=\"/metrics\">/metrics</a> &middot; <a href=\"/healthz\">/healthz</a></p>\
          <table border=1><tr><th>port</th><th>SYN/s</th><th>baseline</th><th>ratio</th><th></th></tr>{rows}</table>",
         env!("CARGO_PKG_VERSION"),
-        if interfaces.is_empty() { "none".into() } else { interfaces.join(", ") },
+        if interfaces.is_empty() {
+            "none".into()
+        } else {
+            interfaces.join(", ")
+        },
         if s.detector.warming_up() {
-            format!("{} left", humantime::format_duration(Duration::from_secs(s.detector.warmup_remaining().as_secs())))
+            format!(
+                "{} left",
+                humantime::format_duration(Duration::from_secs(
+                    s.detector.warmup_remaining().as_secs()
+                ))
+            )
         } else {
             "done".into()
         },
@@ -282,7 +318,9 @@ fn forward_program_logs(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
     };
     tokio::spawn(async move {
         loop {
-            let Ok(mut guard) = fd.readable_mut().await else { return };
+            let Ok(mut guard) = fd.readable_mut().await else {
+                return;
+            };
             guard.get_inner_mut().flush();
             guard.clear_ready();
         }

@@ -107,9 +107,15 @@ pub enum Net {
     Ipv4(Ipv4),
     Ipv6(Ipv6),
     /// An ARP request (EtherType 0x0806).
-    Arp { sender: Ipv4Addr, target: Ipv4Addr },
+    Arp {
+        sender: Ipv4Addr,
+        target: Ipv4Addr,
+    },
     /// Anything else: the EtherType and the bytes after it.
-    Raw { ether_type: u16, payload: Vec<u8> },
+    Raw {
+        ether_type: u16,
+        payload: Vec<u8>,
+    },
 }
 
 /// An IPv4 header and what it carries.
@@ -228,12 +234,24 @@ impl Ipv6Ext {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Transport {
     Tcp(Tcp),
-    Udp { sport: u16, dport: u16, payload: Vec<u8> },
+    Udp {
+        sport: u16,
+        dport: u16,
+        payload: Vec<u8>,
+    },
     /// ICMP (in IPv4) or ICMPv6 (in IPv6): type, code, the 4 bytes after the checksum,
     /// then the payload.
-    Icmp { kind: u8, code: u8, rest: [u8; 4], payload: Vec<u8> },
+    Icmp {
+        kind: u8,
+        code: u8,
+        rest: [u8; 4],
+        payload: Vec<u8>,
+    },
     /// Any protocol with exactly these bytes.
-    Raw { protocol: u8, bytes: Vec<u8> },
+    Raw {
+        protocol: u8,
+        bytes: Vec<u8>,
+    },
 }
 
 impl Transport {
@@ -281,7 +299,12 @@ const SRC_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x01];
 
 impl Frame {
     fn with_net(net: Net) -> Self {
-        Self { dst_mac: DST_MAC, src_mac: SRC_MAC, vlans: Vec::new(), net }
+        Self {
+            dst_mac: DST_MAC,
+            src_mac: SRC_MAC,
+            vlans: Vec::new(),
+            net,
+        }
     }
 
     fn ipv4(src: impl Into<Ipv4Addr>, dst: impl Into<Ipv4Addr>, transport: Transport) -> Self {
@@ -321,7 +344,11 @@ impl Frame {
             sport,
             dport,
             seq: 0x0100_0000,
-            ack: if flags & tcp::ACK != 0 { 0x0200_0000 } else { 0 },
+            ack: if flags & tcp::ACK != 0 {
+                0x0200_0000
+            } else {
+                0
+            },
             flags,
             window: 64_240,
             urgent: 0,
@@ -360,7 +387,15 @@ impl Frame {
         sport: u16,
         dport: u16,
     ) -> Self {
-        Self::ipv4(src, dst, Transport::Udp { sport, dport, payload: Vec::new() })
+        Self::ipv4(
+            src,
+            dst,
+            Transport::Udp {
+                sport,
+                dport,
+                payload: Vec::new(),
+            },
+        )
     }
 
     /// IPv6 + UDP.
@@ -370,17 +405,43 @@ impl Frame {
         sport: u16,
         dport: u16,
     ) -> Self {
-        Self::ipv6(src, dst, Transport::Udp { sport, dport, payload: Vec::new() })
+        Self::ipv6(
+            src,
+            dst,
+            Transport::Udp {
+                sport,
+                dport,
+                payload: Vec::new(),
+            },
+        )
     }
 
     /// IPv4 + ICMP echo request.
     pub fn ipv4_icmp_echo(src: impl Into<Ipv4Addr>, dst: impl Into<Ipv4Addr>) -> Self {
-        Self::ipv4(src, dst, Transport::Icmp { kind: 8, code: 0, rest: [0, 1, 0, 1], payload: vec![0x61; 32] })
+        Self::ipv4(
+            src,
+            dst,
+            Transport::Icmp {
+                kind: 8,
+                code: 0,
+                rest: [0, 1, 0, 1],
+                payload: vec![0x61; 32],
+            },
+        )
     }
 
     /// IPv6 + ICMPv6 echo request.
     pub fn ipv6_icmp_echo(src: impl Into<Ipv6Addr>, dst: impl Into<Ipv6Addr>) -> Self {
-        Self::ipv6(src, dst, Transport::Icmp { kind: 128, code: 0, rest: [0, 1, 0, 1], payload: vec![0x61; 32] })
+        Self::ipv6(
+            src,
+            dst,
+            Transport::Icmp {
+                kind: 128,
+                code: 0,
+                rest: [0, 1, 0, 1],
+                payload: vec![0x61; 32],
+            },
+        )
     }
 
     /// IPv4 carrying any protocol with these bytes.
@@ -405,14 +466,20 @@ impl Frame {
 
     /// An ARP request (who has `target`? tell `sender`), broadcast.
     pub fn arp_request(sender: impl Into<Ipv4Addr>, target: impl Into<Ipv4Addr>) -> Self {
-        let mut frame = Self::with_net(Net::Arp { sender: sender.into(), target: target.into() });
+        let mut frame = Self::with_net(Net::Arp {
+            sender: sender.into(),
+            target: target.into(),
+        });
         frame.dst_mac = [0xFF; 6];
         frame
     }
 
     /// Any EtherType with these bytes after it.
     pub fn raw(ether_type: u16, payload: Vec<u8>) -> Self {
-        Self::with_net(Net::Raw { ether_type, payload })
+        Self::with_net(Net::Raw {
+            ether_type,
+            payload,
+        })
     }
 
     /// Sets the MAC addresses.
@@ -424,7 +491,10 @@ impl Frame {
 
     /// Adds a VLAN tag inside the ones already there (call outermost first).
     pub fn vlan(mut self, tpid: u16, vid: u16) -> Self {
-        self.vlans.push(VlanTag { tpid, tci: vid & 0x0FFF });
+        self.vlans.push(VlanTag {
+            tpid,
+            tci: vid & 0x0FFF,
+        });
         self
     }
 
@@ -460,8 +530,14 @@ impl Frame {
     /// The TCP segment, if this is IPv4 or IPv6 carrying TCP.
     pub fn tcp(&self) -> Option<&Tcp> {
         match &self.net {
-            Net::Ipv4(Ipv4 { transport: Transport::Tcp(tcp), .. })
-            | Net::Ipv6(Ipv6 { transport: Transport::Tcp(tcp), .. }) => Some(tcp),
+            Net::Ipv4(Ipv4 {
+                transport: Transport::Tcp(tcp),
+                ..
+            })
+            | Net::Ipv6(Ipv6 {
+                transport: Transport::Tcp(tcp),
+                ..
+            }) => Some(tcp),
             _ => None,
         }
     }
@@ -617,7 +693,14 @@ fn write_ipv4(ip: &Ipv4, out: &mut Vec<u8>) {
     let version = ip.version.unwrap_or(4);
     let protocol = ip.protocol.unwrap_or(ip.transport.protocol(false));
     let mut transport = Vec::new();
-    write_transport(&ip.transport, Pseudo::V4 { src: ip.src, dst: ip.dst }, &mut transport);
+    write_transport(
+        &ip.transport,
+        Pseudo::V4 {
+            src: ip.src,
+            dst: ip.dst,
+        },
+        &mut transport,
+    );
     let total = (header_len + transport.len()).min(usize::from(u16::MAX)) as u16;
     let flags_frag = (u16::from(ip.dont_fragment) << 14)
         | (u16::from(ip.more_fragments) << 13)
@@ -648,7 +731,14 @@ fn write_ipv6(ip: &Ipv6, out: &mut Vec<u8>) {
     }
     let first_next = ip.extensions.first().map_or(last_next, Ipv6Ext::kind);
     let mut transport = Vec::new();
-    write_transport(&ip.transport, Pseudo::V6 { src: ip.src, dst: ip.dst }, &mut transport);
+    write_transport(
+        &ip.transport,
+        Pseudo::V6 {
+            src: ip.src,
+            dst: ip.dst,
+        },
+        &mut transport,
+    );
     let payload_len = (exts.len() + transport.len()).min(usize::from(u16::MAX)) as u16;
     let version = ip.version.unwrap_or(6);
     let word = (u32::from(version) << 28)
@@ -715,7 +805,11 @@ fn write_transport(transport: &Transport, pseudo: Pseudo, out: &mut Vec<u8>) {
             let checksum = internet_checksum(sum, out);
             out[16..18].copy_from_slice(&checksum.to_be_bytes());
         }
-        Transport::Udp { sport, dport, payload } => {
+        Transport::Udp {
+            sport,
+            dport,
+            payload,
+        } => {
             let len = (8 + payload.len()).min(usize::from(u16::MAX)) as u16;
             out.extend_from_slice(&sport.to_be_bytes());
             out.extend_from_slice(&dport.to_be_bytes());
@@ -729,11 +823,20 @@ fn write_transport(transport: &Transport, pseudo: Pseudo, out: &mut Vec<u8>) {
             };
             out[6..8].copy_from_slice(&checksum.to_be_bytes());
         }
-        Transport::Icmp { kind, code, rest, payload } => {
+        Transport::Icmp {
+            kind,
+            code,
+            rest,
+            payload,
+        } => {
             out.extend_from_slice(&[*kind, *code, 0, 0]);
             out.extend_from_slice(rest);
             out.extend_from_slice(payload);
-            let sum = if ipv6 { pseudo.sum(ip_proto::ICMPV6, out.len()) } else { 0 };
+            let sum = if ipv6 {
+                pseudo.sum(ip_proto::ICMPV6, out.len())
+            } else {
+                0
+            };
             let checksum = internet_checksum(sum, out);
             out[2..4].copy_from_slice(&checksum.to_be_bytes());
         }
@@ -876,7 +979,10 @@ pub mod corpus {
         /// bookkeeping, not a second parser.
         fn tally(&mut self, frame: &Frame) {
             use PacketClass::*;
-            assert!(frame.vlans.len() <= scan_common::MAX_VLAN_TAGS, "corpus frame with >2 tags");
+            assert!(
+                frame.vlans.len() <= scan_common::MAX_VLAN_TAGS,
+                "corpus frame with >2 tags"
+            );
             self.packets += 1;
             let mut bump = |c: PacketClass| self.classes[c as usize] += 1;
             bump(Seen);
@@ -928,7 +1034,11 @@ pub mod corpus {
 
     impl Builder {
         fn new(name: &'static str) -> Self {
-            Self { name, frames: Vec::new(), expected: Expected::default() }
+            Self {
+                name,
+                frames: Vec::new(),
+                expected: Expected::default(),
+            }
         }
 
         fn push(&mut self, at: Duration, frame: Frame) {
@@ -939,7 +1049,11 @@ pub mod corpus {
         fn finish(mut self) -> Capture {
             // Stable: frames pushed for the same instant keep their order.
             self.frames.sort_by_key(|(at, _)| *at);
-            Capture { name: self.name, frames: self.frames, expected: self.expected }
+            Capture {
+                name: self.name,
+                frames: self.frames,
+                expected: self.expected,
+            }
         }
     }
 
@@ -952,7 +1066,16 @@ pub mod corpus {
     }
 
     fn v6(net: u16, rng: &mut Rng) -> [u16; 8] {
-        [0x2001, 0x0db8, net, 0, 0, 0, rng.u16(), rng.range(1, 0xFFFE) as u16]
+        [
+            0x2001,
+            0x0db8,
+            net,
+            0,
+            0,
+            0,
+            rng.u16(),
+            rng.range(1, 0xFFFE) as u16,
+        ]
     }
 
     fn ephemeral(rng: &mut Rng) -> u16 {
@@ -993,8 +1116,7 @@ pub mod corpus {
                     // Silent target: the scanner retransmits once.
                     b.push(START + secs(at + 3.0), syn);
                 } else {
-                    let rst = Frame::ipv4_tcp(dst, src, 445, sport, tcp::RST | tcp::ACK)
-                        .ip_id(0);
+                    let rst = Frame::ipv4_tcp(dst, src, 445, sport, tcp::RST | tcp::ACK).ip_id(0);
                     b.push(START + secs(at + 0.0004), rst);
                 }
             }
@@ -1024,9 +1146,18 @@ pub mod corpus {
             let frame = if rng.chance(1.0 / 6.0) {
                 Frame::ipv6_tcp(v6(1, &mut rng), v6(2, &mut rng), sport, RAMP_PORT, tcp::SYN)
             } else {
-                Frame::ipv4_tcp(*rng.pick(&sources), ours_v4(&mut rng), sport, RAMP_PORT, tcp::SYN)
+                Frame::ipv4_tcp(
+                    *rng.pick(&sources),
+                    ours_v4(&mut rng),
+                    sport,
+                    RAMP_PORT,
+                    tcp::SYN,
+                )
             };
-            b.push(START + secs(t), frame.seq_ack(rng.u32(), 0).tcp_options(tcp::syn_options()));
+            b.push(
+                START + secs(t),
+                frame.seq_ack(rng.u32(), 0).tcp_options(tcp::syn_options()),
+            );
         }
         b.finish()
     }
@@ -1043,7 +1174,9 @@ pub mod corpus {
         let mut rng = Rng::new(seed);
         let mut b = Builder::new("masscan-sweep.pcap");
         let src = [198, 18, 66, 6];
-        let hosts: Vec<[u8; 4]> = (0..MASSCAN_HOSTS).map(|i| [198, 19, 1, 10 + i as u8]).collect();
+        let hosts: Vec<[u8; 4]> = (0..MASSCAN_HOSTS)
+            .map(|i| [198, 19, 1, 10 + i as u8])
+            .collect();
         let mut probes: Vec<(u16, [u8; 4])> = (1..=MASSCAN_PORTS)
             .flat_map(|port| hosts.iter().map(move |&h| (port, h)))
             .collect();
@@ -1090,13 +1223,25 @@ pub mod corpus {
                 let segment = |up: bool, flags: u8| {
                     let (sp, dp) = if up { (sport, port) } else { (port, sport) };
                     let frame = if ipv6 {
-                        let (s, d) = if up { (client_v6, server_v6) } else { (server_v6, client_v6) };
+                        let (s, d) = if up {
+                            (client_v6, server_v6)
+                        } else {
+                            (server_v6, client_v6)
+                        };
                         Frame::ipv6_tcp(s, d, sp, dp, flags)
                     } else {
-                        let (s, d) = if up { (client_v4, server_v4) } else { (server_v4, client_v4) };
+                        let (s, d) = if up {
+                            (client_v4, server_v4)
+                        } else {
+                            (server_v4, client_v4)
+                        };
                         Frame::ipv4_tcp(s, d, sp, dp, flags)
                     };
-                    if tagged { frame.vlan(super::ether_type::VLAN, 20) } else { frame }
+                    if tagged {
+                        frame.vlan(super::ether_type::VLAN, 20)
+                    } else {
+                        frame
+                    }
                 };
                 if !ipv6 {
                     let query = Frame::ipv4_udp(client_v4, dns, ephemeral(&mut rng), 53)
@@ -1111,16 +1256,48 @@ pub mod corpus {
                 let c2 = c1.wrapping_add(request.len() as u32);
                 let s2 = s1.wrapping_add(response_len as u32);
                 let steps: Vec<(f64, Frame)> = vec![
-                    (0.0, segment(true, tcp::SYN).seq_ack(cseq, 0).tcp_options(tcp::syn_options())),
-                    (rtt / 2.0, segment(false, tcp::SYN | tcp::ACK).seq_ack(sseq, c1).tcp_options(tcp::syn_options())),
+                    (
+                        0.0,
+                        segment(true, tcp::SYN)
+                            .seq_ack(cseq, 0)
+                            .tcp_options(tcp::syn_options()),
+                    ),
+                    (
+                        rtt / 2.0,
+                        segment(false, tcp::SYN | tcp::ACK)
+                            .seq_ack(sseq, c1)
+                            .tcp_options(tcp::syn_options()),
+                    ),
                     (rtt, segment(true, tcp::ACK).seq_ack(c1, s1)),
-                    (rtt + 0.0001, segment(true, tcp::PSH | tcp::ACK).seq_ack(c1, s1).payload(request)),
+                    (
+                        rtt + 0.0001,
+                        segment(true, tcp::PSH | tcp::ACK)
+                            .seq_ack(c1, s1)
+                            .payload(request),
+                    ),
                     (1.5 * rtt, segment(false, tcp::ACK).seq_ack(s1, c2)),
-                    (1.5 * rtt + 0.002, segment(false, tcp::PSH | tcp::ACK).seq_ack(s1, c2).payload(vec![0x3C; response_len])),
-                    (2.0 * rtt + 0.002, segment(true, tcp::FIN | tcp::ACK).seq_ack(c2, s2)),
-                    (2.5 * rtt + 0.002, segment(false, tcp::ACK).seq_ack(s2, c2.wrapping_add(1))),
-                    (2.5 * rtt + 0.003, segment(false, tcp::FIN | tcp::ACK).seq_ack(s2, c2.wrapping_add(1))),
-                    (3.0 * rtt + 0.003, segment(true, tcp::ACK).seq_ack(c2.wrapping_add(1), s2.wrapping_add(1))),
+                    (
+                        1.5 * rtt + 0.002,
+                        segment(false, tcp::PSH | tcp::ACK)
+                            .seq_ack(s1, c2)
+                            .payload(vec![0x3C; response_len]),
+                    ),
+                    (
+                        2.0 * rtt + 0.002,
+                        segment(true, tcp::FIN | tcp::ACK).seq_ack(c2, s2),
+                    ),
+                    (
+                        2.5 * rtt + 0.002,
+                        segment(false, tcp::ACK).seq_ack(s2, c2.wrapping_add(1)),
+                    ),
+                    (
+                        2.5 * rtt + 0.003,
+                        segment(false, tcp::FIN | tcp::ACK).seq_ack(s2, c2.wrapping_add(1)),
+                    ),
+                    (
+                        3.0 * rtt + 0.003,
+                        segment(true, tcp::ACK).seq_ack(c2.wrapping_add(1), s2.wrapping_add(1)),
+                    ),
                 ];
                 for (offset, frame) in steps {
                     b.push(START + secs(start + offset), frame);
@@ -1153,8 +1330,14 @@ pub mod corpus {
         for (i, port) in [22u16, 80, 443, 445].into_iter().enumerate() {
             let mut t = i as f64;
             while t < length as f64 {
-                let frame = Frame::ipv4_tcp(source_v4(&mut rng), ours_v4(&mut rng), ephemeral(&mut rng), port, tcp::SYN)
-                    .tcp_options(tcp::syn_options());
+                let frame = Frame::ipv4_tcp(
+                    source_v4(&mut rng),
+                    ours_v4(&mut rng),
+                    ephemeral(&mut rng),
+                    port,
+                    tcp::SYN,
+                )
+                .tcp_options(tcp::syn_options());
                 b.push(START + secs(t), frame);
                 t += 4.0;
             }
@@ -1163,8 +1346,14 @@ pub mod corpus {
         let surge_syns = SURGE_LENGTH.as_secs() * 50;
         for i in 0..surge_syns {
             let at = begin + i as f64 / 50.0;
-            let frame = Frame::ipv4_tcp(source_v4(&mut rng), ours_v4(&mut rng), ephemeral(&mut rng), 445, tcp::SYN)
-                .tcp_options(tcp::windows_syn_options());
+            let frame = Frame::ipv4_tcp(
+                source_v4(&mut rng),
+                ours_v4(&mut rng),
+                ephemeral(&mut rng),
+                445,
+                tcp::SYN,
+            )
+            .tcp_options(tcp::windows_syn_options());
             b.push(START + secs(at), frame);
         }
         b.finish()
@@ -1172,7 +1361,13 @@ pub mod corpus {
 
     /// Every corpus capture but the surge one, with default seeds.
     pub fn all() -> Vec<Capture> {
-        vec![sweep_445(1), distributed_ramp(2), masscan_sweep(3), web_traffic(4), surge_445(5)]
+        vec![
+            sweep_445(1),
+            distributed_ramp(2),
+            masscan_sweep(3),
+            web_traffic(4),
+            surge_445(5),
+        ]
     }
 }
 
@@ -1205,8 +1400,15 @@ mod tests {
         assert_eq!(u16::from_be_bytes([f[36], f[37]]), 445);
         assert_eq!(f[46], 0x50);
         assert_eq!(f[47], tcp::SYN);
-        let pseudo = Pseudo::V4 { src: [198, 18, 0, 1].into(), dst: [198, 19, 0, 2].into() };
-        assert_eq!(internet_checksum(pseudo.sum(6, 20), &f[34..]), 0, "TCP checksum");
+        let pseudo = Pseudo::V4 {
+            src: [198, 18, 0, 1].into(),
+            dst: [198, 19, 0, 2].into(),
+        };
+        assert_eq!(
+            internet_checksum(pseudo.sum(6, 20), &f[34..]),
+            0,
+            "TCP checksum"
+        );
     }
 
     #[test]
@@ -1215,19 +1417,28 @@ mod tests {
             .vlan(0x88A8, 10)
             .vlan(0x8100, 20)
             .build();
-        assert_eq!(&f[12..22], &[0x88, 0xA8, 0x00, 10, 0x81, 0x00, 0x00, 20, 0x08, 0x00]);
+        assert_eq!(
+            &f[12..22],
+            &[0x88, 0xA8, 0x00, 10, 0x81, 0x00, 0x00, 20, 0x08, 0x00]
+        );
         assert_eq!(f[22], 0x45);
     }
 
     #[test]
     fn ipv6_extension_chain() {
-        let f = Frame::ipv6_tcp([0x2001, 0xdb8, 0, 0, 0, 0, 0, 1], [0x2001, 0xdb8, 0, 0, 0, 0, 0, 2], 1, 80, tcp::SYN)
-            .ext(Ipv6Ext::HopByHop { len: 8 })
-            .ext(Ipv6Ext::Routing { len: 24 })
-            .ext(Ipv6Ext::Auth { icv_len: 12 })
-            .fragment(0, true)
-            .ext(Ipv6Ext::DestinationOptions { len: 16 })
-            .build();
+        let f = Frame::ipv6_tcp(
+            [0x2001, 0xdb8, 0, 0, 0, 0, 0, 1],
+            [0x2001, 0xdb8, 0, 0, 0, 0, 0, 2],
+            1,
+            80,
+            tcp::SYN,
+        )
+        .ext(Ipv6Ext::HopByHop { len: 8 })
+        .ext(Ipv6Ext::Routing { len: 24 })
+        .ext(Ipv6Ext::Auth { icv_len: 12 })
+        .fragment(0, true)
+        .ext(Ipv6Ext::DestinationOptions { len: 16 })
+        .build();
         let ip = 14;
         assert_eq!(f[ip] >> 4, 6);
         assert_eq!(f[ip + 6], ip_proto::HOP_BY_HOP);
@@ -1247,7 +1458,10 @@ mod tests {
         assert_eq!(kinds, [0, 43, 51, 44, 60]);
         assert_eq!(u16::from_be_bytes([f[at + 2], f[at + 3]]), 80);
         assert_eq!(f.len(), at + 20);
-        assert_eq!(usize::from(u16::from_be_bytes([f[ip + 4], f[ip + 5]])), f.len() - ip - 40);
+        assert_eq!(
+            usize::from(u16::from_be_bytes([f[ip + 4], f[ip + 5]])),
+            f.len() - ip - 40
+        );
     }
 
     #[test]
@@ -1259,7 +1473,9 @@ mod tests {
             .build();
         assert_eq!(f[14], 0x63);
         assert_eq!(f[34 + 12], 0x40);
-        let f = Frame::ipv4_tcp([1, 1, 1, 1], [2, 2, 2, 2], 1, 2, tcp::SYN).fragment(185, true).build();
+        let f = Frame::ipv4_tcp([1, 1, 1, 1], [2, 2, 2, 2], 1, 2, tcp::SYN)
+            .fragment(185, true)
+            .build();
         assert_eq!(u16::from_be_bytes([f[20], f[21]]), 0x2000 | 185);
     }
 
@@ -1273,6 +1489,11 @@ mod tests {
         assert!(a.frames.windows(2).all(|w| w[0].0 <= w[1].0));
         let m = corpus::masscan_sweep(1);
         assert_eq!(m.expected.ports.len(), usize::from(corpus::MASSCAN_PORTS));
-        assert!(m.expected.ports.values().all(|&n| n == corpus::MASSCAN_HOSTS as u64));
+        assert!(
+            m.expected
+                .ports
+                .values()
+                .all(|&n| n == corpus::MASSCAN_HOSTS as u64)
+        );
     }
 }

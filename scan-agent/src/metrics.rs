@@ -55,53 +55,106 @@ impl Metrics {
         let port = &["port"];
         let m = Self {
             syn_total: IntCounterVec::new(
-                opts("scan_syn_packets_total", "TCP SYNs (SYN set, ACK clear) to this destination port, as counted by the kernel"),
+                opts(
+                    "scan_syn_packets_total",
+                    "TCP SYNs (SYN set, ACK clear) to this destination port, as counted by the kernel",
+                ),
                 port,
             )?,
-            syn_rate: GaugeVec::new(opts("scan_syn_rate", "SYN/s to this port over the short window"), port)?,
-            baseline: GaugeVec::new(opts("scan_syn_baseline_rate", "Learned normal SYN/s to this port"), port)?,
+            syn_rate: GaugeVec::new(
+                opts("scan_syn_rate", "SYN/s to this port over the short window"),
+                port,
+            )?,
+            baseline: GaugeVec::new(
+                opts(
+                    "scan_syn_baseline_rate",
+                    "Learned normal SYN/s to this port",
+                ),
+                port,
+            )?,
             ratio: GaugeVec::new(
-                opts("scan_surge_ratio", "(rate + floor) / (baseline + floor): how far above normal this port is now"),
+                opts(
+                    "scan_surge_ratio",
+                    "(rate + floor) / (baseline + floor): how far above normal this port is now",
+                ),
                 port,
             )?,
             flagged: IntGaugeVec::new(
-                opts("scan_surge_flagged", "1 when the port's ratio is at or above the threshold after warm-up"),
+                opts(
+                    "scan_surge_flagged",
+                    "1 when the port's ratio is at or above the threshold after warm-up",
+                ),
                 port,
             )?,
-            threshold: Gauge::with_opts(opts("scan_surge_threshold", "Configured surge ratio threshold"))?,
+            threshold: Gauge::with_opts(opts(
+                "scan_surge_threshold",
+                "Configured surge ratio threshold",
+            ))?,
             syn_all_ports: IntCounter::with_opts(opts(
                 "scan_syn_packets_all_ports_total",
                 "TCP SYNs over all 65,536 destination ports, as counted by the kernel",
             ))?,
             packets: IntCounterVec::new(
-                opts("scan_packets_total", "Packets seen by the XDP program, by class (see README: classes and invariants)"),
+                opts(
+                    "scan_packets_total",
+                    "Packets seen by the XDP program, by class (see README: classes and invariants)",
+                ),
                 &["class"],
             )?,
             attached: IntGaugeVec::new(
-                opts("scan_agent_attached", "1 for each interface the program is attached to, with its XDP mode"),
+                opts(
+                    "scan_agent_attached",
+                    "1 for each interface the program is attached to, with its XDP mode",
+                ),
                 &["interface", "mode"],
             )?,
             poll_duration: Histogram::with_opts(
-                HistogramOpts::new("scan_agent_poll_duration_seconds", "Time to read all counters and step the detector")
-                    .buckets(vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1]),
+                HistogramOpts::new(
+                    "scan_agent_poll_duration_seconds",
+                    "Time to read all counters and step the detector",
+                )
+                .buckets(vec![
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                ]),
             )?,
-            poll_errors: IntCounter::with_opts(opts("scan_agent_poll_errors_total", "Failed reads of the kernel maps"))?,
+            poll_errors: IntCounter::with_opts(opts(
+                "scan_agent_poll_errors_total",
+                "Failed reads of the kernel maps",
+            ))?,
             last_poll: Gauge::with_opts(opts(
                 "scan_agent_last_poll_timestamp_seconds",
                 "UNIX time of the last successful poll",
             ))?,
-            warming_up: IntGauge::with_opts(opts("scan_agent_warming_up", "1 while the detector is still learning baselines (no port is flagged)"))?,
-            warmup_remaining: Gauge::with_opts(opts("scan_agent_warmup_remaining_seconds", "Seconds of warm-up left"))?,
-            ports_active: IntGauge::with_opts(opts("scan_agent_ports_active", "Ports with a non-negligible short-term SYN rate"))?,
-            ports_exported: IntGauge::with_opts(opts("scan_agent_ports_exported", "Ports with per-port series in this scrape"))?,
+            warming_up: IntGauge::with_opts(opts(
+                "scan_agent_warming_up",
+                "1 while the detector is still learning baselines (no port is flagged)",
+            ))?,
+            warmup_remaining: Gauge::with_opts(opts(
+                "scan_agent_warmup_remaining_seconds",
+                "Seconds of warm-up left",
+            ))?,
+            ports_active: IntGauge::with_opts(opts(
+                "scan_agent_ports_active",
+                "Ports with a non-negligible short-term SYN rate",
+            ))?,
+            ports_exported: IntGauge::with_opts(opts(
+                "scan_agent_ports_exported",
+                "Ports with per-port series in this scrape",
+            ))?,
             ports_left_out: IntGauge::with_opts(opts(
                 "scan_agent_ports_left_out",
                 "Active ports not exported (beyond the watch list and top-K); see scan_syn_packets_all_ports_total",
             ))?,
-            state_save_errors: IntCounter::with_opts(opts("scan_agent_state_save_errors_total", "Failed writes of the state file"))?,
+            state_save_errors: IntCounter::with_opts(opts(
+                "scan_agent_state_save_errors_total",
+                "Failed writes of the state file",
+            ))?,
             scrape_duration: Histogram::with_opts(
-                HistogramOpts::new("scan_agent_scrape_duration_seconds", "Time to read the counters and render /metrics")
-                    .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1]),
+                HistogramOpts::new(
+                    "scan_agent_scrape_duration_seconds",
+                    "Time to read the counters and render /metrics",
+                )
+                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1]),
             )?,
             registry,
         };
@@ -109,7 +162,9 @@ impl Metrics {
             opts("scan_agent_build_info", "Agent version; always 1"),
             &["version"],
         )?;
-        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         let r = &m.registry;
         r.register(Box::new(build_info))?;
         r.register(Box::new(m.syn_total.clone()))?;
@@ -150,7 +205,8 @@ impl Metrics {
     /// Sets every series from `snapshot` and renders the text exposition format.
     pub fn render(&self, snapshot: &Snapshot<'_>) -> String {
         let timer = self.scrape_duration.start_timer();
-        let exported = Self::exported_ports(snapshot.detector, snapshot.watch_ports, snapshot.top_ports);
+        let exported =
+            Self::exported_ports(snapshot.detector, snapshot.watch_ports, snapshot.top_ports);
         for vec in [&self.syn_rate, &self.baseline, &self.ratio] {
             vec.reset();
         }
@@ -164,9 +220,13 @@ impl Metrics {
                 .with_label_values(&labels)
                 .inc_by(snapshot.ports.get(port as usize).copied().unwrap_or(0));
             self.syn_rate.with_label_values(&labels).set(status.rate);
-            self.baseline.with_label_values(&labels).set(status.baseline);
+            self.baseline
+                .with_label_values(&labels)
+                .set(status.baseline);
             self.ratio.with_label_values(&labels).set(status.ratio);
-            self.flagged.with_label_values(&labels).set(status.flagged.into());
+            self.flagged
+                .with_label_values(&labels)
+                .set(status.flagged.into());
         }
         self.syn_all_ports.reset();
         self.syn_all_ports.inc_by(
@@ -189,7 +249,8 @@ impl Metrics {
         let detector = snapshot.detector;
         self.threshold.set(detector.config().surge_threshold);
         self.warming_up.set(detector.warming_up().into());
-        self.warmup_remaining.set(detector.warmup_remaining().as_secs_f64());
+        self.warmup_remaining
+            .set(detector.warmup_remaining().as_secs_f64());
         let active = detector.active_ports();
         let active_exported = exported
             .iter()
@@ -197,7 +258,8 @@ impl Metrics {
             .count();
         self.ports_active.set(active as i64);
         self.ports_exported.set(exported.len() as i64);
-        self.ports_left_out.set(active.saturating_sub(active_exported) as i64);
+        self.ports_left_out
+            .set(active.saturating_sub(active_exported) as i64);
         timer.observe_duration();
         let mut out = Vec::with_capacity(16 * 1024);
         // Encoding into a Vec cannot fail on I/O; a metric-family error is a bug.

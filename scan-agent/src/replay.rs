@@ -60,7 +60,12 @@ pub enum ReplayError {
     #[error("cannot replay {}: {source}", path.display())]
     Load { path: PathBuf, source: SensorError },
     #[error("replaying packet {packet} of {} ({len} bytes) failed: {source}", path.display())]
-    TestRun { path: PathBuf, packet: u64, len: usize, source: SensorError },
+    TestRun {
+        path: PathBuf,
+        packet: u64,
+        len: usize,
+        source: SensorError,
+    },
     #[error("replaying {}: cannot read the class counters: {source}", path.display())]
     Counters { path: PathBuf, source: SensorError },
     #[error("detector configuration: {0}")]
@@ -101,7 +106,10 @@ pub struct ReplayReport {
     pub skipped_short_frames: u64,
 }
 
-fn serialize_classes<S: Serializer>(classes: &ClassCounts, serializer: S) -> Result<S::Ok, S::Error> {
+fn serialize_classes<S: Serializer>(
+    classes: &ClassCounts,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
     let mut map = serializer.serialize_map(Some(PacketClass::ALL.len()))?;
     for class in PacketClass::ALL {
         map.serialize_entry(class.name(), &classes.get(class))?;
@@ -222,13 +230,22 @@ impl CaptureClock {
         let flagged = self.detector.flagged_ports();
         let mut still = BTreeMap::new();
         for status in &flagged {
-            let episode = self.open.remove(&status.port).unwrap_or_else(|| OpenEpisode {
-                start: at,
-                count_before: self.previous[usize::from(status.port)],
-                peak_ratio: status.ratio,
-            });
+            let episode = self
+                .open
+                .remove(&status.port)
+                .unwrap_or_else(|| OpenEpisode {
+                    start: at,
+                    count_before: self.previous[usize::from(status.port)],
+                    peak_ratio: status.ratio,
+                });
             let peak_ratio = episode.peak_ratio.max(status.ratio);
-            still.insert(status.port, OpenEpisode { peak_ratio, ..episode });
+            still.insert(
+                status.port,
+                OpenEpisode {
+                    peak_ratio,
+                    ..episode
+                },
+            );
         }
         for (port, episode) in std::mem::replace(&mut self.open, still) {
             self.closed.push(SurgeEpisode {
@@ -280,8 +297,10 @@ pub fn replay(path: &Path, detector: Option<DetectorConfig>) -> Result<ReplayRep
     }
     // Open the capture first: a bad file is reported even where BPF is not available.
     let mut reader = CaptureReader::open(path)?;
-    let sensor = Sensor::load(None)
-        .map_err(|source| ReplayError::Load { path: path.to_path_buf(), source })?;
+    let sensor = Sensor::load(None).map_err(|source| ReplayError::Load {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let mut clock = detector.map(CaptureClock::new);
     let mut packets = 0u64;
     let mut skipped_short_frames = 0u64;
@@ -325,8 +344,17 @@ pub fn replay(path: &Path, detector: Option<DetectorConfig>) -> Result<ReplayRep
         .collect();
     let classes = sensor
         .read_classes()
-        .map_err(|source| ReplayError::Counters { path: path.to_path_buf(), source })?;
-    Ok(ReplayReport { packets, ports, classes, surges, skipped_short_frames })
+        .map_err(|source| ReplayError::Counters {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    Ok(ReplayReport {
+        packets,
+        ports,
+        classes,
+        surges,
+        skipped_short_frames,
+    })
 }
 
 /// Ports listed by [`ReplayReport::render_table`]; the JSON output lists all.
@@ -404,9 +432,18 @@ mod tests {
     #[test]
     fn rfc3339_dates() {
         assert_eq!(rfc3339(Duration::ZERO), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339(Duration::from_millis(1_772_445_600_250)), "2026-03-02T10:00:00.250Z");
-        assert_eq!(rfc3339(Duration::from_secs(951_782_400)), "2000-02-29T00:00:00.000Z");
-        assert_eq!(rfc3339(Duration::from_secs(4_107_542_399)), "2100-02-28T23:59:59.000Z");
+        assert_eq!(
+            rfc3339(Duration::from_millis(1_772_445_600_250)),
+            "2026-03-02T10:00:00.250Z"
+        );
+        assert_eq!(
+            rfc3339(Duration::from_secs(951_782_400)),
+            "2000-02-29T00:00:00.000Z"
+        );
+        assert_eq!(
+            rfc3339(Duration::from_secs(4_107_542_399)),
+            "2100-02-28T23:59:59.000Z"
+        );
         let _ = rfc3339(Duration::MAX);
     }
 }

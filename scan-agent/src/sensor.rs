@@ -55,7 +55,12 @@ pub enum SensorError {
          run the version that made it; to start afresh, run `scan-agent detach --pin-path {dir}` \
          (this discards the pinned counts) or pass another --pin-path"
     )]
-    PinMismatch { path: PathBuf, dir: PathBuf, found: String, expected: String },
+    PinMismatch {
+        path: PathBuf,
+        dir: PathBuf,
+        found: String,
+        expected: String,
+    },
     #[error(
         "--pin-path {0} is not on a bpffs, so counts would not survive a restart: mount one \
          there (`mount -t bpf bpf DIR`) or use a directory under /sys/fs/bpf"
@@ -67,7 +72,10 @@ pub enum SensorError {
     )]
     MountBpffs(io::Error),
     #[error("cannot read pinned map {path}: {source}")]
-    PinRead { path: PathBuf, source: Box<aya::maps::MapError> },
+    PinRead {
+        path: PathBuf,
+        source: Box<aya::maps::MapError>,
+    },
     #[error(
         "cannot create pin directory {path}: {source}. Is bpffs mounted there? \
          (`mount -t bpf bpf /sys/fs/bpf`, or `scan-agent check`)"
@@ -85,21 +93,31 @@ pub enum SensorError {
     #[error("map {0} is missing from the embedded object (a build problem)")]
     MissingMap(&'static str),
     #[error("map {name}: {source}")]
-    Map { name: &'static str, source: Box<aya::maps::MapError> },
+    Map {
+        name: &'static str,
+        source: Box<aya::maps::MapError>,
+    },
     #[error("mmap of {PORT_SYNS_MAP} failed: {0}")]
     Mmap(io::Error),
     #[error(
         "cannot attach to {interface} in {mode} mode: {source:#}. Does the interface exist \
          (`ip link`)? Does its driver support that mode? Try --xdp-mode skb"
     )]
-    Attach { interface: String, mode: AttachMode, source: Box<ProgramError> },
+    Attach {
+        interface: String,
+        mode: AttachMode,
+        source: Box<ProgramError>,
+    },
     #[error(
         "cannot keep the program attached to {interface}: {reason}. This needs bpf_link \
          support for XDP (Linux >= 5.9); run without --keep-attached"
     )]
     KeepAttached { interface: String, reason: String },
     #[error("cannot detach from {interface}: {source}")]
-    Detach { interface: String, source: Box<ProgramError> },
+    Detach {
+        interface: String,
+        source: Box<ProgramError>,
+    },
     #[error("no network interface named {0:?}: see `ip link` for the names")]
     NoInterface(String),
     #[error("pinned link {path}: {reason}")]
@@ -200,7 +218,11 @@ impl PortCounterView {
         }
         let base = NonNull::new(addr.cast::<u64>())
             .ok_or_else(|| SensorError::Mmap(io::Error::other("null mapping")))?;
-        Ok(Self { base, entries, _map: map })
+        Ok(Self {
+            base,
+            entries,
+            _map: map,
+        })
     }
 
     /// Sums the CPU slices into `out[port]`; no syscall.
@@ -247,7 +269,8 @@ pub fn on_bpffs(path: &Path) -> bool {
     let mut best: Option<(usize, bool)> = None;
     for line in mounts.lines() {
         let mut fields = line.split_whitespace();
-        let (Some(_), Some(mount_point), Some(fs_type)) = (fields.next(), fields.next(), fields.next())
+        let (Some(_), Some(mount_point), Some(fs_type)) =
+            (fields.next(), fields.next(), fields.next())
         else {
             continue;
         };
@@ -340,11 +363,14 @@ fn validate_pins(dir: &Path, cpus: usize) -> Result<(), SensorError> {
         if !path.exists() {
             continue;
         }
-        let info = MapInfo::from_pin(&path)
-            .map_err(|source| SensorError::PinRead { path: path.clone(), source: source.into() })?;
-        let map_type = info
-            .map_type()
-            .map_err(|source| SensorError::PinRead { path: path.clone(), source: source.into() })?;
+        let info = MapInfo::from_pin(&path).map_err(|source| SensorError::PinRead {
+            path: path.clone(),
+            source: source.into(),
+        })?;
+        let map_type = info.map_type().map_err(|source| SensorError::PinRead {
+            path: path.clone(),
+            source: source.into(),
+        })?;
         let describe = |t: MapType, k: u32, v: u32, n: u32, f: u32| {
             format!("{t:?} key {k} B, value {v} B, {n} entries, flags {f:#x}")
         };
@@ -383,15 +409,21 @@ impl Sensor {
         loader.map_max_entries(PORT_SYNS_MAP, port_entries(cpus));
         if let Some(dir) = pin_dir {
             ensure_bpffs(dir)?;
-            fs::create_dir_all(dir)
-                .map_err(|source| SensorError::PinDir { path: dir.to_path_buf(), source })?;
+            fs::create_dir_all(dir).map_err(|source| SensorError::PinDir {
+                path: dir.to_path_buf(),
+                source,
+            })?;
             validate_pins(dir, cpus)?;
             for name in [PORT_SYNS_MAP, CLASSES_MAP, CONFIG_MAP] {
                 loader.map_pin_path(name, dir.join(name));
             }
         }
-        let mut ebpf = loader.load(PROGRAM_OBJECT).map_err(|e| SensorError::Load(Box::new(e)))?;
-        program_mut(&mut ebpf).load().map_err(|e| SensorError::Verifier(Box::new(e)))?;
+        let mut ebpf = loader
+            .load(PROGRAM_OBJECT)
+            .map_err(|e| SensorError::Load(Box::new(e)))?;
+        program_mut(&mut ebpf)
+            .load()
+            .map_err(|e| SensorError::Verifier(Box::new(e)))?;
 
         let ports_map = take_map_data(&mut ebpf, PORT_SYNS_MAP)?;
         let ports = PortCounterView::new(ports_map, port_entries(cpus) as usize)?;
@@ -399,12 +431,18 @@ impl Sensor {
             .take_map(CLASSES_MAP)
             .ok_or(SensorError::MissingMap(CLASSES_MAP))?
             .try_into()
-            .map_err(|source| SensorError::Map { name: CLASSES_MAP, source: Box::new(source) })?;
+            .map_err(|source| SensorError::Map {
+                name: CLASSES_MAP,
+                source: Box::new(source),
+            })?;
         let config = ebpf
             .take_map(CONFIG_MAP)
             .ok_or(SensorError::MissingMap(CONFIG_MAP))?
             .try_into()
-            .map_err(|source| SensorError::Map { name: CONFIG_MAP, source: Box::new(source) })?;
+            .map_err(|source| SensorError::Map {
+                name: CONFIG_MAP,
+                source: Box::new(source),
+            })?;
         Ok(Self {
             ebpf,
             ports,
@@ -418,7 +456,10 @@ impl Sensor {
 
     /// Instructions the verifier processed for the loaded program, if the kernel says.
     pub fn verified_instructions(&self) -> Option<u32> {
-        program(&self.ebpf).info().ok()?.verified_instruction_count()
+        program(&self.ebpf)
+            .info()
+            .ok()?
+            .verified_instruction_count()
     }
 
     /// Forwards the program's aya-log records to this process's `log` logger.
@@ -430,7 +471,10 @@ impl Sensor {
     pub fn set_debug(&mut self, on: bool) -> Result<(), SensorError> {
         self.config
             .set(0, ProgramConfig { debug: on.into() }, 0)
-            .map_err(|source| SensorError::Map { name: CONFIG_MAP, source: Box::new(source) })
+            .map_err(|source| SensorError::Map {
+                name: CONFIG_MAP,
+                source: Box::new(source),
+            })
     }
 
     /// Attaches to `interface`. A link pinned by an earlier run with
@@ -562,10 +606,12 @@ impl Sensor {
     /// Detaches every link this process owns; kept (pinned) links stay attached.
     pub fn detach(&mut self) -> Result<(), SensorError> {
         for (interface, link_id) in std::mem::take(&mut self.owned_links) {
-            program_mut(&mut self.ebpf).detach(link_id).map_err(|source| SensorError::Detach {
-                interface: interface.clone(),
-                source: Box::new(source),
-            })?;
+            program_mut(&mut self.ebpf)
+                .detach(link_id)
+                .map_err(|source| SensorError::Detach {
+                    interface: interface.clone(),
+                    source: Box::new(source),
+                })?;
             self.attachments.retain(|a| a.interface != interface);
         }
         Ok(())
@@ -584,10 +630,13 @@ impl Sensor {
     pub fn read_classes(&self) -> Result<ClassCounts, SensorError> {
         let mut counts = ClassCounts::default();
         for class in PacketClass::ALL {
-            let values = self
-                .classes
-                .get(&class.index(), 0)
-                .map_err(|source| SensorError::Map { name: CLASSES_MAP, source: Box::new(source) })?;
+            let values =
+                self.classes
+                    .get(&class.index(), 0)
+                    .map_err(|source| SensorError::Map {
+                        name: CLASSES_MAP,
+                        source: Box::new(source),
+                    })?;
             counts.0[class as usize] = values.iter().copied().fold(0, u64::wrapping_add);
         }
         Ok(counts)
@@ -601,8 +650,14 @@ impl Sensor {
     ) -> Result<aya::programs::TestRunResult, SensorError> {
         // The kernel refuses (EINVAL) input shorter than an Ethernet header; no
         // driver delivers such a frame either.
-        let options = TestRunOptions { data_in: Some(frame), repeat, ..Default::default() };
-        program(&self.ebpf).test_run(options).map_err(|e| SensorError::TestRun(Box::new(e)))
+        let options = TestRunOptions {
+            data_in: Some(frame),
+            repeat,
+            ..Default::default()
+        };
+        program(&self.ebpf)
+            .test_run(options)
+            .map_err(|e| SensorError::TestRun(Box::new(e)))
     }
 }
 

@@ -17,14 +17,20 @@ use scan_lab::{Agent, Lab, monitoring::Monitoring};
 const AGENT: &str = env!("CARGO_BIN_EXE_scan-agent");
 
 fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 struct Scratch(PathBuf, PathBuf);
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        let _ = Command::new(AGENT).args(["detach", "--pin-path"]).arg(&self.1).output();
+        let _ = Command::new(AGENT)
+            .args(["detach", "--pin-path"])
+            .arg(&self.1)
+            .output();
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
@@ -33,7 +39,10 @@ impl Drop for Scratch {
 fn a_445_surge_reaches_alertmanager_and_resolves() {
     let lab = Lab::create().expect("creating the lab (needs root and network namespaces)");
     let tag = format!("scan-lab-alerting-{}", std::process::id());
-    let scratch = Scratch(std::env::temp_dir().join(&tag), PathBuf::from("/sys/fs/bpf").join(&tag));
+    let scratch = Scratch(
+        std::env::temp_dir().join(&tag),
+        PathBuf::from("/sys/fs/bpf").join(&tag),
+    );
     std::fs::create_dir_all(&scratch.0).unwrap();
     let rules = scratch.0.join("rules.yml");
     let status = Command::new("bash")
@@ -46,11 +55,22 @@ fn a_445_surge_reaches_alertmanager_and_resolves() {
     assert!(status.success(), "test-scale.sh failed");
 
     let args: Vec<String> = [
-        "--iface", &lab.host_if,
-        "--pin-path", scratch.1.to_str().unwrap(),
-        "--state-file", scratch.0.join("state.json").to_str().unwrap(),
-        "--interval", "1s", "--short-window", "5s", "--baseline-window", "5m",
-        "--warmup", "5s", "--watch-ports", "22,445",
+        "--iface",
+        &lab.host_if,
+        "--pin-path",
+        scratch.1.to_str().unwrap(),
+        "--state-file",
+        scratch.0.join("state.json").to_str().unwrap(),
+        "--interval",
+        "1s",
+        "--short-window",
+        "5s",
+        "--baseline-window",
+        "5m",
+        "--warmup",
+        "5s",
+        "--watch-ports",
+        "22,445",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -69,7 +89,10 @@ fn a_445_surge_reaches_alertmanager_and_resolves() {
         });
         std::thread::sleep(Duration::from_secs(8));
         assert!(
-            monitoring.find_alert("PortScanSurge", &[]).unwrap().is_none(),
+            monitoring
+                .find_alert("PortScanSurge", &[])
+                .unwrap()
+                .is_none(),
             "an alert before any surge: {:?}",
             monitoring.alerts()
         );
@@ -78,13 +101,18 @@ fn a_445_surge_reaches_alertmanager_and_resolves() {
         let (lab, stop_surge_flag) = (&lab, &stop_surge);
         let surge = scope.spawn(move || {
             let mut sent = 0;
-            while !stop_surge_flag.load(Ordering::Relaxed) && surge_started.elapsed() < Duration::from_secs(120) {
+            while !stop_surge_flag.load(Ordering::Relaxed)
+                && surge_started.elapsed() < Duration::from_secs(120)
+            {
                 sent += lab.syns_at_rate(445, 50, 50.0).expect("surge SYNs");
             }
             sent
         });
         let alert = loop {
-            if let Some(alert) = monitoring.find_alert("PortScanSurge", &[("port", "445")]).unwrap() {
+            if let Some(alert) = monitoring
+                .find_alert("PortScanSurge", &[("port", "445")])
+                .unwrap()
+            {
                 break alert;
             }
             assert!(
@@ -96,20 +124,30 @@ fn a_445_surge_reaches_alertmanager_and_resolves() {
             std::thread::sleep(Duration::from_millis(500));
         };
         let fired_after = surge_started.elapsed();
-        println!("surge start -> PortScanSurge in Alertmanager: {:.1} s", fired_after.as_secs_f64());
+        println!(
+            "surge start -> PortScanSurge in Alertmanager: {:.1} s",
+            fired_after.as_secs_f64()
+        );
         assert_eq!(alert["labels"]["severity"], "warning");
         let summary = alert["annotations"]["summary"].as_str().unwrap_or_default();
         assert!(summary.contains("445"), "summary: {summary}");
         assert!(alert["annotations"]["runbook"].is_string(), "{alert}");
         assert!(
-            monitoring.find_alert("PortScanSurge", &[("port", "22")]).unwrap().is_none(),
+            monitoring
+                .find_alert("PortScanSurge", &[("port", "22")])
+                .unwrap()
+                .is_none(),
             "steady port 22 alerted"
         );
 
         stop_surge.store(true, Ordering::Relaxed);
         assert!(surge.join().unwrap() > 0);
         let surge_ended = Instant::now();
-        while monitoring.find_alert("PortScanSurge", &[("port", "445")]).unwrap().is_some() {
+        while monitoring
+            .find_alert("PortScanSurge", &[("port", "445")])
+            .unwrap()
+            .is_some()
+        {
             assert!(
                 surge_ended.elapsed() < Duration::from_secs(120),
                 "PortScanSurge{{port=\"445\"}} still active 120 s after the surge: {:?}",
@@ -117,10 +155,19 @@ fn a_445_surge_reaches_alertmanager_and_resolves() {
             );
             std::thread::sleep(Duration::from_millis(500));
         }
-        println!("surge end -> alert resolved: {:.1} s", surge_ended.elapsed().as_secs_f64());
+        println!(
+            "surge end -> alert resolved: {:.1} s",
+            surge_ended.elapsed().as_secs_f64()
+        );
         assert!(
-            monitoring.find_alert("ScanAgentNotAttached", &[]).unwrap().is_none()
-                && monitoring.find_alert("ScanAgentDown", &[]).unwrap().is_none(),
+            monitoring
+                .find_alert("ScanAgentNotAttached", &[])
+                .unwrap()
+                .is_none()
+                && monitoring
+                    .find_alert("ScanAgentDown", &[])
+                    .unwrap()
+                    .is_none(),
             "agent health alerts fired: {:?}",
             monitoring.alerts()
         );

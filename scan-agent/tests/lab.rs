@@ -22,7 +22,10 @@ impl Scratch {
         let tag = format!("scan-lab-test-{}-{name}", std::process::id());
         let dir = std::env::temp_dir().join(&tag);
         std::fs::create_dir_all(&dir).expect("temp dir");
-        Self { pin_path: PathBuf::from("/sys/fs/bpf").join(tag), dir }
+        Self {
+            pin_path: PathBuf::from("/sys/fs/bpf").join(tag),
+            dir,
+        }
     }
 
     fn state_file(&self) -> PathBuf {
@@ -77,7 +80,12 @@ fn agent_args(lab: &Lab, scratch: &Scratch, extra: &[&str]) -> Vec<String> {
 }
 
 fn port_total(metrics: &str, port: u16) -> f64 {
-    sample(metrics, "scan_syn_packets_total", &format!("port=\"{port}\"")).unwrap_or(0.0)
+    sample(
+        metrics,
+        "scan_syn_packets_total",
+        &format!("port=\"{port}\""),
+    )
+    .unwrap_or(0.0)
 }
 
 fn value(metrics: &str, name: &str, labels: &str) -> f64 {
@@ -115,7 +123,11 @@ fn exact_counts_surge_and_restarts_keep_everything() {
     .expect("agent starts");
     let metrics = agent.metrics().unwrap();
     assert_eq!(
-        value(&metrics, "scan_agent_attached", &format!("interface=\"{}\"", lab.host_if)),
+        value(
+            &metrics,
+            "scan_agent_attached",
+            &format!("interface=\"{}\"", lab.host_if)
+        ),
         1.0
     );
     assert!(metrics.contains("mode=\"native\""), "{metrics}");
@@ -132,7 +144,10 @@ fn exact_counts_surge_and_restarts_keep_everything() {
     assert_eq!(port_total(&metrics, 8080), 20.0);
     assert_eq!(port_total(&metrics, 3389), 3.0);
     assert_eq!(port_total(&metrics, 445), 0.0);
-    assert_eq!(value(&metrics, "scan_syn_packets_all_ports_total", ""), 76.0);
+    assert_eq!(
+        value(&metrics, "scan_syn_packets_all_ports_total", ""),
+        76.0
+    );
     assert_eq!(value(&metrics, "scan_packets_total", "class=\"syn\""), 76.0);
     assert!(value(&metrics, "scan_packets_total", "class=\"ipv6\"") >= 8.0);
 
@@ -152,8 +167,14 @@ fn exact_counts_surge_and_restarts_keep_everything() {
         let metrics = wait_for(&agent, Duration::from_secs(12), "445 flagged", |m| {
             sample(m, "scan_surge_flagged", "port=\"445\"") == Some(1.0)
         });
-        assert!(value(&metrics, "scan_surge_ratio", "port=\"445\"") >= 4.0, "{metrics}");
-        assert!(value(&metrics, "scan_surge_ratio", "port=\"22\"") < 4.0, "{metrics}");
+        assert!(
+            value(&metrics, "scan_surge_ratio", "port=\"445\"") >= 4.0,
+            "{metrics}"
+        );
+        assert!(
+            value(&metrics, "scan_surge_ratio", "port=\"22\"") < 4.0,
+            "{metrics}"
+        );
         assert_eq!(value(&metrics, "scan_surge_flagged", "port=\"22\""), 0.0);
         assert_eq!(value(&metrics, "scan_agent_warming_up", ""), 0.0);
         assert_eq!(surge.join().unwrap(), 600);
@@ -164,12 +185,23 @@ fn exact_counts_surge_and_restarts_keep_everything() {
         assert!(baseline_22 > 0.0, "{before}");
         let status = agent.stop(libc::SIGTERM).unwrap();
         assert!(status.success(), "TERM must exit 0, got {status}");
-        agent = Agent::start(AGENT.as_ref(), &agent_args(&lab, &scratch, &[]), &scratch.log("2"))
-            .expect("agent restarts");
+        agent = Agent::start(
+            AGENT.as_ref(),
+            &agent_args(&lab, &scratch, &[]),
+            &scratch.log("2"),
+        )
+        .expect("agent restarts");
         let after = agent.metrics().unwrap();
-        assert!(port_total(&after, 22) >= port_total(&before, 22), "counts reset:\n{after}");
+        assert!(
+            port_total(&after, 22) >= port_total(&before, 22),
+            "counts reset:\n{after}"
+        );
         assert_eq!(port_total(&after, 445), 600.0);
-        assert!(agent.log_text().contains("restored baselines"), "{}", agent.log_text());
+        assert!(
+            agent.log_text().contains("restored baselines"),
+            "{}",
+            agent.log_text()
+        );
         let restored = value(&after, "scan_syn_baseline_rate", "port=\"22\"");
         assert!(
             (restored - baseline_22).abs() <= baseline_22 * 0.5,
@@ -183,12 +215,22 @@ fn exact_counts_surge_and_restarts_keep_everything() {
         let before = agent.metrics().unwrap();
         std::thread::sleep(Duration::from_secs(3));
         agent.stop(libc::SIGKILL).unwrap();
-        agent = Agent::start(AGENT.as_ref(), &agent_args(&lab, &scratch, &[]), &scratch.log("3"))
-            .expect("agent restarts after KILL");
+        agent = Agent::start(
+            AGENT.as_ref(),
+            &agent_args(&lab, &scratch, &[]),
+            &scratch.log("3"),
+        )
+        .expect("agent restarts after KILL");
         let after = agent.metrics().unwrap();
-        assert!(port_total(&after, 22) >= port_total(&before, 22), "counts reset:\n{after}");
+        assert!(
+            port_total(&after, 22) >= port_total(&before, 22),
+            "counts reset:\n{after}"
+        );
         assert_eq!(port_total(&after, 445), 600.0);
-        assert!(value(&after, "scan_syn_baseline_rate", "port=\"22\"") > 0.0, "{after}");
+        assert!(
+            value(&after, "scan_syn_baseline_rate", "port=\"22\"") > 0.0,
+            "{after}"
+        );
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let background_sent = background.join().unwrap();
         // Every background SYN sent while an agent was attached was counted; the
@@ -209,11 +251,19 @@ fn exact_counts_surge_and_restarts_keep_everything() {
     .unwrap();
     agent.stop(libc::SIGTERM).unwrap();
     assert_eq!(lab.syns(false, 9999, 50).unwrap(), 50);
-    let agent = Agent::start(AGENT.as_ref(), &agent_args(&lab, &scratch, &[]), &scratch.log("5"))
-        .unwrap();
+    let agent = Agent::start(
+        AGENT.as_ref(),
+        &agent_args(&lab, &scratch, &[]),
+        &scratch.log("5"),
+    )
+    .unwrap();
     assert!(agent.log_text().contains("adopted"), "{}", agent.log_text());
     let metrics = agent.metrics().unwrap();
-    assert_eq!(port_total(&metrics, 9998), 0.0, "SYNs counted with no program attached?");
+    assert_eq!(
+        port_total(&metrics, 9998),
+        0.0,
+        "SYNs counted with no program attached?"
+    );
     assert_eq!(port_total(&metrics, 9999), 50.0);
     assert_eq!(port_total(&metrics, 445), 600.0);
     assert_eq!(port_total(&metrics, 8080), 20.0);
@@ -223,8 +273,12 @@ fn exact_counts_surge_and_restarts_keep_everything() {
 fn endpoints_answer_and_metrics_pass_promtool() {
     let lab = Lab::create().expect("creating the lab (needs root and network namespaces)");
     let scratch = Scratch::new("endpoints");
-    let agent = Agent::start(AGENT.as_ref(), &agent_args(&lab, &scratch, &[]), &scratch.log("1"))
-        .expect("agent starts");
+    let agent = Agent::start(
+        AGENT.as_ref(),
+        &agent_args(&lab, &scratch, &[]),
+        &scratch.log("1"),
+    )
+    .expect("agent starts");
     lab.syns(false, 445, 3).unwrap();
     let (status, body) = scan_lab::http::get(agent.listen, "/healthz").unwrap();
     assert_eq!((status, body.trim()), (200, "ok"));
@@ -247,8 +301,14 @@ fn endpoints_answer_and_metrics_pass_promtool() {
         "scan_agent_warming_up",
         "scan_agent_build_info",
     ] {
-        assert!(metrics.contains(&format!("# HELP {name} ")), "no HELP for {name}");
-        assert!(metrics.contains(&format!("# TYPE {name} ")), "no TYPE for {name}");
+        assert!(
+            metrics.contains(&format!("# HELP {name} ")),
+            "no HELP for {name}"
+        );
+        assert!(
+            metrics.contains(&format!("# TYPE {name} ")),
+            "no TYPE for {name}"
+        );
     }
     assert!(metrics.contains("# TYPE scan_syn_packets_total counter"));
     assert!(metrics.contains("# TYPE scan_surge_ratio gauge"));
@@ -261,7 +321,12 @@ fn endpoints_answer_and_metrics_pass_promtool() {
         .spawn()
         .expect("promtool (Debian package prometheus, installed by cargo xtask setup)");
     use std::io::Write as _;
-    promtool.stdin.take().unwrap().write_all(metrics.as_bytes()).unwrap();
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
     let out = promtool.wait_with_output().unwrap();
     assert!(
         out.status.success(),
@@ -280,10 +345,25 @@ fn a_mismatched_pin_is_a_clear_error_not_a_reset() {
     let out = Command::new("bpftool")
         .args(["map", "create"])
         .arg(&pin)
-        .args(["type", "array", "key", "4", "value", "8", "entries", "16", "name", "SCAN_PORT_SYNS"])
+        .args([
+            "type",
+            "array",
+            "key",
+            "4",
+            "value",
+            "8",
+            "entries",
+            "16",
+            "name",
+            "SCAN_PORT_SYNS",
+        ])
         .output()
         .expect("bpftool (installed by cargo xtask setup)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = Command::new(AGENT)
         .arg("run")
         .args(agent_args(&lab, &scratch, &[]))

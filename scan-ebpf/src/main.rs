@@ -15,9 +15,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use aya_log_ebpf::debug;
-use scan_common::{
-    MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, PORTS, PacketClass, ProgramConfig,
-};
+use scan_common::{MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, PORTS, PacketClass, ProgramConfig};
 
 /// One slice of `PORTS` counters per possible CPU; the loader sets the real size.
 /// Each CPU writes only its own slice, so no atomics and no shared cache lines.

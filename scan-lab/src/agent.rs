@@ -37,7 +37,11 @@ impl Agent {
             .stdin(Stdio::null())
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
-        let mut agent = Self { child: Some(child), listen, log: log.to_path_buf() };
+        let mut agent = Self {
+            child: Some(child),
+            listen,
+            log: log.to_path_buf(),
+        };
         agent.wait_healthy(Duration::from_secs(30))?;
         Ok(agent)
     }
@@ -48,14 +52,20 @@ impl Agent {
             if let Some(child) = &mut self.child
                 && let Some(status) = child.try_wait()?
             {
-                bail!("agent exited early ({status}); its log:\n{}", self.log_text());
+                bail!(
+                    "agent exited early ({status}); its log:\n{}",
+                    self.log_text()
+                );
             }
             if let Ok((200, _)) = http::get(self.listen, "/healthz") {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        bail!("agent not healthy after {limit:?}; its log:\n{}", self.log_text())
+        bail!(
+            "agent not healthy after {limit:?}; its log:\n{}",
+            self.log_text()
+        )
     }
 
     pub fn log_text(&self) -> String {

@@ -27,7 +27,10 @@ pub fn request(addr: SocketAddr, method: &str, path: &str, body: &str) -> Result
         .nth(1)
         .and_then(|s| s.parse().ok())
         .context("no HTTP status")?;
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(rest)?
     } else {
         rest.to_string()

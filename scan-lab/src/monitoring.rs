@@ -45,10 +45,18 @@ impl Monitoring {
         let log = |name: &str| -> Result<Stdio> {
             Ok(std::fs::File::create(dir.join(format!("{name}.log")))?.into())
         };
-        let mut monitoring = Self { children: Vec::new(), prometheus, alertmanager, dir: dir.into() };
+        let mut monitoring = Self {
+            children: Vec::new(),
+            prometheus,
+            alertmanager,
+            dir: dir.into(),
+        };
         monitoring.children.push(
             Command::new("prometheus-alertmanager")
-                .arg(format!("--config.file={}", dir.join("alertmanager.yml").display()))
+                .arg(format!(
+                    "--config.file={}",
+                    dir.join("alertmanager.yml").display()
+                ))
                 .arg(format!("--storage.path={}", dir.join("am-data").display()))
                 .arg(format!("--web.listen-address={alertmanager}"))
                 .arg("--cluster.listen-address=")
@@ -59,8 +67,14 @@ impl Monitoring {
         );
         monitoring.children.push(
             Command::new("prometheus")
-                .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
-                .arg(format!("--storage.tsdb.path={}", dir.join("prom-data").display()))
+                .arg(format!(
+                    "--config.file={}",
+                    dir.join("prometheus.yml").display()
+                ))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.join("prom-data").display()
+                ))
                 .arg(format!("--web.listen-address={prometheus}"))
                 .stdout(log("prometheus")?)
                 .stderr(log("prometheus-err")?)
@@ -73,13 +87,19 @@ impl Monitoring {
 
     fn wait_ready(&self, limit: Duration) -> Result<()> {
         let started = Instant::now();
-        for (addr, path) in [(self.alertmanager, "/-/ready"), (self.prometheus, "/-/ready")] {
+        for (addr, path) in [
+            (self.alertmanager, "/-/ready"),
+            (self.prometheus, "/-/ready"),
+        ] {
             loop {
                 if let Ok((200, _)) = http::get(addr, path) {
                     break;
                 }
                 if started.elapsed() > limit {
-                    bail!("{addr} not ready after {limit:?}; logs in {}", self.dir.display());
+                    bail!(
+                        "{addr} not ready after {limit:?}; logs in {}",
+                        self.dir.display()
+                    );
                 }
                 std::thread::sleep(Duration::from_millis(200));
             }
@@ -97,7 +117,11 @@ impl Monitoring {
     }
 
     /// The active alert named `name` whose labels include `labels`, if any.
-    pub fn find_alert(&self, name: &str, labels: &[(&str, &str)]) -> Result<Option<serde_json::Value>> {
+    pub fn find_alert(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+    ) -> Result<Option<serde_json::Value>> {
         Ok(self.alerts()?.into_iter().find(|a| {
             let l = &a["labels"];
             a["status"]["state"] == "active"

@@ -27,9 +27,16 @@ pub struct Lab {
 }
 
 pub fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip").args(args).output().context("running ip (iproute2)")?;
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("running ip (iproute2)")?;
     if !out.status.success() {
-        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -58,7 +65,9 @@ pub fn remove_stale_labs() {
             let Some(rest) = name.strip_prefix(PIN_PREFIX) else {
                 continue;
             };
-            let pid = rest.split('-').find(|part| part.chars().all(|c| c.is_ascii_digit()) && !part.is_empty());
+            let pid = rest
+                .split('-')
+                .find(|part| part.chars().all(|c| c.is_ascii_digit()) && !part.is_empty());
             if pid.is_some_and(|pid| !pid_alive(pid)) {
                 let _ = std::fs::remove_dir_all(entry.path());
             }
@@ -115,25 +124,61 @@ impl Lab {
             peer_v6: format!("2001:db8:5ca:{octet:x}::2").parse()?,
         };
         // From here on, Drop removes whatever was made.
-        lab.build().with_context(|| format!("building lab {}", lab.namespace))?;
+        lab.build()
+            .with_context(|| format!("building lab {}", lab.namespace))?;
         Ok(lab)
     }
 
     fn build(&self) -> Result<()> {
         let ns = self.namespace.as_str();
         ip(&["netns", "add", ns])?;
-        ip(&["link", "add", &self.host_if, "type", "veth", "peer", "name", &self.peer_if])?;
+        ip(&[
+            "link",
+            "add",
+            &self.host_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &self.peer_if,
+        ])?;
         ip(&["link", "set", &self.peer_if, "netns", ns])?;
-        ip(&["addr", "add", &format!("{}/24", self.host_v4), "dev", &self.host_if])?;
-        ip(&["addr", "add", &format!("{}/64", self.host_v6), "dev", &self.host_if, "nodad"])?;
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", self.host_v4),
+            "dev",
+            &self.host_if,
+        ])?;
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/64", self.host_v6),
+            "dev",
+            &self.host_if,
+            "nodad",
+        ])?;
         ip(&["link", "set", &self.host_if, "up"])?;
         let in_ns = |args: &[&str]| {
             let mut full = vec!["-n", ns];
             full.extend_from_slice(args);
             ip(&full)
         };
-        in_ns(&["addr", "add", &format!("{}/24", self.peer_v4), "dev", &self.peer_if])?;
-        in_ns(&["addr", "add", &format!("{}/64", self.peer_v6), "dev", &self.peer_if, "nodad"])?;
+        in_ns(&[
+            "addr",
+            "add",
+            &format!("{}/24", self.peer_v4),
+            "dev",
+            &self.peer_if,
+        ])?;
+        in_ns(&[
+            "addr",
+            "add",
+            &format!("{}/64", self.peer_v6),
+            "dev",
+            &self.peer_if,
+            "nodad",
+        ])?;
         in_ns(&["link", "set", &self.peer_if, "up"])?;
         in_ns(&["link", "set", "lo", "up"])?;
         // No default route in the namespace: nothing can leave the lab.
@@ -162,7 +207,11 @@ impl Lab {
     /// end: exactly one SYN each, since the host answers at once (RST when nothing
     /// listens, SYN-ACK when something does). Returns the SYNs sent.
     pub fn syns(&self, ipv6: bool, port: u16, count: u32) -> Result<u32> {
-        let addr: IpAddr = if ipv6 { self.host_v6.into() } else { self.host_v4.into() };
+        let addr: IpAddr = if ipv6 {
+            self.host_v6.into()
+        } else {
+            self.host_v4.into()
+        };
         self.in_namespace(move || send_syns(SocketAddr::new(addr, port), count, None))?
     }
 

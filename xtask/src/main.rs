@@ -50,7 +50,10 @@ fn main() -> Result<()> {
     std::env::set_current_dir(workspace_root()).context("entering the workspace root")?;
     match cli.task {
         Task::Setup => setup::setup(),
-        Task::Run { with_prometheus, agent_args } => {
+        Task::Run {
+            with_prometheus,
+            agent_args,
+        } => {
             setup::setup()?;
             run_agent(with_prometheus, &agent_args)
         }
@@ -71,9 +74,16 @@ fn main() -> Result<()> {
         Task::Fuzz { frames, seed } => {
             setup::setup()?;
             let mut c = cmd("cargo");
-            c.args(["test", "--release", "-p", "scan-agent", "--test", "differential"])
-                .args(["--", "--nocapture"])
-                .env("SCAN_FUZZ_FRAMES", frames.to_string());
+            c.args([
+                "test",
+                "--release",
+                "-p",
+                "scan-agent",
+                "--test",
+                "differential",
+            ])
+            .args(["--", "--nocapture"])
+            .env("SCAN_FUZZ_FRAMES", frames.to_string());
             if let Some(seed) = seed {
                 c.env("SCAN_FUZZ_SEED", seed.to_string());
             }
@@ -94,7 +104,17 @@ fn test() -> Result<()> {
     steps.push(("clippy (userspace)", clippy));
     let mut clippy_ebpf = cmd("cargo");
     // The eBPF crate is linted on the host target, as aya's CI does.
-    clippy_ebpf.args(["clippy", "-p", "scan-ebpf", "--bins", "--", "-C", "panic=abort", "-D", "warnings"]);
+    clippy_ebpf.args([
+        "clippy",
+        "-p",
+        "scan-ebpf",
+        "--bins",
+        "--",
+        "-C",
+        "panic=abort",
+        "-D",
+        "warnings",
+    ]);
     steps.push(("clippy (eBPF)", clippy_ebpf));
     let mut tests = cmd("cargo");
     tests.args(["test", "--workspace", "--exclude", "scan-ebpf"]);
@@ -110,17 +130,27 @@ fn test() -> Result<()> {
         let step_started = std::time::Instant::now();
         match status(&mut command) {
             Ok(s) if s.success() => {
-                println!("=== {name}: ok ({:.1}s)", step_started.elapsed().as_secs_f64())
+                println!(
+                    "=== {name}: ok ({:.1}s)",
+                    step_started.elapsed().as_secs_f64()
+                )
             }
             Ok(s) => failed.push(format!("{name} ({s})")),
             Err(e) => failed.push(format!("{name} ({e:#})")),
         }
     }
-    println!("\nxtask test finished in {:.1}s", started.elapsed().as_secs_f64());
+    println!(
+        "\nxtask test finished in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
     for f in &failed {
         println!("FAILED: {f}");
     }
-    println!("steps: {} passed, {} failed", total - failed.len(), failed.len());
+    println!(
+        "steps: {} passed, {} failed",
+        total - failed.len(),
+        failed.len()
+    );
     if !failed.is_empty() {
         bail!("{} step(s) failed", failed.len());
     }
@@ -130,10 +160,15 @@ fn test() -> Result<()> {
 fn run_agent(with_prometheus: bool, agent_args: &[String]) -> Result<()> {
     // `cargo xtask run -- --with-prometheus` is accepted as well as before the `--`.
     let with_prometheus = with_prometheus || agent_args.iter().any(|a| a == "--with-prometheus");
-    let agent_args: Vec<String> =
-        agent_args.iter().filter(|a| *a != "--with-prometheus").cloned().collect();
+    let agent_args: Vec<String> = agent_args
+        .iter()
+        .filter(|a| *a != "--with-prometheus")
+        .cloned()
+        .collect();
     run(cmd("cargo").args(["build", "--release", "-p", "scan-agent", "-p", "scan-lab"]))?;
-    let has_iface = agent_args.iter().any(|a| a == "--iface" || a.starts_with("--iface="));
+    let has_iface = agent_args
+        .iter()
+        .any(|a| a == "--iface" || a.starts_with("--iface="));
     if has_iface {
         require_root("attaching XDP needs CAP_BPF and CAP_NET_ADMIN")?;
         let mut c = cmd("target/release/scan-agent");

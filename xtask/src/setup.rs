@@ -77,8 +77,11 @@ fn ebpf_compiler() -> Compiler {
         && out.status.success()
     {
         let root = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        if Path::new(&root).join("lib/rustlib/src/rust/library/core/Cargo.toml").exists()
-            && let Some(major) = llvm_major(Command::new("rustup").args(["run", "nightly", "rustc"]))
+        if Path::new(&root)
+            .join("lib/rustlib/src/rust/library/core/Cargo.toml")
+            .exists()
+            && let Some(major) =
+                llvm_major(Command::new("rustup").args(["run", "nightly", "rustc"]))
         {
             return Compiler::NightlyWithSource(major);
         }
@@ -93,7 +96,9 @@ fn debian_rustc_llvm_major() -> Option<u32> {
 fn llvm_major(rustc: &mut Command) -> Option<u32> {
     let out = rustc.arg("-vV").stderr(Stdio::null()).output().ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let version = text.lines().find_map(|l| l.strip_prefix("LLVM version: "))?;
+    let version = text
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))?;
     version.split('.').next()?.trim().parse().ok()
 }
 
@@ -115,7 +120,11 @@ fn install_packages(packages: &[String]) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    let list = missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ");
+    let list = missing
+        .iter()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>()
+        .join(" ");
     if !Path::new("/etc/debian_version").exists() || !is_root() {
         bail!(
             "missing packages: {list}. This set-up installs them only as root on Debian. \
@@ -157,7 +166,9 @@ fn which(program: &str) -> Option<std::path::PathBuf> {
 fn install_bpf_linker(llvm_major: u32) -> Result<()> {
     match bpf_linker_llvm_major() {
         Some(found) if found == llvm_major => return Ok(()),
-        Some(found) => println!("setup: bpf-linker uses LLVM {found}, rustc uses {llvm_major}: rebuilding it"),
+        Some(found) => {
+            println!("setup: bpf-linker uses LLVM {found}, rustc uses {llvm_major}: rebuilding it")
+        }
         None => println!("setup: installing bpf-linker {BPF_LINKER_VERSION} for LLVM {llvm_major}"),
     }
     let path = format!(
@@ -165,15 +176,29 @@ fn install_bpf_linker(llvm_major: u32) -> Result<()> {
         std::env::var("PATH").unwrap_or_default()
     );
     run(cmd("cargo")
-        .args(["install", "--locked", "--force", "bpf-linker", "--version", BPF_LINKER_VERSION])
-        .args(["--no-default-features", "--features", &format!("llvm-{llvm_major}")])
+        .args([
+            "install",
+            "--locked",
+            "--force",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+        ])
+        .args([
+            "--no-default-features",
+            "--features",
+            &format!("llvm-{llvm_major}"),
+        ])
         .env("PATH", path))
     .context("building bpf-linker; is llvm-NN-dev installed for the LLVM major above?")
 }
 
 fn mount_bpffs() -> Result<()> {
     let mounts = std::fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
-    if mounts.lines().any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf ")) {
+    if mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf "))
+    {
         return Ok(());
     }
     if !is_root() {

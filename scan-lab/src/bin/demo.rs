@@ -34,7 +34,14 @@ struct Args {
 }
 
 /// (port, SYN/s) of the steady background: what "normal" looks like.
-const BACKGROUND: &[(u16, f64)] = &[(22, 4.0), (23, 2.0), (80, 3.0), (443, 3.0), (3389, 1.5), (8080, 1.0)];
+const BACKGROUND: &[(u16, f64)] = &[
+    (22, 4.0),
+    (23, 2.0),
+    (80, 3.0),
+    (443, 3.0),
+    (3389, 1.5),
+    (8080, 1.0),
+];
 const SURGE_PORT: u16 = 445;
 const SURGE_RATE: f64 = 60.0;
 
@@ -51,10 +58,24 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     let pin_path = format!("/sys/fs/bpf/scan-lab-demo-{}", std::process::id());
     let mut agent_args: Vec<String> = [
-        "--iface", &lab.host_if, "--pin-path", &pin_path,
-        "--state-file", &dir.join("state.json").display().to_string(),
-        "--interval", "1s", "--short-window", "10s", "--baseline-window", "10m",
-        "--warmup", "30s", "--surge-threshold", "4", "--top-ports", "10",
+        "--iface",
+        &lab.host_if,
+        "--pin-path",
+        &pin_path,
+        "--state-file",
+        &dir.join("state.json").display().to_string(),
+        "--interval",
+        "1s",
+        "--short-window",
+        "10s",
+        "--baseline-window",
+        "10m",
+        "--warmup",
+        "30s",
+        "--surge-threshold",
+        "4",
+        "--top-ports",
+        "10",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -65,11 +86,19 @@ fn main() -> Result<()> {
     let monitoring = if args.with_prometheus {
         let rules = dir.join("rules.yml");
         let status = std::process::Command::new("bash")
-            .args(["deploy/prometheus/test-scale.sh", "deploy/prometheus/scan-agent.rules.yml"])
+            .args([
+                "deploy/prometheus/test-scale.sh",
+                "deploy/prometheus/scan-agent.rules.yml",
+            ])
             .arg(&rules)
             .status()?;
         anyhow::ensure!(status.success(), "scaling the shipped rules failed");
-        Some(Monitoring::start(agent.listen, &rules, &dir.join("monitoring"), "2s")?)
+        Some(Monitoring::start(
+            agent.listen,
+            &rules,
+            &dir.join("monitoring"),
+            "2s",
+        )?)
     } else {
         None
     };
@@ -105,17 +134,23 @@ fn main() -> Result<()> {
             }
         });
         let started = Instant::now();
-        while !STOP.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(args.seconds) {
+        while !STOP.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(args.seconds)
+        {
             draw(&agent, &lab, monitoring.as_ref(), started.elapsed());
             std::thread::sleep(Duration::from_secs(2));
         }
         STOP.store(true, Ordering::Relaxed);
         Ok(())
     });
-    println!("\nstopping: removing the lab namespace {} and its veth pair", lab.namespace);
+    println!(
+        "\nstopping: removing the lab namespace {} and its veth pair",
+        lab.namespace
+    );
     drop(monitoring);
     drop(agent);
-    let _ = std::process::Command::new(&args.agent).args(["detach", "--pin-path", &pin_path]).output();
+    let _ = std::process::Command::new(&args.agent)
+        .args(["detach", "--pin-path", &pin_path])
+        .output();
     let _ = std::fs::remove_dir_all(&dir);
     drop(lab);
     result
