@@ -93,8 +93,8 @@ pub struct RunArgs {
     pub listen: Option<SocketAddr>,
     #[command(flatten)]
     pub detector: DetectorArgs,
-    /// Ports always exported, comma-separated [default: 22,23,25,80,135,139,443,445,
-    /// 1433,2323,3306,3389,5432,5900,6379,8080,8443,9200,27017]
+    /// Ports always exported, comma-separated [default: the ports scanned most
+    /// often: 22,23,25,80,135,139,443,445,1433,2323,3306,3389,5432,5900,6379,8080,8443,9200,27017]
     #[arg(long, value_delimiter = ',')]
     pub watch_ports: Option<Vec<u16>>,
     /// Also export the K active ports with the highest surge ratio [default: 20]
@@ -470,6 +470,37 @@ mod tests {
         assert!(err.to_string().contains("--short-window"), "{err}");
         let err = parse(&["--listen", "nowhere"]).unwrap_err().to_string();
         assert!(err.contains("--listen"), "{err}");
+    }
+
+    #[test]
+    fn help_states_the_real_defaults() {
+        use clap::CommandFactory as _;
+        let mut command = Cli::command();
+        let help = command
+            .find_subcommand_mut("run")
+            .expect("run subcommand")
+            .render_long_help()
+            .to_string();
+        let d = DetectorConfig::default();
+        let human = |t: Duration| humantime::format_duration(t).to_string();
+        let watch: Vec<String> = DEFAULT_WATCH_PORTS.iter().map(u16::to_string).collect();
+        for expected in [
+            format!("[default: {}]", human(d.interval)),
+            format!("[default: {}]", human(d.short_window)),
+            format!("[default: {}]", human(d.baseline_window)),
+            format!("[default: {}]", human(d.warmup)),
+            format!("[default: {}]", human(d.surge_adapt_window)),
+            format!("[default: {}]", d.surge_threshold),
+            format!("[default: {}]", d.floor),
+            format!("[default: {DEFAULT_TOP_PORTS}]"),
+            format!("[default: {}]", human(DEFAULT_SAVE_INTERVAL)),
+            format!("[default: {DEFAULT_LISTEN}]"),
+            format!("[default: {DEFAULT_STATE_FILE}]"),
+            format!("[default: {DEFAULT_PIN_PATH}]"),
+            watch.join(","),
+        ] {
+            assert!(help.contains(&expected), "--help lacks {expected}:\n{help}");
+        }
     }
 
     #[test]

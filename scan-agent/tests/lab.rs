@@ -337,6 +337,44 @@ fn endpoints_answer_and_metrics_pass_promtool() {
 }
 
 #[test]
+fn program_logs_reach_the_agent_log_only_with_the_debug_switch() {
+    let lab = Lab::create().expect("creating the lab (needs root and network namespaces)");
+    let scratch = Scratch::new("logs");
+    let mut agent = Agent::start(
+        AGENT.as_ref(),
+        &agent_args(&lab, &scratch, &[]),
+        &scratch.log("quiet"),
+    )
+    .expect("agent starts");
+    lab.syns(false, 445, 2).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    agent.stop(libc::SIGTERM).unwrap();
+    assert!(
+        !agent.log_text().contains("syn_port="),
+        "logged without the switch:\n{}",
+        agent.log_text()
+    );
+
+    let mut agent = Agent::start(
+        AGENT.as_ref(),
+        &agent_args(&lab, &scratch, &["--debug-program"]),
+        &scratch.log("debug"),
+    )
+    .expect("agent starts");
+    lab.syns(false, 445, 2).unwrap();
+    let started = Instant::now();
+    while !agent.log_text().contains("syn_port=445") {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no program log record for the SYN:\n{}",
+            agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    agent.stop(libc::SIGTERM).unwrap();
+}
+
+#[test]
 fn a_mismatched_pin_is_a_clear_error_not_a_reset() {
     let lab = Lab::create().expect("creating the lab (needs root and network namespaces)");
     let scratch = Scratch::new("mismatch");

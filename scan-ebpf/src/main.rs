@@ -14,7 +14,7 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray},
     programs::XdpContext,
 };
-use aya_log_ebpf::debug;
+use aya_log_ebpf::info;
 use scan_common::{MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, PORTS, PacketClass, ProgramConfig};
 
 /// One slice of `PORTS` counters per possible CPU; the loader sets the real size.
@@ -60,7 +60,7 @@ pub fn scan_syn_counter(ctx: XdpContext) -> u32 {
     }
     if debug_enabled() {
         // Rare by design: only with the runtime switch on (see `ProgramConfig`).
-        debug!(
+        info!(
             &ctx,
             "outcome={} syn_port={}",
             outcome as u32,
