@@ -238,8 +238,20 @@ async fn metrics(State(shared): State<SharedState>) -> impl IntoResponse {
 async fn healthz(State(shared): State<SharedState>) -> impl IntoResponse {
     let s = lock(&shared);
     let stale_after = s.config.detector.interval * 3;
+    let gone: Vec<&str> = s
+        .sensor
+        .attachments()
+        .iter()
+        .filter(|a| !a.interface_exists())
+        .map(|a| a.interface.as_str())
+        .collect();
     let problem = if s.sensor.attachments().is_empty() {
         Some("not attached to any interface".to_string())
+    } else if !gone.is_empty() {
+        Some(format!(
+            "interface gone, program no longer attached: {}",
+            gone.join(", ")
+        ))
     } else if let Some(error) = &s.last_error {
         Some(format!("last map read failed: {error}"))
     } else {

@@ -244,7 +244,7 @@ impl Metrics {
         for a in snapshot.attachments {
             self.attached
                 .with_label_values(&[a.interface.as_str(), a.mode.name()])
-                .set(1);
+                .set(a.interface_exists().into());
         }
         let detector = snapshot.detector;
         self.threshold.set(detector.config().surge_threshold);

@@ -186,6 +186,13 @@ pub struct Attachment {
     pub adopted: bool,
 }
 
+impl Attachment {
+    /// False once the interface is gone (the kernel then drops the link with it).
+    pub fn interface_exists(&self) -> bool {
+        Path::new("/sys/class/net").join(&self.interface).exists()
+    }
+}
+
 /// Read-only `mmap` of the per-CPU port counters (see `scan_common::PORT_SYNS_MAP`).
 struct PortCounterView {
     base: NonNull<u64>,

@@ -334,6 +334,24 @@ fn endpoints_answer_and_metrics_pass_promtool() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+
+    // The interface disappears: /healthz says so and the attached gauge drops.
+    scan_lab::net::ip(&["link", "del", &lab.host_if]).unwrap();
+    let (status, body) = scan_lab::http::get(agent.listen, "/healthz").unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("interface gone") && body.contains(&lab.host_if),
+        "{body}"
+    );
+    let metrics = agent.metrics().unwrap();
+    assert_eq!(
+        value(
+            &metrics,
+            "scan_agent_attached",
+            &format!("interface=\"{}\"", lab.host_if)
+        ),
+        0.0
+    );
 }
 
 #[test]
