@@ -125,10 +125,11 @@ fn test() -> Result<()> {
 
     let total = steps.len();
     let mut failed = Vec::new();
+    let mut counts = TestCounts::default();
     for (name, mut command) in steps {
         println!("\n=== xtask test: {name}");
         let step_started = std::time::Instant::now();
-        match status(&mut command) {
+        match run_counting(&mut command, &mut counts) {
             Ok(s) if s.success() => {
                 println!(
                     "=== {name}: ok ({:.1}s)",
@@ -143,16 +144,22 @@ fn test() -> Result<()> {
         "\nxtask test finished in {:.1}s",
         started.elapsed().as_secs_f64()
     );
+    println!("steps: {} of {total} passed", total - failed.len());
     for f in &failed {
         println!("FAILED: {f}");
     }
-    println!(
-        "steps: {} passed, {} failed",
-        total - failed.len(),
-        failed.len()
-    );
+    if counts.ignored > 0 {
+        failed.push(format!(
+            "{} test(s) ignored: nothing may be skipped",
+            counts.ignored
+        ));
+    }
+    if counts.passed == 0 {
+        failed.push("no test ran".into());
+    }
+    println!("tests: {} passed, {} failed", counts.passed, counts.failed);
     if !failed.is_empty() {
-        bail!("{} step(s) failed", failed.len());
+        bail!("{}", failed.join("; "));
     }
     Ok(())
 }
@@ -212,6 +219,52 @@ fn workspace_root() -> std::path::PathBuf {
 
 pub fn cmd(program: &str) -> Command {
     Command::new(program)
+}
+
+#[derive(Default)]
+struct TestCounts {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl TestCounts {
+    /// Adds the counts of a cargo test summary (`test result: ok. 3 passed; 0 failed;
+    /// 1 ignored; ...`) or of a plain `N passed, M failed` line.
+    fn add_line(&mut self, line: &str) {
+        let Some(body) = line
+            .strip_prefix("test result: ")
+            .or_else(|| line.contains(" passed, ").then_some(line))
+        else {
+            return;
+        };
+        let mut previous: Option<u64> = None;
+        for word in body.split(|c: char| c.is_whitespace() || c == ';' || c == ',') {
+            match (previous, word) {
+                (Some(n), "passed") => self.passed += n,
+                (Some(n), "failed") => self.failed += n,
+                (Some(n), "ignored") => self.ignored += n,
+                _ => {}
+            }
+            previous = word.parse().ok();
+        }
+    }
+}
+
+/// Runs `c`, echoing its standard output line by line and counting test results.
+fn run_counting(c: &mut Command, counts: &mut TestCounts) -> Result<ExitStatus> {
+    use std::io::BufRead as _;
+    let mut child = c
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {c:?}"))?;
+    let stdout = child.stdout.take().context("child stdout")?;
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        counts.add_line(&line);
+    }
+    Ok(child.wait()?)
 }
 
 fn status(c: &mut Command) -> Result<ExitStatus> {
