@@ -21,7 +21,7 @@ use crate::{
     cpu,
     lab::Lab,
     nft::NftCounter,
-    proc, stats, trafgen,
+    proc, progstats, stats, trafgen,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,6 +78,8 @@ pub struct Settings {
     pub rate_pps: u64,
     pub seconds: f64,
     pub rounds: usize,
+    /// Length of the extra flood that reads the XDP programs' run-time statistics.
+    pub stats_seconds: f64,
 }
 
 /// One flood with one counter.
@@ -111,11 +113,15 @@ pub struct CounterFigures {
     pub accuracy: Option<f64>,
     pub samples: Vec<Sample>,
     pub note: String,
+    /// For XDP programs: the kernel's run-time statistics over a separate,
+    /// shorter flood (ns in the program per run).
+    pub program_ns: Option<f64>,
 }
 
 pub struct FloodResults {
     pub rate_pps: u64,
     pub seconds: f64,
+    pub stats_seconds: f64,
     pub rounds: usize,
     pub interface: String,
     pub figures: Vec<CounterFigures>,
@@ -218,6 +224,43 @@ impl Active {
 
 type Objects<'a> = Result<&'a CObjects, String>;
 
+/// SYNs to ports 1-65535 in turn at `rate_pps` for `seconds`.
+fn sweep(rate_pps: u64, seconds: f64) -> trafgen::Flood {
+    trafgen::Flood {
+        packets: (rate_pps as f64 * seconds) as u64,
+        rate_pps,
+        first_port: 1,
+        last_port: 65535,
+    }
+}
+
+/// ns per run of the XDP program attached for `counter`, from the kernel's
+/// run-time statistics during a flood of its own (statistics cost two clock reads
+/// per run, so they are off during the CPU measurements).
+fn program_ns(
+    lab: &Lab,
+    dir: &Path,
+    counter: Counter,
+    settings: &Settings,
+    objects: Objects<'_>,
+) -> Result<f64> {
+    let active = Active::start(counter, lab, dir, objects)?;
+    let id = progstats::attached_program(&lab.root_if)?;
+    let stats = progstats::enable()?;
+    proc::sleep(Duration::from_millis(200))?;
+    let (time_before, runs_before) = progstats::run_stats(id)?;
+    let sent = sweep(settings.rate_pps, settings.stats_seconds).run(lab, dir)?;
+    proc::sleep(Duration::from_millis(200))?;
+    let (time_after, runs_after) = progstats::run_stats(id)?;
+    drop(stats);
+    drop(active);
+    let runs = runs_after - runs_before;
+    if runs < sent.packets {
+        anyhow::bail!("program {id} ran {runs} times for {} SYNs", sent.packets);
+    }
+    Ok((time_after - time_before).as_nanos() as f64 / runs as f64)
+}
+
 fn one_flood(
     lab: &Lab,
     dir: &Path,
@@ -228,12 +271,7 @@ fn one_flood(
     let active = Active::start(counter, lab, dir, objects)
         .with_context(|| format!("setting up {}", counter.key()))?;
     proc::sleep(Duration::from_millis(300))?;
-    let flood = trafgen::Flood {
-        packets: (settings.rate_pps as f64 * settings.seconds) as u64,
-        rate_pps: settings.rate_pps,
-        first_port: 1,
-        last_port: 65535,
-    };
+    let flood = sweep(settings.rate_pps, settings.seconds);
     let rx_before = lab.root_rx_packets()?;
     let sys_before = cpu::system_times()?;
     let self_before = cpu::self_cpu_ns();
@@ -283,12 +321,29 @@ pub fn run(settings: &Settings, dir: &Path, objects: Objects<'_>) -> Result<Floo
             }
         }
     }
+    let mut program = [None; Counter::ALL.len()];
+    for (i, &counter) in Counter::ALL.iter().enumerate() {
+        if matches!(
+            counter,
+            Counter::EmptyXdp | Counter::Ours | Counter::OursSkb
+        ) {
+            proc::check_stop()?;
+            match program_ns(&lab, dir, counter, settings, objects.clone()) {
+                Ok(ns) => {
+                    eprintln!("  flood program time {:<9} {ns:>6.1} ns/run", counter.key());
+                    program[i] = Some(ns);
+                }
+                Err(e) => errors.push(format!("{} run-time statistics: {e:#}", counter.key())),
+            }
+        }
+    }
     let figures = Counter::ALL
         .iter()
         .zip(samples)
         .zip(notes)
-        .filter(|((_, s), _)| !s.is_empty())
-        .map(|((&counter, samples), note)| {
+        .zip(program)
+        .filter(|(((_, s), _), _)| !s.is_empty())
+        .map(|(((&counter, samples), note), program_ns)| {
             let per = |f: &dyn Fn(&Sample) -> f64| {
                 stats::median(&samples.iter().map(f).collect::<Vec<_>>())
             };
@@ -302,12 +357,14 @@ pub fn run(settings: &Settings, dir: &Path, objects: Objects<'_>) -> Result<Floo
                 accuracy: counted.map(|c| c as f64 / sent.max(1) as f64),
                 samples,
                 note,
+                program_ns,
             }
         })
         .collect();
     Ok(FloodResults {
         rate_pps: settings.rate_pps,
         seconds: settings.seconds,
+        stats_seconds: settings.stats_seconds,
         rounds: settings.rounds,
         interface: format!(
             "veth {} (root) <- {} (namespace {})",

@@ -15,6 +15,7 @@ mod machine;
 mod mapread;
 mod nft;
 mod proc;
+mod progstats;
 mod render;
 mod report;
 mod stats;
@@ -73,6 +74,7 @@ impl Plan {
                     rate_pps: 100_000,
                     seconds: 1.5,
                     rounds: 1,
+                    stats_seconds: 1.0,
                 },
                 map_read: mapread::Settings {
                     fast_iterations: 50,
@@ -95,6 +97,7 @@ impl Plan {
                     rate_pps: 100_000,
                     seconds: 10.0,
                     rounds: 3,
+                    stats_seconds: 3.0,
                 },
                 map_read: mapread::Settings {
                     fast_iterations: 500,
