@@ -263,7 +263,7 @@ fn pcap_error(path: &Path, error: PcapError, what: &str) -> CaptureError {
         PcapError::IoError(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
             CaptureError::Truncated {
                 path,
-                detail: format!("the file ends inside {what} (or its length field is corrupt)"),
+                detail: format!("the file ends inside {what}"),
             }
         }
         PcapError::IncompleteBuffer => CaptureError::Truncated {
@@ -290,7 +290,10 @@ fn next_pcap(
             return Some(Err(pcap_error(
                 path,
                 e,
-                &format!("packet record {}", index + 1),
+                &format!(
+                    "packet record {} (or the record's length field is corrupt)",
+                    index + 1
+                ),
             )));
         }
     };
@@ -298,7 +301,8 @@ fn next_pcap(
         return Some(Err(CaptureError::Corrupt {
             path: path.to_path_buf(),
             detail: format!(
-                "packet record {} claims {} captured bytes, more than any capture holds ({MAX_FRAME})",
+                "packet record {} claims {} captured bytes, more than any capture holds \
+                 ({MAX_FRAME})",
                 index + 1,
                 raw.incl_len
             ),
@@ -375,9 +379,10 @@ fn next_pcapng(
         path: path.to_path_buf(),
         detail,
     };
-    // Raw blocks only: pcap-file's own decoding of some block types (name resolution)
-    // can panic on crafted input; section and interface blocks, which it does decode on
-    // the way, are safe, and packet blocks are decoded here.
+    // Raw blocks: packet blocks are decoded here, because pcap-file 2's decoded
+    // Enhanced Packet Block reads the raw timestamp as nanoseconds whatever the
+    // interface's if_tsresol (microseconds by default, so 1,000x too small), and no other
+    // block type is decoded beyond what the reader needs (sections and interfaces).
     loop {
         let endianness = reader.section().endianness;
         let packet = index + 1;
@@ -390,7 +395,10 @@ fn next_pcapng(
                     return Some(Err(pcap_error(
                         path,
                         e,
-                        &format!("the block after packet {index}"),
+                        &format!(
+                            "the block after packet {index} (or the block's length field is \
+                             corrupt)"
+                        ),
                     )));
                 }
             };

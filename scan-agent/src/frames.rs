@@ -33,10 +33,7 @@
 //! Modifiers that only make sense for one kind of frame (`ip_options` on IPv6, `ext` on
 //! IPv4, `tcp_options` on UDP, ...) panic: this is a test tool, and a silently ignored
 //! modifier would make a test check something else than it says.
-use std::{
-    collections::BTreeMap,
-    net::{Ipv4Addr, Ipv6Addr},
-};
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// EtherTypes used by the builder.
 pub mod ether_type {
@@ -197,10 +194,18 @@ impl Ipv6Ext {
                 let len = (*len).clamp(8, 2048) / 8 * 8;
                 out.push(next);
                 out.push((len / 8 - 1) as u8);
-                // One PadN option over the remaining len - 2 bytes (>= 6).
-                out.push(1);
-                out.push((len - 4) as u8);
-                out.resize(start + len, 0);
+                // PadN options over the remaining len - 2 bytes (>= 6), at most 257
+                // bytes each, never leaving a single byte.
+                let mut left = len - 2;
+                while left > 0 {
+                    let mut data = (left - 2).min(255);
+                    if left - (data + 2) == 1 {
+                        data -= 1;
+                    }
+                    out.extend_from_slice(&[1, data as u8]);
+                    out.resize(out.len() + data, 0);
+                    left -= data + 2;
+                }
             }
             Self::Routing { len } => {
                 let len = (*len).clamp(8, 2048) / 8 * 8;
@@ -1202,8 +1207,9 @@ pub mod corpus {
 
     /// Normal web traffic over five minutes: full TCP connections (SYN, SYN-ACK, ACK,
     /// request, ACK, response, FIN-ACK, ACK, FIN-ACK, ACK) to 80 and 443 over IPv4 and
-    /// IPv6 (a third of the IPv4 ones on VLAN 20), DNS over UDP before each, and a few
-    /// ARP requests. One SYN per connection; SYN-ACKs are not SYNs.
+    /// IPv6 (a third of the IPv4 ones on VLAN 20), a DNS query and answer over UDP before
+    /// each IPv4 one, and five ARP requests. One SYN per connection; SYN-ACKs are not
+    /// SYNs.
     pub fn web_traffic(seed: u64) -> Capture {
         let mut rng = Rng::new(seed);
         let mut b = Builder::new("web-traffic.pcap");
@@ -1371,20 +1377,6 @@ pub mod corpus {
     }
 }
 
-/// Sums per-port SYN expectations, for callers that build their own frame lists.
-pub fn syn_ports<'a>(frames: impl IntoIterator<Item = &'a Frame>) -> BTreeMap<u16, u64> {
-    let mut ports = BTreeMap::new();
-    for frame in frames {
-        if let Some(segment) = frame.tcp()
-            && segment.flags & tcp::SYN != 0
-            && segment.flags & tcp::ACK == 0
-        {
-            *ports.entry(segment.dport).or_default() += 1;
-        }
-    }
-    ports
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1462,6 +1454,22 @@ mod tests {
             usize::from(u16::from_be_bytes([f[ip + 4], f[ip + 5]])),
             f.len() - ip - 40
         );
+    }
+
+    #[test]
+    fn options_headers_are_padded_with_valid_padn() {
+        for len in [8, 16, 256, 264, 512, 2048] {
+            let mut out = Vec::new();
+            Ipv6Ext::HopByHop { len }.write(ip_proto::TCP, &mut out);
+            assert_eq!(out.len(), len);
+            assert_eq!((usize::from(out[1]) + 1) * 8, len);
+            let mut at = 2;
+            while at < len {
+                assert_eq!(out[at], 1, "PadN at {at} of {len}");
+                at += 2 + usize::from(out[at + 1]);
+            }
+            assert_eq!(at, len);
+        }
     }
 
     #[test]

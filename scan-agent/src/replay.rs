@@ -58,16 +58,22 @@ pub enum ReplayError {
     #[error(transparent)]
     Capture(#[from] CaptureError),
     #[error("cannot replay {}: {source}", path.display())]
-    Load { path: PathBuf, source: SensorError },
+    Load {
+        path: PathBuf,
+        source: Box<SensorError>,
+    },
     #[error("replaying packet {packet} of {} ({len} bytes) failed: {source}", path.display())]
     TestRun {
         path: PathBuf,
         packet: u64,
         len: usize,
-        source: SensorError,
+        source: Box<SensorError>,
     },
     #[error("replaying {}: cannot read the class counters: {source}", path.display())]
-    Counters { path: PathBuf, source: SensorError },
+    Counters {
+        path: PathBuf,
+        source: Box<SensorError>,
+    },
     #[error("detector configuration: {0}")]
     Config(#[from] crate::detector::ConfigError),
 }
@@ -164,6 +170,15 @@ struct OpenEpisode {
     peak_ratio: f64,
 }
 
+/// `start + k * interval`, saturating.
+fn grid_time(start: Duration, interval: Duration, k: u128) -> Duration {
+    let nanos = start
+        .as_nanos()
+        .saturating_add(interval.as_nanos().saturating_mul(k));
+    let secs = u64::try_from(nanos / 1_000_000_000).unwrap_or(u64::MAX);
+    Duration::new(secs, (nanos % 1_000_000_000) as u32)
+}
+
 /// Drives the detector on capture time and tracks episodes.
 struct CaptureClock {
     detector: Detector,
@@ -203,16 +218,18 @@ impl CaptureClock {
         let mut at = next;
         if pending > u128::from(MAX_IDLE_STEPS) {
             // A long idle gap: step once now at the current grid point (feeding the
-            // frames run so far), then once at the last grid point <= now.
+            // frames run so far), then at the last grid point <= now.
             self.step(sensor, at);
-            let skip = u32::try_from(pending - 1).unwrap_or(u32::MAX);
-            at = at.saturating_add(self.interval.saturating_mul(skip));
+            at = grid_time(next, self.interval, pending - 1);
         }
         while at <= now {
             self.step(sensor, at);
-            at = at.saturating_add(self.interval);
-            if at == Duration::MAX {
-                break;
+            match at.checked_add(self.interval) {
+                Some(later) => at = later,
+                None => {
+                    at = Duration::MAX;
+                    break;
+                }
             }
         }
         self.next = Some(at);
@@ -299,7 +316,7 @@ pub fn replay(path: &Path, detector: Option<DetectorConfig>) -> Result<ReplayRep
     let mut reader = CaptureReader::open(path)?;
     let sensor = Sensor::load(None).map_err(|source| ReplayError::Load {
         path: path.to_path_buf(),
-        source,
+        source: Box::new(source),
     })?;
     let mut clock = detector.map(CaptureClock::new);
     let mut packets = 0u64;
@@ -325,7 +342,7 @@ pub fn replay(path: &Path, detector: Option<DetectorConfig>) -> Result<ReplayRep
                     path: path.to_path_buf(),
                     packet: packets,
                     len: frame.len(),
-                    source,
+                    source: Box::new(source),
                 });
             }
         }
@@ -346,7 +363,7 @@ pub fn replay(path: &Path, detector: Option<DetectorConfig>) -> Result<ReplayRep
         .read_classes()
         .map_err(|source| ReplayError::Counters {
             path: path.to_path_buf(),
-            source,
+            source: Box::new(source),
         })?;
     Ok(ReplayReport {
         packets,

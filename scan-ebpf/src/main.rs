@@ -179,6 +179,11 @@ fn ipv4(ctx: &XdpContext, offset: usize) -> (PacketClass, Option<u16>) {
     if ip.byte::<0>() >> 4 != 4 || header_len < IPV4_HLEN {
         return (PacketClass::BadHeader, None);
     }
+    // Options included, the whole header must be in the frame before any field
+    // past it (fragment, protocol) decides the class.
+    if !has_bytes(ctx, offset, header_len) {
+        return (PacketClass::Truncated, None);
+    }
     // A fragment with a non-zero offset carries no TCP header.
     let fragment_offset = ip.be16::<6>() & 0x1FFF;
     if fragment_offset != 0 {
@@ -216,7 +221,7 @@ fn ipv6(ctx: &XdpContext, offset: usize) -> (PacketClass, Option<u16>) {
             return (PacketClass::Truncated, None);
         };
         next_header = ext.byte::<0>();
-        offset += match current {
+        let header_len = match current {
             IPV6_FRAGMENT => {
                 if ext.be16::<2>() >> 3 != 0 {
                     return (PacketClass::LaterFragment, None);
@@ -227,6 +232,10 @@ fn ipv6(ctx: &XdpContext, offset: usize) -> (PacketClass, Option<u16>) {
             IPV6_AH => (ext.byte::<1>() as usize + 2) * 4,
             _ => (ext.byte::<1>() as usize + 1) * 8,
         };
+        if !has_bytes(ctx, offset, header_len) {
+            return (PacketClass::Truncated, None);
+        }
+        offset += header_len;
     }
     (PacketClass::HeaderLimit, None)
 }
