@@ -2,21 +2,15 @@
 //! all 65,536 ports, its CPU over a window at the default interval while every
 //! port keeps receiving SYNs, and the time to scrape /metrics over HTTP.
 use std::{
-    fs,
-    net::{SocketAddr, TcpListener},
     path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
+use scan_lab::{Agent, Lab, http::sample};
 
-use crate::{
-    cpu, http,
-    lab::{BPFFS_PREFIX, Lab},
-    proc::{self, ChildGuard},
-    stats, trafgen,
-};
+use crate::{cpu, leftovers::PIN_PREFIX, proc, stats, trafgen};
 
 pub struct Settings {
     pub cpu_window: Duration,
@@ -36,27 +30,14 @@ pub struct AgentResults {
     pub scrape_bytes: usize,
 }
 
-/// A bpffs directory of ours for the agent's pins; emptied and removed on drop.
+/// A bpffs directory of ours for the agent's pins (the maps go when their last
+/// user does); removed on drop.
 struct PinDir(PathBuf);
 
 impl Drop for PinDir {
     fn drop(&mut self) {
-        remove_pin_dir(&self.0);
+        let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-/// Removes the pins in `dir` (the maps go when their last user does) and `dir`.
-pub fn remove_pin_dir(dir: &Path) {
-    if let Ok(entries) = fs::read_dir(dir) {
-        for entry in entries.flatten() {
-            let _ = fs::remove_file(entry.path());
-        }
-    }
-    let _ = fs::remove_dir(dir);
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// Builds the agent binary (the bench itself is built by `cargo run`, the agent's
@@ -83,64 +64,35 @@ pub fn build_binary(root: &Path, target_dir: &Path) -> Result<PathBuf> {
     Ok(binary)
 }
 
-fn wait_healthy(agent: &mut ChildGuard, addr: SocketAddr) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        proc::check_stop()?;
-        if !agent.running() {
-            bail!("the agent exited during start-up");
-        }
-        if let Ok((200, _)) = http::get(addr, "/healthz", Duration::from_secs(2)) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("the agent did not report healthy within 30 s");
-        }
-        proc::sleep(Duration::from_millis(200))?;
-    }
-}
-
-fn metrics(addr: SocketAddr) -> Result<String> {
-    let (status, body) = http::get(addr, "/metrics", Duration::from_secs(10))?;
-    if status != 200 {
-        bail!("/metrics answered {status}: {body}");
-    }
-    Ok(body)
-}
-
 pub fn run(settings: &Settings, binary: &Path, dir: &Path) -> Result<AgentResults> {
-    let lab = Lab::create('a')?;
+    let lab = Lab::create_quiet()?;
     let pins = PinDir(PathBuf::from(format!(
-        "/sys/fs/bpf/{BPFFS_PREFIX}{}",
+        "/sys/fs/bpf/{PIN_PREFIX}{}",
         std::process::id()
     )));
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let state = dir.join("agent-state.json");
-    let mut agent = ChildGuard::spawn(
-        Command::new(binary)
-            .args(["run", "--iface", &lab.root_if, "--pin-path"])
-            .arg(&pins.0)
-            .arg("--state-file")
-            .arg(&state)
-            .args(["--listen", &addr.to_string()])
-            .env("RUST_LOG", "warn"),
-    )?;
-    let pid = agent.pid();
-    let result = measure(settings, &lab, dir, &mut agent, pid, addr);
+    let args = [
+        "--iface",
+        &lab.host_if,
+        "--pin-path",
+        &pins.0.display().to_string(),
+        "--state-file",
+        &state.display().to_string(),
+    ]
+    .map(String::from);
+    let mut agent = Agent::start(binary, &args, &dir.join("agent.log"))?;
+    let result = measure(settings, &lab, dir, &agent);
     // Stop it the way an operator would: SIGTERM, state saved, detached.
-    let stopped = agent.terminate(Duration::from_secs(15))?;
+    let status = agent.stop(libc::SIGTERM)?;
+    let log = agent.log_text();
     let mut results = result.map_err(|e| {
         e.context(format!(
-            "agent output: {}",
-            stopped.stderr.trim().lines().last().unwrap_or("")
+            "agent log: {}",
+            log.trim().lines().last().unwrap_or("")
         ))
     })?;
-    if !stopped.status.success() {
-        bail!(
-            "the agent exited with {} on SIGTERM: {}",
-            stopped.status,
-            stopped.stderr.trim()
-        );
+    if !status.success() {
+        bail!("the agent exited with {status} on SIGTERM: {}", log.trim());
     }
     results.binary = binary.to_path_buf();
     drop(pins);
@@ -148,15 +100,8 @@ pub fn run(settings: &Settings, binary: &Path, dir: &Path) -> Result<AgentResult
     Ok(results)
 }
 
-fn measure(
-    settings: &Settings,
-    lab: &Lab,
-    dir: &Path,
-    agent: &mut ChildGuard,
-    pid: u32,
-    addr: SocketAddr,
-) -> Result<AgentResults> {
-    wait_healthy(agent, addr)?;
+fn measure(settings: &Settings, lab: &Lab, dir: &Path, agent: &Agent) -> Result<AgentResults> {
+    let pid = agent.pid().context("the agent has no pid")?;
     // Warm-up: two SYNs to every port, then two detector steps (default 5 s each).
     let all_ports = trafgen::Flood {
         packets: 2 * 65_536,
@@ -169,9 +114,9 @@ fn measure(
     let deadline = Instant::now() + interval * 4;
     let (syns_seen, ports_active) = loop {
         proc::sleep(Duration::from_millis(500))?;
-        let text = metrics(addr)?;
-        let seen = http::sample(&text, "scan_syn_packets_all_ports_total").unwrap_or(0.0);
-        let active = http::sample(&text, "scan_agent_ports_active").unwrap_or(0.0);
+        let text = agent.metrics()?;
+        let seen = sample(&text, "scan_syn_packets_all_ports_total", "").unwrap_or(0.0);
+        let active = sample(&text, "scan_agent_ports_active", "").unwrap_or(0.0);
         if active >= 65_536.0 || Instant::now() > deadline {
             break (seen, active);
         }
@@ -209,7 +154,7 @@ fn measure(
     let mut times = Vec::new();
     for _ in 0..settings.scrapes.max(1) {
         let t = Instant::now();
-        bytes = metrics(addr)?.len();
+        bytes = agent.metrics()?.len();
         times.push(t.elapsed().as_secs_f64() * 1e3);
     }
     Ok(AgentResults {

@@ -14,12 +14,12 @@ use anyhow::{Context as _, Result, anyhow};
 use aya::programs::XdpMode;
 use scan_agent::sensor::{ModeChoice, Sensor};
 use scan_common::PORTS;
+use scan_lab::Lab;
 
 use crate::{
     afpacket::AfPacketCounter,
     cprog::{self, CObjects, XdpObject},
     cpu,
-    lab::Lab,
     nft::NftCounter,
     proc, progstats, stats, trafgen,
 };
@@ -143,7 +143,7 @@ impl Active {
             Counter::EmptyXdp => {
                 let objects = objects.map_err(|e| anyhow!("C objects not built: {e}"))?;
                 let mut pass = XdpObject::load(&objects.pass, cprog::PASS_PROGRAM)?;
-                pass.attach(&lab.root_if, XdpMode::Driver)?;
+                pass.attach(&lab.host_if, XdpMode::Driver)?;
                 Active::Empty(Box::new(pass))
             }
             Counter::Ours | Counter::OursSkb => {
@@ -153,11 +153,11 @@ impl Active {
                 } else {
                     ModeChoice::Skb
                 };
-                sensor.attach(&lab.root_if, mode, false)?;
+                sensor.attach(&lab.host_if, mode, false)?;
                 Active::Ours(Box::new(sensor))
             }
-            Counter::Nftables => Active::Nft(NftCounter::create(&lab.root_if, dir)?),
-            Counter::AfPacket => Active::AfPacket(AfPacketCounter::start(lab.root_ifindex)?),
+            Counter::Nftables => Active::Nft(NftCounter::create(&lab.host_if, dir)?),
+            Counter::AfPacket => Active::AfPacket(AfPacketCounter::start(lab.host_ifindex)?),
         })
     }
 
@@ -245,7 +245,7 @@ fn program_ns(
     objects: Objects<'_>,
 ) -> Result<f64> {
     let active = Active::start(counter, lab, dir, objects)?;
-    let id = progstats::attached_program(&lab.root_if)?;
+    let id = progstats::attached_program(&lab.host_if)?;
     let stats = progstats::enable()?;
     proc::sleep(Duration::from_millis(200))?;
     let (time_before, runs_before) = progstats::run_stats(id)?;
@@ -272,14 +272,14 @@ fn one_flood(
         .with_context(|| format!("setting up {}", counter.key()))?;
     proc::sleep(Duration::from_millis(300))?;
     let flood = sweep(settings.rate_pps, settings.seconds);
-    let rx_before = lab.root_rx_packets()?;
+    let rx_before = lab.host_rx_packets()?;
     let sys_before = cpu::system_times()?;
     let self_before = cpu::self_cpu_ns();
     let sent = flood.run(lab, dir)?;
     active.drain(sent.packets)?;
     let self_after = cpu::self_cpu_ns();
     let sys_after = cpu::system_times()?;
-    let rx_after = lab.root_rx_packets()?;
+    let rx_after = lab.host_rx_packets()?;
     let (counted, note) = active.finish()?;
     let sample = Sample {
         sent: sent.packets,
@@ -293,7 +293,7 @@ fn one_flood(
 }
 
 pub fn run(settings: &Settings, dir: &Path, objects: Objects<'_>) -> Result<FloodResults> {
-    let lab = Lab::create('f')?;
+    let lab = Lab::create_quiet()?;
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); Counter::ALL.len()];
     let mut notes = vec![String::new(); Counter::ALL.len()];
     let mut errors = Vec::new();
@@ -368,7 +368,7 @@ pub fn run(settings: &Settings, dir: &Path, objects: Objects<'_>) -> Result<Floo
         rounds: settings.rounds,
         interface: format!(
             "veth {} (root) <- {} (namespace {})",
-            lab.root_if, lab.ns_if, lab.ns
+            lab.host_if, lab.peer_if, lab.namespace
         ),
         figures,
         errors,

@@ -9,8 +9,7 @@ mod cprog;
 mod cpu;
 mod flood;
 mod frames;
-mod http;
-mod lab;
+mod leftovers;
 mod machine;
 mod mapread;
 mod nft;
@@ -209,11 +208,11 @@ fn bench() -> Result<Vec<String>> {
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let scratch = Scratch(std::env::temp_dir().join(format!(
         "{}{}",
-        lab::SCRATCH_PREFIX,
+        leftovers::SCRATCH_PREFIX,
         std::process::id()
     )));
     std::fs::create_dir_all(&scratch.0)?;
-    for removed in lab::remove_leftovers() {
+    for removed in leftovers::remove_leftovers() {
         eprintln!("removed a leftover of a killed run: {removed}");
     }
 

@@ -6,7 +6,7 @@ use std::{path::Path, process::Command, time::Duration};
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
-use crate::{lab::NFT_PREFIX, proc};
+use crate::{leftovers::NFT_PREFIX, proc};
 
 const SET: &str = "syn_ports";
 

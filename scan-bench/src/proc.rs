@@ -148,10 +148,6 @@ impl ChildGuard {
         }
     }
 
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
-    }
-
     pub fn what(&self) -> &str {
         &self.what
     }
@@ -187,12 +183,6 @@ impl ChildGuard {
             }
             thread::sleep(Duration::from_millis(10));
         };
-        Ok(self.collect(status))
-    }
-
-    /// SIGTERM, then SIGKILL after `grace` (to the child's process group).
-    pub fn terminate(mut self, grace: Duration) -> Result<Finished> {
-        let status = self.stop_group(grace)?;
         Ok(self.collect(status))
     }
 
@@ -236,9 +226,4 @@ fn run_inner(cmd: &mut Command, timeout: Duration, honour_stop: bool) -> Result<
 /// Runs a clean-up command: ignores failure, and runs even after a stop request.
 pub fn run_quiet(cmd: &mut Command) {
     let _ = run_inner(cmd, Duration::from_secs(10), false);
-}
-
-/// Whether a process with this pid exists.
-pub fn pid_alive(pid: u32) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
 }

@@ -4,7 +4,9 @@ use std::{fs, path::Path, process::Command, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{lab::Lab, proc};
+use scan_lab::Lab;
+
+use crate::proc;
 
 pub struct Flood {
     pub packets: u64,
@@ -30,18 +32,18 @@ impl Flood {
         format!(
             "{{\n  eth(da={}, sa={}),\n  ipv4(sa={}, da={}, ttl=64, df),\n  \
              tcp(sp=40000, dp=dinc({}, {}), seq=1, syn, win=64240)\n}}\n",
-            lab.root_mac, lab.ns_mac, lab.ns_ip, lab.root_ip, self.first_port, self.last_port
+            lab.host_mac, lab.peer_mac, lab.peer_v4, lab.host_v4, self.first_port, self.last_port
         )
     }
 
     fn command(&self, lab: &Lab, dir: &Path) -> Result<Command> {
-        let path = dir.join(format!("{}.trafgen", lab.ns));
+        let path = dir.join(format!("{}.trafgen", lab.namespace));
         fs::write(&path, self.config(lab))
             .with_context(|| format!("writing {}", path.display()))?;
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &lab.ns, "trafgen", "-i"])
+        cmd.args(["netns", "exec", &lab.namespace, "trafgen", "-i"])
             .arg(&path)
-            .args(["-o", &lab.ns_if, "-P", "1", "--no-sock-mem"])
+            .args(["-o", &lab.peer_if, "-P", "1", "--no-sock-mem"])
             .args(["-n", &self.packets.to_string()])
             .args(["-b", &format!("{}pps", self.rate_pps)]);
         Ok(cmd)

@@ -1,6 +1,7 @@
 //! The real agent binary as a child process.
 use std::{
     net::{SocketAddr, TcpListener},
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -23,10 +24,20 @@ pub fn free_port() -> Result<u16> {
 
 impl Agent {
     /// Starts `binary run <args> --listen 127.0.0.1:<free>` and waits for /healthz.
+    /// Should the thread that started it die without dropping it (a killed test or
+    /// benchmark), the agent gets SIGTERM.
     pub fn start(binary: &Path, args: &[String], log: &Path) -> Result<Self> {
         let listen: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let log_file = std::fs::File::create(log)?;
-        let child = Command::new(binary)
+        let mut command = Command::new(binary);
+        // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let child = command
             .arg("run")
             .args(args)
             .arg("--listen")

@@ -5,7 +5,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
 /// Returns (status, body).
 pub fn request(addr: SocketAddr, method: &str, path: &str, body: &str) -> Result<(u16, String)> {
@@ -50,10 +50,7 @@ fn dechunk(mut rest: &str) -> Result<String> {
         if size == 0 {
             return Ok(out);
         }
-        if after.len() < size {
-            bail!("short chunk");
-        }
-        out.push_str(&after[..size]);
+        out.push_str(after.get(..size).context("short chunk")?);
         rest = after[size..].trim_start_matches("\r\n");
     }
 }
@@ -71,4 +68,21 @@ pub fn sample(exposition: &str, metric: &str, labels: &str) -> Option<f64> {
         };
         matches.then(|| value.parse().ok()).flatten()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn chunks_and_samples() {
+        assert_eq!(
+            super::dechunk("5\r\nhello\r\n1\r\n!\r\n0\r\n\r\n").unwrap(),
+            "hello!"
+        );
+        assert!(super::dechunk("9\r\nhello\r\n0\r\n\r\n").is_err());
+        let text = "# HELP a x\na_total 12\na 3\nb{port=\"22\"} 4\n";
+        assert_eq!(super::sample(text, "a", ""), Some(3.0));
+        assert_eq!(super::sample(text, "a_total", ""), Some(12.0));
+        assert_eq!(super::sample(text, "b", "port=\"22\""), Some(4.0));
+        assert_eq!(super::sample(text, "b", "port=\"80\""), None);
+    }
 }

@@ -22,8 +22,13 @@ pub struct Lab {
     pub peer_if: String,
     pub host_v4: Ipv4Addr,
     pub peer_v4: Ipv4Addr,
+    /// Not assigned in a quiet lab ([`Lab::create_quiet`]), which has no IPv6.
     pub host_v6: Ipv6Addr,
     pub peer_v6: Ipv6Addr,
+    /// Locally administered MAC addresses of the two ends, e.g. for raw frames.
+    pub host_mac: String,
+    pub peer_mac: String,
+    pub host_ifindex: u32,
 }
 
 pub fn ip(args: &[&str]) -> Result<()> {
@@ -52,13 +57,24 @@ pub fn require_root(why: &str) -> Result<()> {
 /// Pin directories of labs are named `scan-lab-*-<pid>[-...]` under /sys/fs/bpf.
 const PIN_PREFIX: &str = "scan-lab-";
 
-fn pid_alive(pid: &str) -> bool {
-    std::path::Path::new("/proc").join(pid).exists()
+/// Whether a process with this pid exists.
+pub fn pid_alive(pid: u32) -> bool {
+    std::path::Path::new("/proc").join(pid.to_string()).exists()
+}
+
+fn dead(pid: &str) -> bool {
+    pid.parse().is_ok_and(|pid| !pid_alive(pid))
 }
 
 /// Deletes labs (namespaces, veth ends, bpffs pins) left by processes that are
 /// gone, such as a killed test run.
 pub fn remove_stale_labs() {
+    remove_stale_labs_report();
+}
+
+/// [`remove_stale_labs`], returning what it removed.
+pub fn remove_stale_labs_report() -> Vec<String> {
+    let mut removed = Vec::new();
     if let Ok(entries) = std::fs::read_dir("/sys/fs/bpf") {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -68,13 +84,13 @@ pub fn remove_stale_labs() {
             let pid = rest
                 .split('-')
                 .find(|part| part.chars().all(|c| c.is_ascii_digit()) && !part.is_empty());
-            if pid.is_some_and(|pid| !pid_alive(pid)) {
-                let _ = std::fs::remove_dir_all(entry.path());
+            if pid.is_some_and(dead) && std::fs::remove_dir_all(entry.path()).is_ok() {
+                removed.push(format!("bpffs {}", entry.path().display()));
             }
         }
     }
     let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
-        return;
+        return removed;
     };
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let name = line.split_whitespace().next().unwrap_or_default();
@@ -84,12 +100,15 @@ pub fn remove_stale_labs() {
         let Some((pid, n)) = rest.split_once('-') else {
             continue;
         };
-        if pid_alive(pid) {
+        if !dead(pid) {
             continue;
         }
-        let _ = ip(&["netns", "del", name]);
+        if ip(&["netns", "del", name]).is_ok() {
+            removed.push(format!("netns {name}"));
+        }
         let _ = ip(&["link", "del", &format!("scl{pid}-{n}h")]);
     }
+    removed
 }
 
 fn subnet_in_use(octet: u8) -> bool {
@@ -102,6 +121,17 @@ fn subnet_in_use(octet: u8) -> bool {
 
 impl Lab {
     pub fn create() -> Result<Self> {
+        Self::create_with(false)
+    }
+
+    /// A lab whose pair carries only what is sent on purpose: IPv6 is off on both
+    /// ends and the neighbours are static, so there are no router or neighbour
+    /// solicitations and no ARP. For exact packet counts (benchmarks).
+    pub fn create_quiet() -> Result<Self> {
+        Self::create_with(true)
+    }
+
+    fn create_with(quiet: bool) -> Result<Self> {
         require_root("the lab creates network namespaces and veth pairs")?;
         remove_stale_labs();
         let pid = std::process::id();
@@ -114,7 +144,14 @@ impl Lab {
             .map(|i| 10 + (start + i) % 200)
             .find(|&o| !subnet_in_use(o))
             .context("no free 198.18.x.0/24 subnet for the lab")?;
-        let lab = Self {
+        let mac = |end: u8| {
+            let p = pid.to_be_bytes();
+            format!(
+                "02:{:02x}:{:02x}:{:02x}:{:02x}:{end:02x}",
+                p[1], p[2], p[3], n as u8
+            )
+        };
+        let mut lab = Self {
             namespace,
             host_if,
             peer_if,
@@ -122,67 +159,115 @@ impl Lab {
             peer_v4: Ipv4Addr::new(198, 18, octet, 2),
             host_v6: format!("2001:db8:5ca:{octet:x}::1").parse()?,
             peer_v6: format!("2001:db8:5ca:{octet:x}::2").parse()?,
+            host_mac: mac(1),
+            peer_mac: mac(2),
+            host_ifindex: 0,
         };
         // From here on, Drop removes whatever was made.
-        lab.build()
+        lab.build(quiet)
             .with_context(|| format!("building lab {}", lab.namespace))?;
         Ok(lab)
     }
 
-    fn build(&self) -> Result<()> {
-        let ns = self.namespace.as_str();
-        ip(&["netns", "add", ns])?;
-        ip(&[
-            "link",
-            "add",
-            &self.host_if,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &self.peer_if,
-        ])?;
-        ip(&["link", "set", &self.peer_if, "netns", ns])?;
-        ip(&[
-            "addr",
-            "add",
-            &format!("{}/24", self.host_v4),
-            "dev",
-            &self.host_if,
-        ])?;
-        ip(&[
-            "addr",
-            "add",
-            &format!("{}/64", self.host_v6),
-            "dev",
-            &self.host_if,
-            "nodad",
-        ])?;
-        ip(&["link", "set", &self.host_if, "up"])?;
+    fn build(&mut self, quiet: bool) -> Result<()> {
+        let (ns, host_if, peer_if) = (&self.namespace, &self.host_if, &self.peer_if);
         let in_ns = |args: &[&str]| {
             let mut full = vec!["-n", ns];
             full.extend_from_slice(args);
             ip(&full)
         };
-        in_ns(&[
-            "addr",
+        ip(&["netns", "add", ns])?;
+        if quiet {
+            // Before the peer arrives, so that it never starts IPv6.
+            ip(&[
+                "netns",
+                "exec",
+                ns,
+                "sysctl",
+                "-qw",
+                "net.ipv6.conf.all.disable_ipv6=1",
+                "net.ipv6.conf.default.disable_ipv6=1",
+            ])?;
+        }
+        // The peer end is created in the namespace: deleting the namespace (on
+        // drop, or as a stale leftover) always deletes the pair.
+        ip(&[
+            "link",
             "add",
-            &format!("{}/24", self.peer_v4),
-            "dev",
-            &self.peer_if,
+            host_if,
+            "address",
+            &self.host_mac,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            peer_if,
+            "address",
+            &self.peer_mac,
+            "netns",
+            ns,
         ])?;
-        in_ns(&[
-            "addr",
-            "add",
-            &format!("{}/64", self.peer_v6),
-            "dev",
-            &self.peer_if,
-            "nodad",
-        ])?;
-        in_ns(&["link", "set", &self.peer_if, "up"])?;
+        let (host_v4, peer_v4) = (
+            format!("{}/24", self.host_v4),
+            format!("{}/24", self.peer_v4),
+        );
+        ip(&["addr", "add", &host_v4, "dev", host_if])?;
+        in_ns(&["addr", "add", &peer_v4, "dev", peer_if])?;
+        if quiet {
+            std::fs::write(
+                format!("/proc/sys/net/ipv6/conf/{host_if}/disable_ipv6"),
+                "1",
+            )
+            .context("disabling IPv6 on the host end")?;
+            let (host, peer) = (self.host_v4.to_string(), self.peer_v4.to_string());
+            // Static neighbours: no ARP either.
+            ip(&[
+                "neigh",
+                "replace",
+                &peer,
+                "lladdr",
+                &self.peer_mac,
+                "dev",
+                host_if,
+                "nud",
+                "permanent",
+            ])?;
+            in_ns(&[
+                "neigh",
+                "replace",
+                &host,
+                "lladdr",
+                &self.host_mac,
+                "dev",
+                peer_if,
+                "nud",
+                "permanent",
+            ])?;
+        } else {
+            let (host_v6, peer_v6) = (
+                format!("{}/64", self.host_v6),
+                format!("{}/64", self.peer_v6),
+            );
+            ip(&["addr", "add", &host_v6, "dev", host_if, "nodad"])?;
+            in_ns(&["addr", "add", &peer_v6, "dev", peer_if, "nodad"])?;
+        }
+        ip(&["link", "set", host_if, "up"])?;
+        in_ns(&["link", "set", peer_if, "up"])?;
         in_ns(&["link", "set", "lo", "up"])?;
         // No default route in the namespace: nothing can leave the lab.
+        self.host_ifindex = std::fs::read_to_string(format!("/sys/class/net/{host_if}/ifindex"))?
+            .trim()
+            .parse()?;
         Ok(())
+    }
+
+    /// Packets received by the host end (veth counts what its peer sent).
+    pub fn host_rx_packets(&self) -> Result<u64> {
+        let path = format!("/sys/class/net/{}/statistics/rx_packets", self.host_if);
+        Ok(std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {path}"))?
+            .trim()
+            .parse()?)
     }
 
     /// Runs `f` on a thread that has joined the lab's namespace.
