@@ -122,6 +122,10 @@ fn test() -> Result<()> {
     let mut deploy = cmd("bash");
     deploy.arg("deploy/check.sh");
     steps.push(("deploy kit checks", deploy));
+    // A smoke run of every benchmark part: it must work; its timings are not judged.
+    let mut bench = cmd("cargo");
+    bench.args(["run", "--release", "-p", "scan-bench", "--", "--quick"]);
+    steps.push(("benchmarks (quick smoke run)", bench));
 
     let total = steps.len();
     let mut failed = Vec::new();
