@@ -26,6 +26,7 @@ use crate::{
 
 struct Shared {
     config: AgentConfig,
+    clock: DetectorClock,
     sensor: Sensor,
     detector: Detector,
     metrics: Metrics,
@@ -40,6 +41,27 @@ fn unix_now() -> Duration {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
+}
+
+/// Detector time: wall-clock at start (so the gap across a restart is measured),
+/// then monotonic, so an NTP step or a manual clock change while running cannot
+/// make a step look hours long (teaching baselines a near-zero rate) or go back.
+struct DetectorClock {
+    wall_at_start: Duration,
+    started: Instant,
+}
+
+impl DetectorClock {
+    fn new() -> Self {
+        Self {
+            wall_at_start: unix_now(),
+            started: Instant::now(),
+        }
+    }
+
+    fn now(&self) -> Duration {
+        self.wall_at_start + self.started.elapsed()
+    }
 }
 
 /// The interface of the IPv4 default route, from /proc/net/route.
@@ -107,6 +129,7 @@ pub async fn run(mut config: AgentConfig) -> Result<()> {
     let shared = Arc::new(Mutex::new(Shared {
         metrics: Metrics::new().context("registering metrics")?,
         ports: vec![0; PORTS as usize],
+        clock: DetectorClock::new(),
         config,
         sensor,
         detector,
@@ -172,7 +195,8 @@ fn poll(shared: &SharedState) {
     let s = &mut *guard;
     let timer = s.metrics.poll_duration.start_timer();
     s.sensor.read_ports(&mut s.ports);
-    s.detector.step(unix_now(), &s.ports);
+    let now = s.clock.now();
+    s.detector.step(now, &s.ports);
     timer.observe_duration();
     s.last_poll = Some(Instant::now());
     s.metrics.last_poll.set(unix_now().as_secs_f64());
@@ -217,6 +241,7 @@ async fn metrics(State(shared): State<SharedState>) -> impl IntoResponse {
                 .into_response();
         }
     };
+    s.last_error = None;
     let body = s.metrics.render(&Snapshot {
         ports: &s.ports,
         classes: &classes,
