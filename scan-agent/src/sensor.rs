@@ -696,7 +696,7 @@ fn link_pin_path(dir: &Path, interface: &str, mode: AttachMode) -> PathBuf {
 }
 
 /// Interfaces with a kept (pinned) link in `dir`, with their modes.
-pub fn pinned_links(dir: &Path) -> io::Result<Vec<(String, AttachMode, PathBuf)>> {
+fn pinned_links(dir: &Path) -> io::Result<Vec<(String, AttachMode, PathBuf)>> {
     let mut links = Vec::new();
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
