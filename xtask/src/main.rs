@@ -122,6 +122,12 @@ fn test() -> Result<()> {
     let mut deploy = cmd("bash");
     deploy.arg("deploy/check.sh");
     steps.push(("deploy kit checks", deploy));
+    // The shipped unit, run by a real (throwaway, namespaced) systemd with the agent
+    // built by the tests step: least privilege shown working, and each unusual line
+    // of the unit shown necessary by a negative control.
+    let mut unit = cmd("bash");
+    unit.args(["deploy/systemd/sandbox-test.sh", "target/debug/scan-agent"]);
+    steps.push(("systemd unit under a sandboxed systemd", unit));
     // A smoke run of every benchmark part: it must work; its timings are not judged.
     let mut bench = cmd("cargo");
     bench.args(["run", "--release", "-p", "scan-bench", "--", "--quick"]);

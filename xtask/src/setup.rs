@@ -23,6 +23,10 @@ const TOOL_PACKAGES: &[&str] = &[
     "prometheus-alertmanager",
     "python3",
     "procps",
+    // deploy/systemd/sandbox-test.sh: a throwaway systemd in namespaces.
+    "systemd",
+    "util-linux",
+    "curl",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
