@@ -35,7 +35,6 @@ use std::{
     time::Duration,
 };
 
-use aya::programs::ProgramError;
 use scan_common::{ClassCounts, PORTS, PacketClass};
 use serde::{Serialize, Serializer, ser::SerializeMap};
 
@@ -295,16 +294,6 @@ impl CaptureClock {
     }
 }
 
-fn is_einval(error: &SensorError) -> bool {
-    match error {
-        SensorError::TestRun(inner) => matches!(
-            &**inner,
-            ProgramError::SyscallError(e) if e.io_error.raw_os_error() == Some(libc::EINVAL)
-        ),
-        _ => false,
-    }
-}
-
 /// Replays the capture at `path` through the real program (private maps); with a
 /// detector configuration, also drives the detector on capture time. See the module
 /// documentation.
@@ -336,7 +325,9 @@ pub fn replay(path: &Path, detector: Option<DetectorConfig>) -> Result<ReplayRep
             Ok(_) => {}
             // Not expected for >= 14 bytes, but a kernel with other limits may refuse
             // what no driver would deliver: count it, do not abort the replay.
-            Err(e) if is_einval(&e) && frame.len() <= MIN_RUN_FRAME => skipped_short_frames += 1,
+            Err(e) if e.is_refused_test_input() && frame.len() <= MIN_RUN_FRAME => {
+                skipped_short_frames += 1
+            }
             Err(source) => {
                 return Err(ReplayError::TestRun {
                     path: path.to_path_buf(),

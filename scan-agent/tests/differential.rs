@@ -27,13 +27,14 @@
 //!   explains. A port increment that no frame explains fails the test.
 //! - When the counters do not add up, the frames concerned are run again one at a time
 //!   with both maps read around each, to report exactly what the program did.
+mod common;
+
 use std::{
     collections::BTreeMap,
     path::PathBuf,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use aya::programs::ProgramError;
 use etherparse::{
     EtherType, Ethernet2HeaderSlice, IpAuthHeaderSlice, IpNumber, Ipv4HeaderSlice,
     Ipv6FragmentHeaderSlice, Ipv6HeaderSlice, Ipv6RawExtHeaderSlice, SingleVlanHeaderSlice,
@@ -42,7 +43,7 @@ use etherparse::{
 use scan_agent::{
     capture::write_pcap,
     frames::{Frame, Ipv6Ext, Rng, ether_type, ip_proto, tcp},
-    sensor::{Sensor, SensorError},
+    sensor::Sensor,
 };
 use scan_common::{ClassCounts, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, PORTS, PacketClass};
 
@@ -563,29 +564,6 @@ fn random_frame(rng: &mut Rng) -> Vec<u8> {
 // Running frames through the program.
 // ---------------------------------------------------------------------------------------
 
-fn load() -> Sensor {
-    match Sensor::load(None) {
-        Ok(sensor) => sensor,
-        Err(e) => panic!(
-            "cannot load the XDP program, so the differential tests cannot run: {e}\n\
-             (effective uid {}; these tests need root, or CAP_BPF + CAP_NET_ADMIN, and a \
-             kernel with BPF; `cargo xtask test` runs them as root)",
-            // SAFETY: geteuid has no preconditions.
-            unsafe { libc::geteuid() }
-        ),
-    }
-}
-
-fn is_einval(error: &SensorError) -> bool {
-    match error {
-        SensorError::TestRun(inner) => matches!(
-            &**inner,
-            ProgramError::SyscallError(e) if e.io_error.raw_os_error() == Some(libc::EINVAL)
-        ),
-        _ => false,
-    }
-}
-
 fn read_ports(sensor: &Sensor) -> Vec<u64> {
     let mut ports = vec![0; PORTS as usize];
     sensor.read_ports(&mut ports);
@@ -616,7 +594,7 @@ fn run(sensor: &Sensor, frame: &[u8], repeat: u32) -> Option<()> {
             );
             Some(())
         }
-        Err(e) if is_einval(&e) => None,
+        Err(e) if e.is_refused_test_input() => None,
         Err(e) => panic!("test run failed: {e} for frame {}", hex(frame)),
     }
 }
@@ -1025,7 +1003,7 @@ fn random_and_mutated_frames_agree_with_the_reference() {
         "differential: seed {seed:#x} (replay it with SCAN_FUZZ_SEED={seed:#x} or `cargo xtask \
          fuzz --seed {seed}`), {count} frames"
     );
-    let sensor = load();
+    let sensor = common::load_sensor();
     let mut rng = Rng::new(seed);
     let mut checker = Checker::new(&sensor);
     let started = Instant::now();
@@ -1072,7 +1050,7 @@ fn random_and_mutated_frames_agree_with_the_reference() {
 /// Every frame of the program tests' kinds, cut at every length: small, exhaustive, fast.
 #[test]
 fn every_prefix_of_valid_frames_agrees_with_the_reference() {
-    let sensor = load();
+    let sensor = common::load_sensor();
     let mut checker = Checker::new(&sensor);
     let a6 = [0x2001, 0xdb8, 1, 0, 0, 0, 0, 1];
     let b6 = [0x2001, 0xdb8, 2, 0, 0, 0, 0, 1];

@@ -4,12 +4,13 @@
 //!
 //! These tests need root (CAP_BPF + CAP_NET_ADMIN) and a kernel with BPF: without them
 //! they fail, saying so; they never pass silently.
+mod common;
+
 use std::net::Ipv6Addr;
 
-use aya::programs::ProgramError;
 use scan_agent::{
     frames::{Frame, Ipv6Ext, ether_type, ip_proto, tcp},
-    sensor::{Sensor, SensorError},
+    sensor::Sensor,
 };
 use scan_common::{ClassCounts, MAX_IPV6_EXT_HEADERS, PORTS, PacketClass};
 
@@ -18,19 +19,6 @@ const A4: [u8; 4] = [198, 18, 0, 1];
 const B4: [u8; 4] = [198, 19, 0, 1];
 const A6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1);
 const B6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 1);
-
-fn load() -> Sensor {
-    match Sensor::load(None) {
-        Ok(sensor) => sensor,
-        Err(e) => panic!(
-            "cannot load the XDP program, so the program tests cannot run: {e}\n\
-             (effective uid {}; these tests need root, or CAP_BPF + CAP_NET_ADMIN, and a \
-             kernel with BPF; `cargo xtask test` runs them as root)",
-            // SAFETY: geteuid has no preconditions.
-            unsafe { libc::geteuid() }
-        ),
-    }
-}
 
 /// Every counter of the program.
 struct Counters {
@@ -62,16 +50,6 @@ fn describe(counts: &ClassCounts) -> String {
         .map(|&c| format!("{}={}", c.name(), counts.get(c)))
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-fn is_einval(error: &SensorError) -> bool {
-    match error {
-        SensorError::TestRun(inner) => matches!(
-            &**inner,
-            ProgramError::SyscallError(e) if e.io_error.raw_os_error() == Some(libc::EINVAL)
-        ),
-        _ => false,
-    }
 }
 
 /// One row of the table: a frame, how often to run it, and exactly what it must count.
@@ -648,7 +626,7 @@ fn cases() -> Vec<Case> {
 
 #[test]
 fn crafted_frames_count_exactly() {
-    let sensor = load();
+    let sensor = common::load_sensor();
     match sensor.verified_instructions() {
         Some(n) => println!("verifier: {n} instructions processed for the XDP program"),
         None => println!("verifier: the kernel did not report an instruction count"),
@@ -683,7 +661,7 @@ fn truncation_sweep(
     flags: impl Fn(usize) -> Vec<PacketClass>,
 ) {
     use PacketClass::*;
-    let sensor = load();
+    let sensor = common::load_sensor();
     let full = full.build();
     let mut total = ClassCounts::default();
     for len in 0..=full.len() {
@@ -691,7 +669,7 @@ fn truncation_sweep(
         if len < 14 {
             let before = counters(&sensor);
             match sensor.test_run(&frame, 1) {
-                Err(e) if is_einval(&e) => {}
+                Err(e) if e.is_refused_test_input() => {}
                 Err(e) => panic!("{name} cut to {len} bytes: expected EINVAL, got {e}"),
                 Ok(r) => panic!(
                     "{name} cut to {len} bytes: the kernel ran it (verdict {})",
@@ -778,7 +756,7 @@ fn ipv6_syn_with_extension_headers_truncated_at_every_length() {
 #[test]
 fn every_port_is_its_own_counter() {
     // One SYN to each of a spread of ports, IPv4 and IPv6: each lands on its own port.
-    let sensor = load();
+    let sensor = common::load_sensor();
     let before = counters(&sensor);
     let ports: Vec<u16> = (0..=u16::MAX)
         .step_by(257)
