@@ -64,13 +64,27 @@ impl DetectorClock {
     }
 }
 
-/// The interface of the IPv4 default route, from /proc/net/route.
+/// The interface of the default route: IPv4 from /proc/net/route, else IPv6 from
+/// /proc/net/ipv6_route (an IPv6-only router).
 pub fn default_route_interface() -> Option<String> {
-    let table = std::fs::read_to_string("/proc/net/route").ok()?;
-    table.lines().skip(1).find_map(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        (fields.get(1) == Some(&"00000000") && fields.get(7) == Some(&"00000000"))
-            .then(|| fields[0].to_string())
+    let ipv4 = std::fs::read_to_string("/proc/net/route")
+        .ok()
+        .and_then(|table| {
+            table.lines().skip(1).find_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                (fields.get(1) == Some(&"00000000") && fields.get(7) == Some(&"00000000"))
+                    .then(|| fields[0].to_string())
+            })
+        });
+    ipv4.or_else(|| {
+        let table = std::fs::read_to_string("/proc/net/ipv6_route").ok()?;
+        table.lines().find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let default = fields.first().is_some_and(|d| d.chars().all(|c| c == '0'))
+                && fields.get(1) == Some(&"00");
+            let iface = fields.get(9)?;
+            (default && *iface != "lo").then(|| iface.to_string())
+        })
     })
 }
 

@@ -393,6 +393,32 @@ fn program_logs_reach_the_agent_log_only_with_the_debug_switch() {
 }
 
 #[test]
+fn one_agent_counts_on_several_interfaces() {
+    let first = Lab::create().expect("creating the lab (needs root and network namespaces)");
+    let second = Lab::create().expect("creating a second lab");
+    let scratch = Scratch::new("two-ifaces");
+    let mut args = agent_args(&first, &scratch, &["--xdp-mode", "skb"]);
+    args.extend(["--iface".to_string(), second.host_if.clone()]);
+    let agent = Agent::start(AGENT.as_ref(), &args, &scratch.log("1")).expect("agent starts");
+    let metrics = agent.metrics().unwrap();
+    for lab in [&first, &second] {
+        let labels = format!("interface=\"{}\",mode=\"skb\"", lab.host_if);
+        assert_eq!(
+            value(&metrics, "scan_agent_attached", &labels),
+            1.0,
+            "{metrics}"
+        );
+    }
+    assert_eq!(first.syns(false, 445, 13).unwrap(), 13);
+    assert_eq!(second.syns(true, 445, 8).unwrap(), 8);
+    assert_eq!(second.syns(false, 3389, 5).unwrap(), 5);
+    let metrics = agent.metrics().unwrap();
+    assert_eq!(port_total(&metrics, 445), 21.0);
+    assert_eq!(port_total(&metrics, 3389), 5.0);
+    assert_eq!(value(&metrics, "scan_packets_total", "class=\"syn\""), 26.0);
+}
+
+#[test]
 fn a_mismatched_pin_is_a_clear_error_not_a_reset() {
     let lab = Lab::create().expect("creating the lab (needs root and network namespaces)");
     let scratch = Scratch::new("mismatch");
