@@ -419,6 +419,48 @@ fn one_agent_counts_on_several_interfaces() {
 }
 
 #[test]
+fn check_reports_the_preflight_and_tries_xdp_on_request() {
+    let lab = Lab::create().expect("creating the lab (needs root and network namespaces)");
+    let out = Command::new(AGENT)
+        .args(["check", "--iface", &lab.host_if, "--try-attach", "native"])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "kernel",
+        "BTF",
+        "CAP_BPF",
+        "CAP_NET_ADMIN",
+        "CAP_PERFMON",
+        "bpffs",
+    ] {
+        assert!(
+            report
+                .lines()
+                .any(|l| l.starts_with("[ ok ]") && l.contains(line)),
+            "{report}"
+        );
+    }
+    assert!(report.contains("takes XDP in native mode"), "{report}");
+
+    let out = Command::new(AGENT)
+        .args(["check", "--iface", "scl-no-such0"])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(
+        report.contains("[FAIL] iface scl-no-such0") && report.contains("no such interface"),
+        "{report}"
+    );
+}
+
+#[test]
 fn a_mismatched_pin_is_a_clear_error_not_a_reset() {
     let lab = Lab::create().expect("creating the lab (needs root and network namespaces)");
     let scratch = Scratch::new("mismatch");
