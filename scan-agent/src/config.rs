@@ -9,7 +9,10 @@ use std::{
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
-use crate::{detector::DetectorConfig, sensor::ModeChoice};
+use crate::{
+    detector::{ConfigError as DetectorConfigError, DetectorConfig},
+    sensor::ModeChoice,
+};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9745";
 pub const DEFAULT_STATE_FILE: &str = "/var/lib/scan-agent/state.json";
@@ -283,43 +286,27 @@ pub fn resolve_detector(
 }
 
 fn validate_detector(c: &DetectorConfig) -> Result<(), ConfigError> {
-    let invalid = |m: String| Err(ConfigError::Invalid(m));
-    if c.interval.is_zero() {
-        return invalid("--interval must be above zero (e.g. 5s)".into());
-    }
-    if c.surge_adapt_window.is_zero() {
-        return invalid("--surge-adapt-window must be above zero (e.g. 1day)".into());
-    }
+    // The detector's own rules, prefixed with the flag (and config key) that sets the value.
+    c.validate().map_err(|e| {
+        let flag = match &e {
+            DetectorConfigError::ZeroDuration { name, .. } => {
+                format!("--{}", name.replace(' ', "-"))
+            }
+            DetectorConfigError::WindowsOrder { .. } => "--short-window, --baseline-window".into(),
+            DetectorConfigError::Threshold(_) => "--surge-threshold".into(),
+            DetectorConfigError::Floor(_) => "--floor".into(),
+        };
+        ConfigError::Invalid(format!("{flag}: {e}"))
+    })?;
+    // The agent's own rule: the short window must span at least one poll.
     if c.short_window < c.interval {
-        return invalid(format!(
+        return Err(ConfigError::Invalid(format!(
             "--short-window ({}) must be at least --interval ({})",
             humantime::format_duration(c.short_window),
             humantime::format_duration(c.interval)
-        ));
+        )));
     }
-    if c.baseline_window <= c.short_window {
-        return invalid(format!(
-            "--baseline-window ({}) must be longer than --short-window ({}), or the baseline \
-             follows every surge",
-            humantime::format_duration(c.baseline_window),
-            humantime::format_duration(c.short_window)
-        ));
-    }
-    if !(c.surge_threshold.is_finite() && c.surge_threshold > 1.0) {
-        return invalid(format!(
-            "--surge-threshold must be a number above 1 (got {}); 3 means three times the baseline",
-            c.surge_threshold
-        ));
-    }
-    if !(c.floor.is_finite() && c.floor > 0.0) {
-        return invalid(format!(
-            "--floor must be a positive number of SYN/s (got {})",
-            c.floor
-        ));
-    }
-    // Anything left is the detector's own rule, in its words.
-    c.validate()
-        .map_err(|e| ConfigError::Invalid(e.to_string()))
+    Ok(())
 }
 
 impl RunArgs {
