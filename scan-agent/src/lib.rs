@@ -10,3 +10,20 @@ pub mod metrics;
 pub mod replay;
 pub mod sensor;
 pub mod state;
+
+/// An error with every cause, each once: the operator sees the errno (e.g. "Read-only
+/// file system") and not only the outermost message, and a cause that its context
+/// already quotes is not repeated.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

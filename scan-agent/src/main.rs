@@ -11,15 +11,8 @@ fn main() -> std::process::ExitCode {
     match run(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            // One readable line for operators, never a backtrace; a cause already
-            // quoted by its context is not repeated.
-            let mut text = e.to_string();
-            for cause in e.chain().skip(1) {
-                let cause = cause.to_string();
-                if !text.contains(&cause) {
-                    text = format!("{text}: {cause}");
-                }
-            }
+            // One readable line for operators, never a backtrace.
+            let text = scan_agent::error_chain(e.as_ref());
             eprintln!("error: {text}");
             std::process::ExitCode::FAILURE
         }

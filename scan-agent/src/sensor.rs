@@ -28,21 +28,6 @@ pub static PROGRAM_OBJECT: &[u8] =
 
 const BPF_F_MMAPABLE: u32 = 1 << 10;
 
-/// An error with every cause, so the operator sees the errno (e.g. "Read-only
-/// file system") and not only aya's outermost message.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
 const LINK_PREFIX: &str = "link-";
 
 #[derive(Debug, thiserror::Error)]
@@ -85,7 +70,7 @@ pub enum SensorError {
         "loading the eBPF object failed: {}. Run `scan-agent check` to see whether this \
          kernel supports BPF, whether this process has CAP_BPF, CAP_NET_ADMIN and \
          CAP_PERFMON, and whether the pin path is on a writable bpffs",
-        error_chain(.0.as_ref())
+        crate::error_chain(.0.as_ref())
     )]
     Load(Box<aya::EbpfError>),
     #[error("the kernel rejected the XDP program: {0:#}")]
