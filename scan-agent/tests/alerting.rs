@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use scan_lab::{Agent, Lab, monitoring::Monitoring};
+use scan_lab::{Agent, Lab, Scratch, monitoring::Monitoring};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_scan-agent");
 
@@ -23,28 +23,11 @@ fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
-struct Scratch(PathBuf, PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = Command::new(AGENT)
-            .args(["detach", "--pin-path"])
-            .arg(&self.1)
-            .output();
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[test]
 fn a_445_surge_reaches_alertmanager_and_resolves() {
     let lab = Lab::create().expect("creating the lab (needs root and network namespaces)");
-    let tag = format!("scan-lab-alerting-{}", std::process::id());
-    let scratch = Scratch(
-        std::env::temp_dir().join(&tag),
-        PathBuf::from("/sys/fs/bpf").join(&tag),
-    );
-    std::fs::create_dir_all(&scratch.0).unwrap();
-    let rules = scratch.0.join("rules.yml");
+    let scratch = Scratch::new("alerting", AGENT.as_ref()).expect("scratch directories");
+    let rules = scratch.file("rules.yml");
     let status = Command::new("bash")
         .arg(workspace().join("deploy/prometheus/test-scale.sh"))
         .arg(workspace().join("deploy/prometheus/scan-agent.rules.yml"))
@@ -54,13 +37,9 @@ fn a_445_surge_reaches_alertmanager_and_resolves() {
         .expect("bash");
     assert!(status.success(), "test-scale.sh failed");
 
-    let args: Vec<String> = [
+    let mut args: Vec<String> = [
         "--iface",
         &lab.host_if,
-        "--pin-path",
-        scratch.1.to_str().unwrap(),
-        "--state-file",
-        scratch.0.join("state.json").to_str().unwrap(),
         "--interval",
         "1s",
         "--short-window",
@@ -75,8 +54,9 @@ fn a_445_surge_reaches_alertmanager_and_resolves() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let agent = Agent::start(AGENT.as_ref(), &args, &scratch.0.join("agent.log")).expect("agent");
-    let monitoring = Monitoring::start(agent.listen, &rules, &scratch.0.join("monitoring"), "1s")
+    args.extend(scratch.agent_args());
+    let agent = Agent::start(AGENT.as_ref(), &args, &scratch.file("agent.log")).expect("agent");
+    let monitoring = Monitoring::start(agent.listen, &rules, &scratch.file("monitoring"), "1s")
         .expect("Prometheus and Alertmanager (Debian packages, installed by cargo xtask setup)");
 
     let stop_background = AtomicBool::new(false);

@@ -7,54 +7,23 @@ use std::{
     time::{Duration, Instant},
 };
 
-use scan_lab::{Agent, Lab, http::sample};
+use scan_lab::{Agent, Lab, Scratch, http::sample};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_scan-agent");
 
-/// A bpffs pin directory and a state file of this test's own, removed on drop.
-struct Scratch {
-    pin_path: PathBuf,
-    dir: PathBuf,
+fn scratch(tag: &str) -> Scratch {
+    Scratch::new(tag, AGENT.as_ref()).expect("scratch directories")
 }
 
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let tag = format!("scan-lab-test-{}-{name}", std::process::id());
-        let dir = std::env::temp_dir().join(&tag);
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        Self {
-            pin_path: PathBuf::from("/sys/fs/bpf").join(tag),
-            dir,
-        }
-    }
-
-    fn state_file(&self) -> PathBuf {
-        self.dir.join("state.json")
-    }
-
-    fn log(&self, name: &str) -> PathBuf {
-        self.dir.join(format!("{name}.log"))
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = Command::new(AGENT)
-            .args(["detach", "--pin-path"])
-            .arg(&self.pin_path)
-            .output();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// The agent's log file for run `n` of a test.
+fn log(scratch: &Scratch, n: &str) -> PathBuf {
+    scratch.file(&format!("{n}.log"))
 }
 
 fn agent_args(lab: &Lab, scratch: &Scratch, extra: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = [
         "--iface",
         &lab.host_if,
-        "--pin-path",
-        scratch.pin_path.to_str().expect("utf-8 path"),
-        "--state-file",
-        scratch.state_file().to_str().expect("utf-8 path"),
         "--interval",
         "1s",
         "--short-window",
@@ -75,6 +44,7 @@ fn agent_args(lab: &Lab, scratch: &Scratch, extra: &[&str]) -> Vec<String> {
     .iter()
     .map(|s| s.to_string())
     .collect();
+    args.extend(scratch.agent_args());
     args.extend(extra.iter().map(|s| s.to_string()));
     args
 }
@@ -113,12 +83,12 @@ fn wait_for(agent: &Agent, limit: Duration, what: &str, check: impl Fn(&str) -> 
 #[test]
 fn exact_counts_surge_and_restarts_keep_everything() {
     let lab = Lab::create().expect("creating the lab (needs root and network namespaces)");
-    let scratch = Scratch::new("main");
+    let scratch = scratch("main");
     let _open = lab.listen(8080).expect("listener on 8080");
     let mut agent = Agent::start(
         AGENT.as_ref(),
         &agent_args(&lab, &scratch, &["--xdp-mode", "native"]),
-        &scratch.log("1"),
+        &log(&scratch, "1"),
     )
     .expect("agent starts");
     let metrics = agent.metrics().unwrap();
@@ -188,7 +158,7 @@ fn exact_counts_surge_and_restarts_keep_everything() {
         agent = Agent::start(
             AGENT.as_ref(),
             &agent_args(&lab, &scratch, &[]),
-            &scratch.log("2"),
+            &log(&scratch, "2"),
         )
         .expect("agent restarts");
         let after = agent.metrics().unwrap();
@@ -218,7 +188,7 @@ fn exact_counts_surge_and_restarts_keep_everything() {
         agent = Agent::start(
             AGENT.as_ref(),
             &agent_args(&lab, &scratch, &[]),
-            &scratch.log("3"),
+            &log(&scratch, "3"),
         )
         .expect("agent restarts after KILL");
         let after = agent.metrics().unwrap();
@@ -246,7 +216,7 @@ fn exact_counts_surge_and_restarts_keep_everything() {
     let mut agent = Agent::start(
         AGENT.as_ref(),
         &agent_args(&lab, &scratch, &["--keep-attached"]),
-        &scratch.log("4"),
+        &log(&scratch, "4"),
     )
     .unwrap();
     agent.stop(libc::SIGTERM).unwrap();
@@ -254,7 +224,7 @@ fn exact_counts_surge_and_restarts_keep_everything() {
     let agent = Agent::start(
         AGENT.as_ref(),
         &agent_args(&lab, &scratch, &[]),
-        &scratch.log("5"),
+        &log(&scratch, "5"),
     )
     .unwrap();
     assert!(agent.log_text().contains("adopted"), "{}", agent.log_text());
@@ -272,11 +242,11 @@ fn exact_counts_surge_and_restarts_keep_everything() {
 #[test]
 fn endpoints_answer_and_metrics_pass_promtool() {
     let lab = Lab::create().expect("creating the lab (needs root and network namespaces)");
-    let scratch = Scratch::new("endpoints");
+    let scratch = scratch("endpoints");
     let agent = Agent::start(
         AGENT.as_ref(),
         &agent_args(&lab, &scratch, &[]),
-        &scratch.log("1"),
+        &log(&scratch, "1"),
     )
     .expect("agent starts");
     lab.syns(false, 445, 3).unwrap();
@@ -357,11 +327,11 @@ fn endpoints_answer_and_metrics_pass_promtool() {
 #[test]
 fn program_logs_reach_the_agent_log_only_with_the_debug_switch() {
     let lab = Lab::create().expect("creating the lab (needs root and network namespaces)");
-    let scratch = Scratch::new("logs");
+    let scratch = scratch("logs");
     let mut agent = Agent::start(
         AGENT.as_ref(),
         &agent_args(&lab, &scratch, &[]),
-        &scratch.log("quiet"),
+        &log(&scratch, "quiet"),
     )
     .expect("agent starts");
     lab.syns(false, 445, 2).unwrap();
@@ -376,7 +346,7 @@ fn program_logs_reach_the_agent_log_only_with_the_debug_switch() {
     let mut agent = Agent::start(
         AGENT.as_ref(),
         &agent_args(&lab, &scratch, &["--debug-program"]),
-        &scratch.log("debug"),
+        &log(&scratch, "debug"),
     )
     .expect("agent starts");
     lab.syns(false, 445, 2).unwrap();
@@ -396,10 +366,10 @@ fn program_logs_reach_the_agent_log_only_with_the_debug_switch() {
 fn one_agent_counts_on_several_interfaces() {
     let first = Lab::create().expect("creating the lab (needs root and network namespaces)");
     let second = Lab::create().expect("creating a second lab");
-    let scratch = Scratch::new("two-ifaces");
+    let scratch = scratch("two-ifaces");
     let mut args = agent_args(&first, &scratch, &["--xdp-mode", "skb"]);
     args.extend(["--iface".to_string(), second.host_if.clone()]);
-    let agent = Agent::start(AGENT.as_ref(), &args, &scratch.log("1")).expect("agent starts");
+    let agent = Agent::start(AGENT.as_ref(), &args, &log(&scratch, "1")).expect("agent starts");
     let metrics = agent.metrics().unwrap();
     for lab in [&first, &second] {
         let labels = format!("interface=\"{}\",mode=\"skb\"", lab.host_if);
@@ -463,7 +433,7 @@ fn check_reports_the_preflight_and_tries_xdp_on_request() {
 #[test]
 fn a_mismatched_pin_is_a_clear_error_not_a_reset() {
     let lab = Lab::create().expect("creating the lab (needs root and network namespaces)");
-    let scratch = Scratch::new("mismatch");
+    let scratch = scratch("mismatch");
     std::fs::create_dir_all(&scratch.pin_path).unwrap();
     let pin = scratch.pin_path.join("SCAN_PORT_SYNS");
     let out = Command::new("bpftool")

@@ -8,9 +8,9 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use scan_lab::{Agent, Lab, http::sample};
+use scan_lab::{Agent, Lab, Scratch, http::sample};
 
-use crate::{cpu, leftovers::PIN_PREFIX, proc, stats, trafgen};
+use crate::{cpu, proc, stats, trafgen};
 
 pub struct Settings {
     pub cpu_window: Duration,
@@ -28,16 +28,6 @@ pub struct AgentResults {
     pub background_pps: u64,
     pub scrape_ms: f64,
     pub scrape_bytes: usize,
-}
-
-/// A bpffs directory of ours for the agent's pins (the maps go when their last
-/// user does); removed on drop.
-struct PinDir(PathBuf);
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// Builds the agent binary (the bench itself is built by `cargo run`, the agent's
@@ -66,20 +56,9 @@ pub fn build_binary(root: &Path, target_dir: &Path) -> Result<PathBuf> {
 
 pub fn run(settings: &Settings, binary: &Path, dir: &Path) -> Result<AgentResults> {
     let lab = Lab::create_quiet()?;
-    let pins = PinDir(PathBuf::from(format!(
-        "/sys/fs/bpf/{PIN_PREFIX}{}",
-        std::process::id()
-    )));
-    let state = dir.join("agent-state.json");
-    let args = [
-        "--iface",
-        &lab.host_if,
-        "--pin-path",
-        &pins.0.display().to_string(),
-        "--state-file",
-        &state.display().to_string(),
-    ]
-    .map(String::from);
+    let scratch = Scratch::new("bench", binary)?;
+    let mut args = vec!["--iface".to_string(), lab.host_if.clone()];
+    args.extend(scratch.agent_args());
     let mut agent = Agent::start(binary, &args, &dir.join("agent.log"))?;
     let result = measure(settings, &lab, dir, &agent);
     // Stop it the way an operator would: SIGTERM, state saved, detached.
@@ -95,7 +74,7 @@ pub fn run(settings: &Settings, binary: &Path, dir: &Path) -> Result<AgentResult
         bail!("the agent exited with {status} on SIGTERM: {}", log.trim());
     }
     results.binary = binary.to_path_buf();
-    drop(pins);
+    drop(scratch);
     drop(lab);
     Ok(results)
 }

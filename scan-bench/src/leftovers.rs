@@ -6,8 +6,6 @@ use std::{fs, process::Command};
 use crate::proc;
 
 pub const NFT_PREFIX: &str = "sbench_";
-/// The agent's pins: `/sys/fs/bpf/scan-lab-bench-<pid>`, a name scan-lab clears.
-pub const PIN_PREFIX: &str = "scan-lab-bench-";
 /// Scratch directories under the temporary directory.
 pub const SCRATCH_PREFIX: &str = "scan-bench-";
 

@@ -131,3 +131,58 @@ impl Drop for Agent {
         }
     }
 }
+
+/// The places one agent run needs: a temporary directory (state file, logs) and a
+/// bpffs pin directory, named `scan-lab-<tag>-<pid>` so that the stale-lab cleanup
+/// recognises them after a killed run. Both are removed on drop; the pins through
+/// `scan-agent detach`, which also unpins links kept by `--keep-attached`.
+pub struct Scratch {
+    pub dir: PathBuf,
+    pub pin_path: PathBuf,
+    agent: PathBuf,
+}
+
+impl Scratch {
+    /// `tag` tells apart the scratches of one process (e.g. the test's name).
+    pub fn new(tag: &str, agent: &Path) -> Result<Self> {
+        let name = format!("{}{tag}-{}", crate::net::PIN_PREFIX, std::process::id());
+        let dir = std::env::temp_dir().join(&name);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Self {
+            dir,
+            pin_path: Path::new("/sys/fs/bpf").join(name),
+            agent: agent.into(),
+        })
+    }
+
+    pub fn state_file(&self) -> PathBuf {
+        self.dir.join("state.json")
+    }
+
+    /// A file in the temporary directory.
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// `--pin-path` and `--state-file` for `scan-agent run`.
+    pub fn agent_args(&self) -> Vec<String> {
+        vec![
+            "--pin-path".into(),
+            self.pin_path.display().to_string(),
+            "--state-file".into(),
+            self.state_file().display().to_string(),
+        ]
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = Command::new(&self.agent)
+            .args(["detach", "--pin-path"])
+            .arg(&self.pin_path)
+            .output();
+        // Whatever `detach` did not know about (or if the binary is gone).
+        let _ = std::fs::remove_dir_all(&self.pin_path);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -10,5 +10,5 @@ pub mod http;
 pub mod monitoring;
 pub mod net;
 
-pub use agent::Agent;
+pub use agent::{Agent, Scratch};
 pub use net::Lab;

@@ -54,8 +54,9 @@ pub fn require_root(why: &str) -> Result<()> {
     Ok(())
 }
 
-/// Pin directories of labs are named `scan-lab-*-<pid>[-...]` under /sys/fs/bpf.
-const PIN_PREFIX: &str = "scan-lab-";
+/// Scratch directories (pins under /sys/fs/bpf, files under the temporary
+/// directory) are named `scan-lab-<tag>-<pid>`.
+pub(crate) const PIN_PREFIX: &str = "scan-lab-";
 
 /// Whether a process with this pid exists.
 pub fn pid_alive(pid: u32) -> bool {
@@ -66,8 +67,8 @@ fn dead(pid: &str) -> bool {
     pid.parse().is_ok_and(|pid| !pid_alive(pid))
 }
 
-/// Deletes labs (namespaces, veth ends, bpffs pins) left by processes that are
-/// gone, such as a killed test run.
+/// Deletes labs (namespaces with their veth pairs, scratch directories) left by
+/// processes that are gone, such as a killed test run.
 pub fn remove_stale_labs() {
     remove_stale_labs_report();
 }
@@ -75,7 +76,14 @@ pub fn remove_stale_labs() {
 /// [`remove_stale_labs`], returning what it removed.
 pub fn remove_stale_labs_report() -> Vec<String> {
     let mut removed = Vec::new();
-    if let Ok(entries) = std::fs::read_dir("/sys/fs/bpf") {
+    // Scratch places (`Scratch`): pin directories and temporary directories.
+    for parent in [
+        std::path::PathBuf::from("/sys/fs/bpf"),
+        std::env::temp_dir(),
+    ] {
+        let Ok(entries) = std::fs::read_dir(&parent) else {
+            continue;
+        };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             let Some(rest) = name.strip_prefix(PIN_PREFIX) else {
@@ -85,7 +93,7 @@ pub fn remove_stale_labs_report() -> Vec<String> {
                 .split('-')
                 .find(|part| part.chars().all(|c| c.is_ascii_digit()) && !part.is_empty());
             if pid.is_some_and(dead) && std::fs::remove_dir_all(entry.path()).is_ok() {
-                removed.push(format!("bpffs {}", entry.path().display()));
+                removed.push(entry.path().display().to_string());
             }
         }
     }
@@ -97,16 +105,13 @@ pub fn remove_stale_labs_report() -> Vec<String> {
         let Some(rest) = name.strip_prefix(NS_PREFIX) else {
             continue;
         };
-        let Some((pid, n)) = rest.split_once('-') else {
+        let Some((pid, _)) = rest.split_once('-') else {
             continue;
         };
-        if !dead(pid) {
-            continue;
-        }
-        if ip(&["netns", "del", name]).is_ok() {
+        // The peer end lives in the namespace: deleting it deletes the pair.
+        if dead(pid) && ip(&["netns", "del", name]).is_ok() {
             removed.push(format!("netns {name}"));
         }
-        let _ = ip(&["link", "del", &format!("scl{pid}-{n}h")]);
     }
     removed
 }

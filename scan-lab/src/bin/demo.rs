@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use scan_lab::{Agent, Lab, http::sample, monitoring::Monitoring};
+use scan_lab::{Agent, Lab, Scratch, http::sample, monitoring::Monitoring};
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -54,16 +54,10 @@ fn main() -> Result<()> {
         libc::signal(libc::SIGHUP, on_signal as *const () as libc::sighandler_t);
     }
     let lab = Lab::create()?;
-    let dir = std::env::temp_dir().join(format!("scan-lab-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let pin_path = format!("/sys/fs/bpf/scan-lab-demo-{}", std::process::id());
+    let scratch = Scratch::new("demo", &args.agent)?;
     let mut agent_args: Vec<String> = [
         "--iface",
         &lab.host_if,
-        "--pin-path",
-        &pin_path,
-        "--state-file",
-        &dir.join("state.json").display().to_string(),
         "--interval",
         "1s",
         "--short-window",
@@ -80,11 +74,12 @@ fn main() -> Result<()> {
     .iter()
     .map(|s| s.to_string())
     .collect();
+    agent_args.extend(scratch.agent_args());
     agent_args.extend(args.agent_args.iter().cloned());
-    let agent = Agent::start(&args.agent, &agent_args, &dir.join("agent.log"))
+    let agent = Agent::start(&args.agent, &agent_args, &scratch.file("agent.log"))
         .context("starting the agent (built by `cargo xtask run`)")?;
     let monitoring = if args.with_prometheus {
-        let rules = dir.join("rules.yml");
+        let rules = scratch.file("rules.yml");
         let status = std::process::Command::new("bash")
             .args([
                 "deploy/prometheus/test-scale.sh",
@@ -96,7 +91,7 @@ fn main() -> Result<()> {
         Some(Monitoring::start(
             agent.listen,
             &rules,
-            &dir.join("monitoring"),
+            &scratch.file("monitoring"),
             "2s",
         )?)
     } else {
@@ -148,10 +143,7 @@ fn main() -> Result<()> {
     );
     drop(monitoring);
     drop(agent);
-    let _ = std::process::Command::new(&args.agent)
-        .args(["detach", "--pin-path", &pin_path])
-        .output();
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(scratch);
     drop(lab);
     result
 }
