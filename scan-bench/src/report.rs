@@ -545,24 +545,11 @@ fn opt2(a: Option<f64>, b: Option<f64>, f: impl Fn(f64, f64) -> String) -> Strin
     }
 }
 
-/// "YYYY-MM-DD HH:MM UTC" from UNIX seconds (civil-from-days, proleptic Gregorian).
+/// "YYYY-MM-DD HH:MM UTC" from UNIX seconds.
 pub fn utc(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
-        rem / 3600,
-        rem % 3600 / 60
-    )
+    // "YYYY-MM-DDTHH:MM:SS.mmmZ"
+    let stamp = scan_agent::replay::rfc3339(std::time::Duration::from_secs(secs));
+    format!("{} {} UTC", &stamp[..10], &stamp[11..16])
 }
 
 /// Replaces the text between the markers in `text` with `section`; appends the
