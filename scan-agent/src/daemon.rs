@@ -240,6 +240,8 @@ fn save(shared: &SharedState) {
 async fn metrics(State(shared): State<SharedState>) -> impl IntoResponse {
     let mut guard = lock(&shared);
     let s = &mut *guard;
+    // Observed when dropped, after the render: it shows in the next scrape.
+    let _timer = s.metrics.scrape_duration.start_timer();
     // Fresh kernel values at every scrape: microseconds by mmap.
     s.sensor.read_ports(&mut s.ports);
     let classes = match s.sensor.read_classes() {

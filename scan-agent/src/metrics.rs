@@ -8,7 +8,7 @@ use prometheus::{
 use scan_common::{ClassCounts, PORTS, PacketClass};
 
 use crate::{
-    detector::{ACTIVE_RATE, Detector},
+    detector::{ACTIVE_RATE, Detector, PortStatus},
     sensor::Attachment,
 };
 
@@ -32,7 +32,7 @@ pub struct Metrics {
     ports_exported: IntGauge,
     ports_left_out: IntGauge,
     pub state_save_errors: IntCounter,
-    scrape_duration: Histogram,
+    pub scrape_duration: Histogram,
 }
 
 /// What one scrape renders: fresh kernel counters plus the detector's view.
@@ -152,7 +152,7 @@ impl Metrics {
             scrape_duration: Histogram::with_opts(
                 HistogramOpts::new(
                     "scan_agent_scrape_duration_seconds",
-                    "Time to read the counters and render /metrics",
+                    "Time to read the kernel counters and render /metrics",
                 )
                 .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1]),
             )?,
@@ -189,36 +189,35 @@ impl Metrics {
         Ok(m)
     }
 
-    /// Ports that get per-port series: the watch list, then the top-K by ratio.
-    pub fn exported_ports(detector: &Detector, watch: &[u16], top: usize) -> Vec<u16> {
-        let mut ports: Vec<u16> = watch.to_vec();
-        for status in detector.top_ports(top) {
-            if !ports.contains(&status.port) {
-                ports.push(status.port);
-            }
-        }
-        ports.sort_unstable();
-        ports.dedup();
+    /// Ports that get per-port series, by port number: the watch list, plus the
+    /// top-K active ports by ratio.
+    pub fn exported_ports(detector: &Detector, watch: &[u16], top: usize) -> Vec<PortStatus> {
+        let mut ports: Vec<PortStatus> = detector.top_ports(top);
+        ports.extend(watch.iter().map(|&port| detector.status(port)));
+        ports.sort_unstable_by_key(|status| status.port);
+        ports.dedup_by_key(|status| status.port);
         ports
     }
 
     /// Sets every series from `snapshot` and renders the text exposition format.
     pub fn render(&self, snapshot: &Snapshot<'_>) -> String {
-        let timer = self.scrape_duration.start_timer();
-        let exported =
-            Self::exported_ports(snapshot.detector, snapshot.watch_ports, snapshot.top_ports);
+        let detector = snapshot.detector;
+        let exported = Self::exported_ports(detector, snapshot.watch_ports, snapshot.top_ports);
         for vec in [&self.syn_rate, &self.baseline, &self.ratio] {
             vec.reset();
         }
         self.syn_total.reset();
         self.flagged.reset();
-        for &port in &exported {
-            let label = port.to_string();
+        for status in &exported {
+            let label = status.port.to_string();
             let labels = [label.as_str()];
-            let status = snapshot.detector.status(port);
-            self.syn_total
-                .with_label_values(&labels)
-                .inc_by(snapshot.ports.get(port as usize).copied().unwrap_or(0));
+            self.syn_total.with_label_values(&labels).inc_by(
+                snapshot
+                    .ports
+                    .get(usize::from(status.port))
+                    .copied()
+                    .unwrap_or(0),
+            );
             self.syn_rate.with_label_values(&labels).set(status.rate);
             self.baseline
                 .with_label_values(&labels)
@@ -246,21 +245,16 @@ impl Metrics {
                 .with_label_values(&[a.interface.as_str(), a.mode.name()])
                 .set(a.interface_exists().into());
         }
-        let detector = snapshot.detector;
         self.threshold.set(detector.config().surge_threshold);
         self.warming_up.set(detector.warming_up().into());
         self.warmup_remaining
             .set(detector.warmup_remaining().as_secs_f64());
         let active = detector.active_ports();
-        let active_exported = exported
-            .iter()
-            .filter(|&&p| detector.status(p).rate >= ACTIVE_RATE)
-            .count();
+        let active_exported = exported.iter().filter(|s| s.rate >= ACTIVE_RATE).count();
         self.ports_active.set(active as i64);
         self.ports_exported.set(exported.len() as i64);
         self.ports_left_out
             .set(active.saturating_sub(active_exported) as i64);
-        timer.observe_duration();
         let mut out = Vec::with_capacity(16 * 1024);
         // Encoding into a Vec cannot fail on I/O; a metric-family error is a bug.
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
