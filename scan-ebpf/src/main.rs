@@ -121,13 +121,10 @@ impl<const N: usize> Header<N> {
 /// The `N` bytes at `offset`, or `None` if the frame is shorter.
 #[inline(always)]
 fn header<const N: usize>(ctx: &XdpContext, offset: usize) -> Option<Header<N>> {
-    let start = ctx.data();
-    if start + offset + N > ctx.data_end() {
-        return None;
-    }
-    Some(Header((start + offset) as *const u8))
+    has_bytes(ctx, offset, N).then(|| Header((ctx.data() + offset) as *const u8))
 }
 
+/// Whether the frame holds `len` bytes at `offset`: the one bounds check.
 #[inline(always)]
 fn has_bytes(ctx: &XdpContext, offset: usize, len: usize) -> bool {
     ctx.data() + offset + len <= ctx.data_end()
