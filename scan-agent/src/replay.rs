@@ -321,22 +321,14 @@ pub fn replay(path: &Path, detector: Option<DetectorConfig>) -> Result<ReplayRep
             continue;
         }
         let frame = &frame[..frame.len().min(MAX_RUN_FRAME)];
-        match sensor.test_run(frame, 1) {
-            Ok(_) => {}
-            // Not expected for >= 14 bytes, but a kernel with other limits may refuse
-            // what no driver would deliver: count it, do not abort the replay.
-            Err(e) if e.is_refused_test_input() && frame.len() <= MIN_RUN_FRAME => {
-                skipped_short_frames += 1
-            }
-            Err(source) => {
-                return Err(ReplayError::TestRun {
-                    path: path.to_path_buf(),
-                    packet: packets,
-                    len: frame.len(),
-                    source: Box::new(source),
-                });
-            }
-        }
+        sensor
+            .test_run(frame, 1)
+            .map_err(|source| ReplayError::TestRun {
+                path: path.to_path_buf(),
+                packet: packets,
+                len: frame.len(),
+                source: Box::new(source),
+            })?;
         if let Some(clock) = &mut clock {
             clock.dirty = true;
         }

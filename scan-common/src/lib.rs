@@ -43,8 +43,8 @@ unsafe impl aya::Pod for ProgramConfig {}
 /// - *outcomes*, exactly one per packet: `Tcp`, `NonTcp`, `NonIp`, `Truncated`,
 ///   `BadHeader`, `LaterFragment`, `HeaderLimit`.
 ///
-/// Invariants (checked by the program tests over every case, and by the agent's
-/// self-test of live counters):
+/// Invariants (checked over every case of the program, differential and replay
+/// tests; live counters read while packets flow may be off by the packets in flight):
 /// 1. `seen == tcp + non_tcp + non_ip + truncated + bad_header + later_fragment + header_limit`
 /// 2. `syn <= tcp` (a SYN is counted only once its whole TCP header is read)
 /// 3. `tcp + non_tcp + later_fragment <= ipv4 + ipv6 <= seen - non_ip`
