@@ -2,7 +2,6 @@
 //! agent binary attached to the root-side end, real `connect()` SYNs from the lab
 //! namespace, `/metrics` scraped over HTTP, exact counts asserted.
 use std::{
-    path::PathBuf,
     process::Command,
     time::{Duration, Instant},
 };
@@ -15,9 +14,23 @@ fn scratch(tag: &str) -> Scratch {
     Scratch::new(tag, AGENT.as_ref()).expect("scratch directories")
 }
 
-/// The agent's log file for run `n` of a test.
-fn log(scratch: &Scratch, n: &str) -> PathBuf {
-    scratch.file(&format!("{n}.log"))
+/// Starts the agent on `lab` with the test settings plus `extra`; `run` names its log.
+fn start(lab: &Lab, scratch: &Scratch, extra: &[&str], run: &str) -> Agent {
+    Agent::start(
+        AGENT.as_ref(),
+        &agent_args(lab, scratch, extra),
+        &scratch.file(&format!("{run}.log")),
+    )
+    .unwrap_or_else(|e| panic!("agent run {run:?} does not start: {e:#}"))
+}
+
+/// After a restart: no count went back, and the surge's exact count is still there.
+fn assert_counts_kept(before: &str, after: &str) {
+    assert!(
+        port_total(after, 22) >= port_total(before, 22),
+        "counts reset:\n{after}"
+    );
+    assert_eq!(port_total(after, 445), 600.0);
 }
 
 fn agent_args(lab: &Lab, scratch: &Scratch, extra: &[&str]) -> Vec<String> {
@@ -85,12 +98,7 @@ fn exact_counts_surge_and_restarts_keep_everything() {
     let lab = Lab::create().expect("creating the lab (needs root and network namespaces)");
     let scratch = scratch("main");
     let _open = lab.listen(8080).expect("listener on 8080");
-    let mut agent = Agent::start(
-        AGENT.as_ref(),
-        &agent_args(&lab, &scratch, &["--xdp-mode", "native"]),
-        &log(&scratch, "1"),
-    )
-    .expect("agent starts");
+    let mut agent = start(&lab, &scratch, &["--xdp-mode", "native"], "1");
     let metrics = agent.metrics().unwrap();
     assert_eq!(
         value(
@@ -155,18 +163,9 @@ fn exact_counts_surge_and_restarts_keep_everything() {
         assert!(baseline_22 > 0.0, "{before}");
         let status = agent.stop(libc::SIGTERM).unwrap();
         assert!(status.success(), "TERM must exit 0, got {status}");
-        agent = Agent::start(
-            AGENT.as_ref(),
-            &agent_args(&lab, &scratch, &[]),
-            &log(&scratch, "2"),
-        )
-        .expect("agent restarts");
+        agent = start(&lab, &scratch, &[], "2");
         let after = agent.metrics().unwrap();
-        assert!(
-            port_total(&after, 22) >= port_total(&before, 22),
-            "counts reset:\n{after}"
-        );
-        assert_eq!(port_total(&after, 445), 600.0);
+        assert_counts_kept(&before, &after);
         assert!(
             agent.log_text().contains("restored baselines"),
             "{}",
@@ -185,18 +184,9 @@ fn exact_counts_surge_and_restarts_keep_everything() {
         let before = agent.metrics().unwrap();
         std::thread::sleep(Duration::from_secs(3));
         agent.stop(libc::SIGKILL).unwrap();
-        agent = Agent::start(
-            AGENT.as_ref(),
-            &agent_args(&lab, &scratch, &[]),
-            &log(&scratch, "3"),
-        )
-        .expect("agent restarts after KILL");
+        agent = start(&lab, &scratch, &[], "3");
         let after = agent.metrics().unwrap();
-        assert!(
-            port_total(&after, 22) >= port_total(&before, 22),
-            "counts reset:\n{after}"
-        );
-        assert_eq!(port_total(&after, 445), 600.0);
+        assert_counts_kept(&before, &after);
         assert!(
             value(&after, "scan_syn_baseline_rate", "port=\"22\"") > 0.0,
             "{after}"
@@ -213,20 +203,10 @@ fn exact_counts_surge_and_restarts_keep_everything() {
     agent.stop(libc::SIGTERM).unwrap();
     assert_eq!(lab.syns(false, 9998, 7).unwrap(), 7);
     // With --keep-attached it stays: every SYN sent while the agent is down counts.
-    let mut agent = Agent::start(
-        AGENT.as_ref(),
-        &agent_args(&lab, &scratch, &["--keep-attached"]),
-        &log(&scratch, "4"),
-    )
-    .unwrap();
+    let mut agent = start(&lab, &scratch, &["--keep-attached"], "4");
     agent.stop(libc::SIGTERM).unwrap();
     assert_eq!(lab.syns(false, 9999, 50).unwrap(), 50);
-    let agent = Agent::start(
-        AGENT.as_ref(),
-        &agent_args(&lab, &scratch, &[]),
-        &log(&scratch, "5"),
-    )
-    .unwrap();
+    let agent = start(&lab, &scratch, &[], "5");
     assert!(agent.log_text().contains("adopted"), "{}", agent.log_text());
     let metrics = agent.metrics().unwrap();
     assert_eq!(
@@ -243,12 +223,7 @@ fn exact_counts_surge_and_restarts_keep_everything() {
 fn endpoints_answer_and_metrics_pass_promtool() {
     let lab = Lab::create().expect("creating the lab (needs root and network namespaces)");
     let scratch = scratch("endpoints");
-    let agent = Agent::start(
-        AGENT.as_ref(),
-        &agent_args(&lab, &scratch, &[]),
-        &log(&scratch, "1"),
-    )
-    .expect("agent starts");
+    let agent = start(&lab, &scratch, &[], "1");
     lab.syns(false, 445, 3).unwrap();
     let (status, body) = scan_lab::http::get(agent.listen, "/healthz").unwrap();
     assert_eq!((status, body.trim()), (200, "ok"));
@@ -328,12 +303,7 @@ fn endpoints_answer_and_metrics_pass_promtool() {
 fn program_logs_reach_the_agent_log_only_with_the_debug_switch() {
     let lab = Lab::create().expect("creating the lab (needs root and network namespaces)");
     let scratch = scratch("logs");
-    let mut agent = Agent::start(
-        AGENT.as_ref(),
-        &agent_args(&lab, &scratch, &[]),
-        &log(&scratch, "quiet"),
-    )
-    .expect("agent starts");
+    let mut agent = start(&lab, &scratch, &[], "quiet");
     lab.syns(false, 445, 2).unwrap();
     std::thread::sleep(Duration::from_secs(1));
     agent.stop(libc::SIGTERM).unwrap();
@@ -343,12 +313,7 @@ fn program_logs_reach_the_agent_log_only_with_the_debug_switch() {
         agent.log_text()
     );
 
-    let mut agent = Agent::start(
-        AGENT.as_ref(),
-        &agent_args(&lab, &scratch, &["--debug-program"]),
-        &log(&scratch, "debug"),
-    )
-    .expect("agent starts");
+    let mut agent = start(&lab, &scratch, &["--debug-program"], "debug");
     lab.syns(false, 445, 2).unwrap();
     let started = Instant::now();
     while !agent.log_text().contains("syn_port=445") {
@@ -369,7 +334,7 @@ fn one_agent_counts_on_several_interfaces() {
     let scratch = scratch("two-ifaces");
     let mut args = agent_args(&first, &scratch, &["--xdp-mode", "skb"]);
     args.extend(["--iface".to_string(), second.host_if.clone()]);
-    let agent = Agent::start(AGENT.as_ref(), &args, &log(&scratch, "1")).expect("agent starts");
+    let agent = Agent::start(AGENT.as_ref(), &args, &scratch.file("1.log")).expect("agent starts");
     let metrics = agent.metrics().unwrap();
     for lab in [&first, &second] {
         let labels = format!("interface=\"{}\",mode=\"skb\"", lab.host_if);
