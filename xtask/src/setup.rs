@@ -11,6 +11,8 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
+use scan_toolchain::EbpfCompiler;
+
 use crate::{cmd, run};
 
 /// Debian packages every test or demo uses (besides the compiler's).
@@ -32,78 +34,31 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 
 pub fn setup() -> Result<()> {
     let started = std::time::Instant::now();
-    let compiler = ebpf_compiler();
-    let llvm_major = match &compiler {
-        Compiler::NightlyWithSource(major) => *major,
-        // Debian's rustc-web 1.96 is built with LLVM 22; its exact major is read
-        // back below once installed, so an archive update does not break this.
-        Compiler::Debian => debian_rustc_llvm_major().unwrap_or(22),
-    };
+    let compiler = EbpfCompiler::detect();
+    // Debian's rustc-web 1.96 is built with LLVM 22; its exact major is read back
+    // below once installed, so an archive update does not break this.
+    let llvm_before_install = compiler.llvm_major().unwrap_or(22);
     let mut packages: Vec<String> = TOOL_PACKAGES.iter().map(|p| p.to_string()).collect();
-    if matches!(compiler, Compiler::Debian) {
+    if compiler == EbpfCompiler::Debian {
         packages.extend(["rustc-web".into(), "rust-web-src".into()]);
     }
     packages.extend([
-        format!("llvm-{llvm_major}-dev"),
-        format!("libpolly-{llvm_major}-dev"),
-        format!("clang-{llvm_major}"),
+        format!("llvm-{llvm_before_install}-dev"),
+        format!("libpolly-{llvm_before_install}-dev"),
+        format!("clang-{llvm_before_install}"),
     ]);
     install_packages(&packages)?;
-    let llvm_major = match compiler {
-        Compiler::NightlyWithSource(major) => major,
-        Compiler::Debian => debian_rustc_llvm_major()
-            .context("/usr/bin/rustc (rustc-web) is installed but does not report its LLVM")?,
-    };
+    let llvm_major = compiler
+        .llvm_major()
+        .with_context(|| format!("{} does not report its LLVM version", compiler.describe()))?;
     install_bpf_linker(llvm_major)?;
     mount_bpffs()?;
     println!(
         "setup: ready in {:.1}s (eBPF compiler: {}, LLVM {llvm_major})",
         started.elapsed().as_secs_f64(),
-        match compiler {
-            Compiler::NightlyWithSource(_) => "rustup nightly with rust-src",
-            Compiler::Debian => "Debian rustc-web with rust-web-src",
-        }
+        compiler.describe()
     );
     Ok(())
-}
-
-enum Compiler {
-    NightlyWithSource(u32),
-    Debian,
-}
-
-fn ebpf_compiler() -> Compiler {
-    let sysroot = Command::new("rustup")
-        .args(["run", "nightly", "rustc", "--print", "sysroot"])
-        .stderr(Stdio::null())
-        .output();
-    if let Ok(out) = sysroot
-        && out.status.success()
-    {
-        let root = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        if Path::new(&root)
-            .join("lib/rustlib/src/rust/library/core/Cargo.toml")
-            .exists()
-            && let Some(major) =
-                llvm_major(Command::new("rustup").args(["run", "nightly", "rustc"]))
-        {
-            return Compiler::NightlyWithSource(major);
-        }
-    }
-    Compiler::Debian
-}
-
-fn debian_rustc_llvm_major() -> Option<u32> {
-    llvm_major(&mut Command::new("/usr/bin/rustc"))
-}
-
-fn llvm_major(rustc: &mut Command) -> Option<u32> {
-    let out = rustc.arg("-vV").stderr(Stdio::null()).output().ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let version = text
-        .lines()
-        .find_map(|l| l.strip_prefix("LLVM version: "))?;
-    version.split('.').next()?.trim().parse().ok()
 }
 
 fn installed(package: &str) -> bool {
