@@ -214,6 +214,9 @@ fn poll(shared: &SharedState) {
     timer.observe_duration();
     s.last_poll = Some(Instant::now());
     s.metrics.last_poll.set(unix_now().as_secs_f64());
+    if !log::log_enabled!(log::Level::Debug) {
+        return;
+    }
     for flagged in s.detector.flagged_ports() {
         log::debug!(
             "port {} flagged: ratio {:.1}, {:.2} SYN/s against a baseline of {:.2}",

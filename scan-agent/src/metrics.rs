@@ -45,64 +45,60 @@ pub struct Snapshot<'a> {
     pub top_ports: usize,
 }
 
-fn opts(name: &str, help: &str) -> Opts {
-    Opts::new(name, help)
-}
-
 impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let port = &["port"];
         let m = Self {
             syn_total: IntCounterVec::new(
-                opts(
+                Opts::new(
                     "scan_syn_packets_total",
                     "TCP SYNs (SYN set, ACK clear) to this destination port, as counted by the kernel",
                 ),
                 port,
             )?,
             syn_rate: GaugeVec::new(
-                opts("scan_syn_rate", "SYN/s to this port over the short window"),
+                Opts::new("scan_syn_rate", "SYN/s to this port over the short window"),
                 port,
             )?,
             baseline: GaugeVec::new(
-                opts(
+                Opts::new(
                     "scan_syn_baseline_rate",
                     "Learned normal SYN/s to this port",
                 ),
                 port,
             )?,
             ratio: GaugeVec::new(
-                opts(
+                Opts::new(
                     "scan_surge_ratio",
                     "(rate + floor) / (baseline + floor): how far above normal this port is now",
                 ),
                 port,
             )?,
             flagged: IntGaugeVec::new(
-                opts(
+                Opts::new(
                     "scan_surge_flagged",
                     "1 when the port's ratio is at or above the threshold after warm-up",
                 ),
                 port,
             )?,
-            threshold: Gauge::with_opts(opts(
+            threshold: Gauge::with_opts(Opts::new(
                 "scan_surge_threshold",
                 "Configured surge ratio threshold",
             ))?,
-            syn_all_ports: IntCounter::with_opts(opts(
+            syn_all_ports: IntCounter::with_opts(Opts::new(
                 "scan_syn_packets_all_ports_total",
                 "TCP SYNs over all 65,536 destination ports, as counted by the kernel",
             ))?,
             packets: IntCounterVec::new(
-                opts(
+                Opts::new(
                     "scan_packets_total",
                     "Packets seen by the XDP program, by class (see README: classes and invariants)",
                 ),
                 &["class"],
             )?,
             attached: IntGaugeVec::new(
-                opts(
+                Opts::new(
                     "scan_agent_attached",
                     "1 for each interface the program is attached to, with its XDP mode",
                 ),
@@ -117,35 +113,35 @@ impl Metrics {
                     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                 ]),
             )?,
-            poll_errors: IntCounter::with_opts(opts(
+            poll_errors: IntCounter::with_opts(Opts::new(
                 "scan_agent_poll_errors_total",
                 "Failed reads of the kernel maps",
             ))?,
-            last_poll: Gauge::with_opts(opts(
+            last_poll: Gauge::with_opts(Opts::new(
                 "scan_agent_last_poll_timestamp_seconds",
                 "UNIX time of the last successful poll",
             ))?,
-            warming_up: IntGauge::with_opts(opts(
+            warming_up: IntGauge::with_opts(Opts::new(
                 "scan_agent_warming_up",
                 "1 while the detector is still learning baselines (no port is flagged)",
             ))?,
-            warmup_remaining: Gauge::with_opts(opts(
+            warmup_remaining: Gauge::with_opts(Opts::new(
                 "scan_agent_warmup_remaining_seconds",
                 "Seconds of warm-up left",
             ))?,
-            ports_active: IntGauge::with_opts(opts(
+            ports_active: IntGauge::with_opts(Opts::new(
                 "scan_agent_ports_active",
                 "Ports with a non-negligible short-term SYN rate",
             ))?,
-            ports_exported: IntGauge::with_opts(opts(
+            ports_exported: IntGauge::with_opts(Opts::new(
                 "scan_agent_ports_exported",
                 "Ports with per-port series in this scrape",
             ))?,
-            ports_left_out: IntGauge::with_opts(opts(
+            ports_left_out: IntGauge::with_opts(Opts::new(
                 "scan_agent_ports_left_out",
                 "Active ports not exported (beyond the watch list and top-K); see scan_syn_packets_all_ports_total",
             ))?,
-            state_save_errors: IntCounter::with_opts(opts(
+            state_save_errors: IntCounter::with_opts(Opts::new(
                 "scan_agent_state_save_errors_total",
                 "Failed writes of the state file",
             ))?,
@@ -159,7 +155,7 @@ impl Metrics {
             registry,
         };
         let build_info = IntGaugeVec::new(
-            opts("scan_agent_build_info", "Agent version; always 1"),
+            Opts::new("scan_agent_build_info", "Agent version; always 1"),
             &["version"],
         )?;
         build_info
