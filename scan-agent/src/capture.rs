@@ -25,25 +25,20 @@
 //! interface's `if_tsresol` (default microseconds) and `if_tsoffset`; a Simple Packet
 //! Block has no timestamp and gets the previous packet's.
 //!
-//! Writing: [`write_pcap`] (nanosecond pcap, native byte order) and [`write_pcapng`]
-//! (one Ethernet interface with `if_tsresol` = nanoseconds).
+//! Writing captures is test support and lives in the dev crate (`scan_lab::pcap`).
 use std::{
-    borrow::Cow,
     fs::File,
-    io::{self, BufWriter, Read, Seek, SeekFrom, Write},
+    io::{self, Read, Seek, SeekFrom},
     path::{Path, PathBuf},
     time::Duration,
 };
 
 use pcap_file::{
     DataLink, Endianness, PcapError, TsResolution,
-    pcap::{PcapHeader, PcapPacket, PcapReader, PcapWriter},
+    pcap::PcapReader,
     pcapng::{
-        PcapNgReader, PcapNgWriter,
-        blocks::{
-            enhanced_packet::EnhancedPacketBlock,
-            interface_description::{InterfaceDescriptionBlock, InterfaceDescriptionOption},
-        },
+        PcapNgReader,
+        blocks::interface_description::{InterfaceDescriptionBlock, InterfaceDescriptionOption},
     },
 };
 
@@ -95,8 +90,6 @@ pub enum CaptureError {
         code: u32,
         context: String,
     },
-    #[error("cannot write capture {}: {detail}", path.display())]
-    Write { path: PathBuf, detail: String },
 }
 
 /// The container format of a capture.
@@ -474,77 +467,6 @@ fn next_pcapng(
         *last = timestamp;
         return Some(Ok((timestamp, data)));
     }
-}
-
-fn write_error(path: &Path, detail: impl std::fmt::Display) -> CaptureError {
-    CaptureError::Write {
-        path: path.to_path_buf(),
-        detail: detail.to_string(),
-    }
-}
-
-/// Writes Ethernet frames as a nanosecond-resolution pcap (native byte order), readable
-/// by tcpdump, Wireshark and [`CaptureReader`]. Timestamps are since the UNIX epoch and
-/// must fit pcap's 32-bit seconds (before 2106); frames are at most [`MAX_FRAME`] bytes.
-pub fn write_pcap(path: &Path, frames: &[(Duration, Vec<u8>)]) -> Result<(), CaptureError> {
-    let file = File::create(path).map_err(|e| write_error(path, e))?;
-    let header = PcapHeader {
-        snaplen: MAX_FRAME,
-        datalink: DataLink::ETHERNET,
-        ts_resolution: TsResolution::NanoSecond,
-        endianness: Endianness::native(),
-        ..Default::default()
-    };
-    let mut writer =
-        PcapWriter::with_header(BufWriter::new(file), header).map_err(|e| write_error(path, e))?;
-    for (i, (timestamp, frame)) in frames.iter().enumerate() {
-        let len = u32::try_from(frame.len()).unwrap_or(u32::MAX);
-        let packet = PcapPacket {
-            timestamp: *timestamp,
-            orig_len: len,
-            data: Cow::Borrowed(frame),
-        };
-        writer
-            .write_packet(&packet)
-            .map_err(|e| write_error(path, format_args!("packet {}: {e}", i + 1)))?;
-    }
-    writer
-        .into_writer()
-        .flush()
-        .map_err(|e| write_error(path, e))
-}
-
-/// Writes Ethernet frames as pcapng: one section, one Ethernet interface with
-/// `if_tsresol` = 9 (nanoseconds), one Enhanced Packet Block per frame.
-pub fn write_pcapng(path: &Path, frames: &[(Duration, Vec<u8>)]) -> Result<(), CaptureError> {
-    let file = File::create(path).map_err(|e| write_error(path, e))?;
-    let mut writer = PcapNgWriter::new(BufWriter::new(file)).map_err(|e| write_error(path, e))?;
-    let interface = InterfaceDescriptionBlock {
-        linktype: DataLink::ETHERNET,
-        snaplen: MAX_FRAME,
-        options: vec![InterfaceDescriptionOption::IfTsResol(9)],
-    };
-    writer
-        .write_pcapng_block(interface)
-        .map_err(|e| write_error(path, e))?;
-    for (i, (timestamp, frame)) in frames.iter().enumerate() {
-        // pcap-file writes the timestamp's nanoseconds as the raw 64-bit value, which
-        // is right for if_tsresol = 9.
-        let block = EnhancedPacketBlock {
-            interface_id: 0,
-            timestamp: *timestamp,
-            original_len: u32::try_from(frame.len()).unwrap_or(u32::MAX),
-            data: Cow::Borrowed(frame),
-            options: Vec::new(),
-        };
-        writer
-            .write_pcapng_block(block)
-            .map_err(|e| write_error(path, format_args!("packet {}: {e}", i + 1)))?;
-    }
-    writer
-        .into_inner()
-        .flush()
-        .map_err(|e| write_error(path, e))
 }
 
 #[cfg(test)]

@@ -5,7 +5,6 @@ pub mod check;
 pub mod config;
 pub mod daemon;
 pub mod detector;
-pub mod frames;
 pub mod metrics;
 pub mod replay;
 pub mod sensor;

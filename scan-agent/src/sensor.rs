@@ -111,20 +111,6 @@ pub enum SensorError {
     TestRun(Box<ProgramError>),
 }
 
-impl SensorError {
-    /// The kernel refused a test-run input (EINVAL), as it does for frames shorter
-    /// than an Ethernet header.
-    pub fn is_refused_test_input(&self) -> bool {
-        matches!(
-            self,
-            Self::TestRun(inner) if matches!(
-                &**inner,
-                ProgramError::SyscallError(e) if e.io_error.raw_os_error() == Some(libc::EINVAL)
-            )
-        )
-    }
-}
-
 /// How the program is attached to an interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -40,12 +40,13 @@ use etherparse::{
     Ipv6FragmentHeaderSlice, Ipv6HeaderSlice, Ipv6RawExtHeaderSlice, SingleVlanHeaderSlice,
     TcpHeaderSlice, err,
 };
-use scan_agent::{
-    capture::write_pcap,
-    frames::{Frame, Ipv6Ext, Rng, ether_type, ip_proto, tcp},
-    sensor::Sensor,
-};
+use scan_agent::sensor::Sensor;
 use scan_common::{ClassCounts, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, PORTS, PacketClass};
+use scan_lab::{
+    frames::{Frame, Ipv6Ext, Rng, ether_type, ip_proto, tcp},
+    pcap::write_pcap,
+    testrun::is_refused_test_input,
+};
 
 const XDP_PASS: u32 = 2;
 /// SYN frames per port-counter read: K(3K-1)/2 = 1,520 runs (about 4 ms) and one read
@@ -444,9 +445,9 @@ fn random_spec(rng: &mut Rng) -> Frame {
     };
     let is_ip = matches!(
         frame.net,
-        scan_agent::frames::Net::Ipv4(_) | scan_agent::frames::Net::Ipv6(_)
+        scan_lab::frames::Net::Ipv4(_) | scan_lab::frames::Net::Ipv6(_)
     );
-    let is_ipv4 = matches!(frame.net, scan_agent::frames::Net::Ipv4(_));
+    let is_ipv4 = matches!(frame.net, scan_lab::frames::Net::Ipv4(_));
     if frame.tcp().is_some() {
         match rng.below(4) {
             0 => frame = frame.tcp_options(tcp::syn_options()),
@@ -594,7 +595,7 @@ fn run(sensor: &Sensor, frame: &[u8], repeat: u32) -> Option<()> {
             );
             Some(())
         }
-        Err(e) if e.is_refused_test_input() => None,
+        Err(e) if is_refused_test_input(&e) => None,
         Err(e) => panic!("test run failed: {e} for frame {}", hex(frame)),
     }
 }

@@ -8,11 +8,12 @@ mod common;
 
 use std::net::Ipv6Addr;
 
-use scan_agent::{
-    frames::{Frame, Ipv6Ext, ether_type, ip_proto, tcp},
-    sensor::Sensor,
-};
+use scan_agent::sensor::Sensor;
 use scan_common::{ClassCounts, MAX_IPV6_EXT_HEADERS, PORTS, PacketClass};
+use scan_lab::{
+    frames::{Frame, Ipv6Ext, ether_type, ip_proto, tcp},
+    testrun::is_refused_test_input,
+};
 
 const XDP_PASS: u32 = 2;
 const A4: [u8; 4] = [198, 18, 0, 1];
@@ -669,7 +670,7 @@ fn truncation_sweep(
         if len < 14 {
             let before = counters(&sensor);
             match sensor.test_run(&frame, 1) {
-                Err(e) if e.is_refused_test_input() => {}
+                Err(e) if is_refused_test_input(&e) => {}
                 Err(e) => panic!("{name} cut to {len} bytes: expected EINVAL, got {e}"),
                 Ok(r) => panic!(
                     "{name} cut to {len} bytes: the kernel ran it (verdict {})",

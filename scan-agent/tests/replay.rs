@@ -25,16 +25,19 @@ use pcap_file::{
     },
 };
 use scan_agent::{
-    capture::{CaptureError, CaptureFormat, CaptureReader, read_capture, write_pcap, write_pcapng},
+    capture::{CaptureError, CaptureFormat, CaptureReader, read_capture},
     detector::DetectorConfig,
+    replay::{ReplayError, ReplayReport, replay},
+};
+use scan_common::{PacketClass, PacketClass::*};
+use scan_lab::{
     frames::{
         Frame, Rng,
         corpus::{self, Capture, START},
         tcp,
     },
-    replay::{ReplayError, ReplayReport, replay},
+    pcap::{write_pcap, write_pcapng},
 };
-use scan_common::{PacketClass, PacketClass::*};
 
 /// A directory under the system temp dir, removed on drop.
 struct TempDir(PathBuf);

@@ -1,8 +1,8 @@
 //! The packet mixes of the per-packet benchmark, built with the agent's frame
-//! builder (`scan_agent::frames`): one fixed frame per mix, run over and over.
+//! builder (`scan_lab::frames`): one fixed frame per mix, run over and over.
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use scan_agent::frames::{Frame, Ipv6Ext, ether_type, tcp};
+use scan_lab::frames::{Frame, Ipv6Ext, ether_type, tcp};
 
 /// RFC 2544 benchmarking and documentation addresses.
 const SRC_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);

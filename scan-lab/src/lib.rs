@@ -6,9 +6,12 @@
 //! the namespace has no route out. The agent runs in the root namespace on the
 //! root-side end of the pair (an `ip netns exec` would hide /sys/fs/bpf).
 pub mod agent;
+pub mod frames;
 pub mod http;
 pub mod monitoring;
 pub mod net;
+pub mod pcap;
+pub mod testrun;
 
 pub use agent::{Agent, Scratch};
 pub use net::Lab;

@@ -1,7 +1,7 @@
 //! A small Ethernet frame builder for tests, benchmarks and the replay corpus.
 //!
 //! ```
-//! use scan_agent::frames::{Frame, Ipv6Ext, tcp};
+//! use scan_lab::frames::{Frame, Ipv6Ext, tcp};
 //!
 //! // A plain IPv4 SYN to port 445.
 //! let syn = Frame::ipv4_tcp([198, 18, 0, 1], [198, 19, 0, 1], 40_000, 445, tcp::SYN).build();
@@ -18,7 +18,7 @@
 //! .vlan(0x88A8, 100)
 //! .vlan(0x8100, 200)
 //! .ext(Ipv6Ext::HopByHop { len: 8 })
-//! .tcp_options(scan_agent::frames::tcp::syn_options())
+//! .tcp_options(scan_lab::frames::tcp::syn_options())
 //! .build();
 //! assert_eq!(frame.len(), 14 + 8 + 40 + 8 + 20 + 20);
 //! ```

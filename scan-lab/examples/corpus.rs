@@ -2,13 +2,13 @@
 //! directory, to try `scan-agent replay` by hand:
 //!
 //! ```sh
-//! cargo run -p scan-agent --example corpus -- /tmp/corpus
+//! cargo run -p scan-lab --example corpus -- /tmp/corpus
 //! sudo target/debug/scan-agent replay /tmp/corpus/surge-445.pcap
 //! ```
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use scan_agent::{capture::write_pcap, frames::corpus};
+use scan_lab::{frames::corpus, pcap::write_pcap};
 
 fn main() -> Result<()> {
     let dir = PathBuf::from(std::env::args().nth(1).context("usage: corpus DIR")?);
