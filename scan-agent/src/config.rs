@@ -25,6 +25,23 @@ pub const DEFAULT_WATCH_PORTS: &[u16] = &[
 ];
 pub const DEFAULT_TOP_PORTS: usize = 20;
 pub const DEFAULT_SAVE_INTERVAL: Duration = Duration::from_secs(120);
+/// Most ports exported by `--top-ports` (each is a handful of series).
+pub const MAX_TOP_PORTS: usize = 1000;
+/// Most ports in `--watch-ports` (each is a handful of series).
+pub const MAX_WATCH_PORTS: usize = 1000;
+/// Shortest poll interval: shorter only burns a core re-reading the counters.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
+/// Longest poll interval.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(86_400);
+/// Shortest save interval: every save is a write and two fsyncs.
+pub const MIN_SAVE_INTERVAL: Duration = Duration::from_secs(10);
+/// Longest save interval.
+pub const MAX_SAVE_INTERVAL: Duration = Duration::from_secs(86_400);
+/// Windows and warm-up stay within a century (so sums and products of them stay far
+/// from `Duration`'s limits).
+pub const MAX_WINDOW: Duration = Duration::from_secs(3_155_760_000); // humantime's 100years
+/// Longest interface name the kernel takes (`IFNAMSIZ` 16, with the NUL).
+pub const MAX_IFACE_LEN: usize = 15;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -56,27 +73,27 @@ pub enum Command {
 #[derive(Args, Debug, Default, Clone)]
 pub struct DetectorArgs {
     /// Map read and detector step period [default: 5s]
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, allow_hyphen_values = true, value_parser = parse_duration)]
     pub interval: Option<Duration>,
     /// Time constant of the short-term SYN rate [default: 1m]
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, allow_hyphen_values = true, value_parser = parse_duration)]
     pub short_window: Option<Duration>,
     /// Time constant of the learned baseline rate [default: 6h]
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, allow_hyphen_values = true, value_parser = parse_duration)]
     pub baseline_window: Option<Duration>,
     /// History needed before any port is flagged [default: 15m]
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, allow_hyphen_values = true, value_parser = parse_duration)]
     pub warmup: Option<Duration>,
     /// Surge ratio at or above which a port is flagged [default: 3]
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub surge_threshold: Option<f64>,
     /// SYN/s added to rate and baseline in the ratio, so quiet ports are not flagged
     /// for a handful of SYNs [default: 0.1]
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub floor: Option<f64>,
     /// Time constant with which a flagged port's baseline still learns, so a lasting
     /// new level becomes normal after hours [default: 1day]
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, allow_hyphen_values = true, value_parser = parse_duration)]
     pub surge_adapt_window: Option<Duration>,
 }
 
@@ -98,17 +115,17 @@ pub struct RunArgs {
     pub detector: DetectorArgs,
     /// Ports always exported, comma-separated [default: the ports scanned most
     /// often: 22,23,25,80,135,139,443,445,1433,2323,3306,3389,5432,5900,6379,8080,8443,9200,27017]
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', allow_negative_numbers = true, value_parser = parse_port)]
     pub watch_ports: Option<Vec<u16>>,
     /// Also export the K active ports with the highest surge ratio [default: 20]
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = parse_top_ports)]
     pub top_ports: Option<usize>,
     /// Where baselines are saved (atomically) and restored from [default:
     /// /var/lib/scan-agent/state.json]
     #[arg(long)]
     pub state_file: Option<PathBuf>,
     /// How often the state file is written, besides at shutdown [default: 2m]
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, allow_hyphen_values = true, value_parser = parse_duration)]
     pub save_interval: Option<Duration>,
     /// bpffs directory for the pinned maps (and kept links) [default: /sys/fs/bpf/scan-agent]
     #[arg(long)]
@@ -161,8 +178,27 @@ pub struct DetachArgs {
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
+    if text.trim_start().starts_with('-') {
+        return Err("a duration cannot be negative: write one such as 5s, 90s, 10m or 6h".into());
+    }
     humantime::parse_duration(text)
         .map_err(|e| format!("{e}: write a duration such as 5s, 90s, 10m or 6h"))
+}
+
+fn parse_top_ports(text: &str) -> Result<usize, String> {
+    text.trim()
+        .parse::<usize>()
+        .ok()
+        .filter(|&k| k <= MAX_TOP_PORTS)
+        .ok_or_else(|| {
+            format!("must be a whole number from 0 to {MAX_TOP_PORTS}, e.g. {DEFAULT_TOP_PORTS}")
+        })
+}
+
+fn parse_port(text: &str) -> Result<u16, String> {
+    text.trim().parse::<u16>().map_err(|_| {
+        format!("{text:?} is not a port: ports are whole numbers from 0 to 65535, e.g. 22,443")
+    })
 }
 
 /// The `--config` file: the same settings as `run`'s flags.
@@ -199,16 +235,46 @@ mod humantime_serde_opt {
 
     use serde::{Deserialize, Deserializer};
 
+    /// What a TOML value may be, so a number can be told apart from a bad string.
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Text(String),
+        Integer(i64),
+        Float(f64),
+        Other(toml::Value),
+    }
+
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        let text: Option<String> = Option::deserialize(d)?;
-        text.map(|t| {
-            humantime::parse_duration(&t).map_err(|e| {
-                serde::de::Error::custom(format!(
-                    "{t:?}: {e}; write a duration such as \"5s\" or \"6h\""
-                ))
-            })
-        })
-        .transpose()
+        use serde::de::Error as _;
+        let Some(raw) = Option::<Raw>::deserialize(d)? else {
+            return Ok(None);
+        };
+        let number = match raw {
+            Raw::Text(t) => {
+                if t.trim_start().starts_with('-') {
+                    return Err(D::Error::custom(format!(
+                        "{t:?}: a duration cannot be negative; write one such as \"5s\" or \"6h\""
+                    )));
+                }
+                return humantime::parse_duration(&t).map(Some).map_err(|e| {
+                    D::Error::custom(format!(
+                        "{t:?}: {e}; write a duration such as \"5s\" or \"6h\""
+                    ))
+                });
+            }
+            Raw::Integer(n) => n.to_string(),
+            Raw::Float(x) => x.to_string(),
+            Raw::Other(v) => {
+                return Err(D::Error::custom(format!(
+                    "{v} is not a duration; write a quoted duration with a unit such as \"5s\" or \"6h\""
+                )));
+            }
+        };
+        Err(D::Error::custom(format!(
+            "{number} has no unit; write a quoted duration with its unit, e.g. \"{number}s\" \
+             (seconds), \"{number}ms\" or \"{number}m\""
+        )))
     }
 }
 
@@ -285,7 +351,44 @@ pub fn resolve_detector(
     Ok(config)
 }
 
+/// One duration's allowed range, checked before anything uses it, so that no later
+/// sum or product of settings can overflow.
+fn check_duration(
+    flag: &str,
+    value: Duration,
+    min: Duration,
+    max: Duration,
+    example: &str,
+) -> Result<(), ConfigError> {
+    if value < min || value > max {
+        let human = |d: Duration| humantime::format_duration(d).to_string();
+        let min = if min.is_zero() {
+            "0".to_string()
+        } else {
+            human(min)
+        };
+        return Err(ConfigError::Invalid(format!(
+            "{flag} (config key `{key}`) is {value}, outside the allowed range {min} to {max}; \
+             e.g. {flag} {example}",
+            key = flag.trim_start_matches('-').replace('-', "_"),
+            value = human(value),
+            max = human(max),
+        )));
+    }
+    Ok(())
+}
+
 fn validate_detector(c: &DetectorConfig) -> Result<(), ConfigError> {
+    // Ranges first: they bound every later computation on these values.
+    check_duration("--interval", c.interval, MIN_INTERVAL, MAX_INTERVAL, "5s")?;
+    for (flag, value, example) in [
+        ("--short-window", c.short_window, "1m"),
+        ("--baseline-window", c.baseline_window, "6h"),
+        ("--warmup", c.warmup, "15m"),
+        ("--surge-adapt-window", c.surge_adapt_window, "1day"),
+    ] {
+        check_duration(flag, value, Duration::ZERO, MAX_WINDOW, example)?;
+    }
     // The detector's own rules, prefixed with the flag (and config key) that sets the value.
     c.validate().map_err(|e| {
         let flag = match &e {
@@ -305,6 +408,49 @@ fn validate_detector(c: &DetectorConfig) -> Result<(), ConfigError> {
             humantime::format_duration(c.short_window),
             humantime::format_duration(c.interval)
         )));
+    }
+    Ok(())
+}
+
+/// Interface names as the kernel's `dev_valid_name` takes them: 1 to 15 bytes, not `.`
+/// or `..`, no `/`, `:` or white space; each given once. A `*` is kept for patterns.
+pub fn validate_interfaces(names: &[String]) -> Result<(), ConfigError> {
+    let bad = |name: &str, why: &str| {
+        ConfigError::Invalid(format!(
+            "--iface {name:?} is not a valid interface name: {why}; give a name as `ip link` \
+             lists it, e.g. --iface eth0"
+        ))
+    };
+    for (i, name) in names.iter().enumerate() {
+        if name.is_empty() {
+            return Err(bad(name, "it is empty"));
+        }
+        if name.len() > MAX_IFACE_LEN {
+            return Err(bad(
+                name,
+                &format!(
+                    "it is {} bytes long, the kernel allows at most {MAX_IFACE_LEN}",
+                    name.len()
+                ),
+            ));
+        }
+        if name == "." || name == ".." {
+            return Err(bad(name, "`.` and `..` are not interface names"));
+        }
+        if let Some(c) = name
+            .chars()
+            .find(|c| *c == '/' || *c == ':' || c.is_whitespace() || c.is_control())
+        {
+            return Err(bad(
+                name,
+                &format!("it contains {c:?}, which no interface name can"),
+            ));
+        }
+        if names[..i].contains(name) {
+            return Err(ConfigError::Invalid(format!(
+                "--iface {name:?} is given twice; give each interface once"
+            )));
+        }
     }
     Ok(())
 }
@@ -356,18 +502,36 @@ impl RunArgs {
             keep_attached: self.keep_attached || file.keep_attached.unwrap_or(false),
             debug_program: self.debug_program || file.debug_program.unwrap_or(false),
         };
-        if config.top_ports > 1000 {
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+impl AgentConfig {
+    /// The checks that are not the detector's (those ran in [`resolve_detector`]).
+    fn validate(&self) -> Result<(), ConfigError> {
+        validate_interfaces(&self.interfaces)?;
+        if self.top_ports > MAX_TOP_PORTS {
             return Err(ConfigError::Invalid(format!(
-                "--top-ports {} would export too many series; use at most 1000",
-                config.top_ports
+                "--top-ports (config key `top_ports`) is {}, which would export too many \
+                 series; use 0 to {MAX_TOP_PORTS}, e.g. --top-ports {DEFAULT_TOP_PORTS}",
+                self.top_ports
             )));
         }
-        if config.save_interval.is_zero() {
-            return Err(ConfigError::Invalid(
-                "--save-interval must be above zero".into(),
-            ));
+        if self.watch_ports.len() > MAX_WATCH_PORTS {
+            return Err(ConfigError::Invalid(format!(
+                "--watch-ports (config key `watch_ports`) lists {} ports, which would export \
+                 too many series; list at most {MAX_WATCH_PORTS}, e.g. --watch-ports 22,443,3389",
+                self.watch_ports.len()
+            )));
         }
-        Ok(config)
+        check_duration(
+            "--save-interval",
+            self.save_interval,
+            MIN_SAVE_INTERVAL,
+            MAX_SAVE_INTERVAL,
+            "2m",
+        )
     }
 }
 
@@ -508,5 +672,176 @@ mod tests {
         );
         assert_eq!(config.detector.warmup, Duration::from_secs(1800));
         assert_eq!(config.detector.short_window, Duration::from_secs(90));
+    }
+
+    fn resolve_err(args: &[&str]) -> String {
+        match parse(args) {
+            Ok(run) => run
+                .resolve()
+                .expect_err(&format!("{args:?} accepted"))
+                .to_string(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    fn file_err(name: &str, text: &str) -> String {
+        let file = temp_file(name, text);
+        let err = resolve_err(&["--config", file.to_str().unwrap()]);
+        std::fs::remove_file(&file).ok();
+        err
+    }
+
+    /// Issue 14: `--interval 200000000000y` was accepted and `/healthz` then panicked
+    /// on `interval * 3`; the same values came in through the TOML file.
+    #[test]
+    fn durations_past_a_century_are_refused_from_flags_and_file() {
+        let err = resolve_err(&[
+            "--interval",
+            "200000000000y",
+            "--short-window",
+            "200000000001y",
+            "--baseline-window",
+            "200000000002y",
+        ]);
+        assert!(
+            err.contains("--interval") && err.contains("100ms to 1day") && err.contains("e.g."),
+            "{err}"
+        );
+        let err = file_err(
+            "century.toml",
+            "interval = \"1s\"\nshort_window = \"200000000001y\"\nbaseline_window = \"200000000002y\"\n",
+        );
+        assert!(
+            err.contains("--short-window")
+                && err.contains("`short_window`")
+                && err.contains("0 to 100years")
+                && err.contains("e.g. --short-window 1m"),
+            "{err}"
+        );
+        for flag in ["--warmup", "--baseline-window", "--surge-adapt-window"] {
+            let err = resolve_err(&[flag, "101years"]);
+            assert!(err.contains(flag) && err.contains("100years"), "{err}");
+        }
+    }
+
+    #[test]
+    fn intervals_have_lower_bounds() {
+        let err = resolve_err(&["--interval", "1ns"]);
+        assert!(
+            err.contains("--interval (config key `interval`) is 1ns")
+                && err.contains("100ms to 1day")
+                && err.contains("e.g. --interval 5s"),
+            "{err}"
+        );
+        let err = resolve_err(&["--save-interval", "1ns"]);
+        assert!(
+            err.contains("--save-interval") && err.contains("10s to 1day"),
+            "{err}"
+        );
+        let err = resolve_err(&["--save-interval", "9s"]);
+        assert!(err.contains("--save-interval"), "{err}");
+        let config = parse(&["--interval", "100ms", "--save-interval", "10s"])
+            .unwrap()
+            .resolve()
+            .unwrap();
+        assert_eq!(config.detector.interval, Duration::from_millis(100));
+        assert_eq!(config.save_interval, Duration::from_secs(10));
+    }
+
+    /// Issue 14: `--floor -1` said "unexpected argument '-1' found".
+    #[test]
+    fn negative_numbers_reach_the_validator() {
+        let err = resolve_err(&["--floor", "-1"]);
+        assert!(
+            err.contains("--floor") && err.contains("got -1") && err.contains("e.g. 0.1"),
+            "{err}"
+        );
+        let err = resolve_err(&["--surge-threshold", "-3"]);
+        assert!(
+            err.contains("--surge-threshold") && err.contains("got -3"),
+            "{err}"
+        );
+        let err = resolve_err(&["--top-ports", "-1"]);
+        assert!(
+            err.contains("--top-ports") && err.contains("from 0 to 1000"),
+            "{err}"
+        );
+        let err = resolve_err(&["--interval", "-5s"]);
+        assert!(
+            err.contains("--interval") && err.contains("cannot be negative"),
+            "{err}"
+        );
+        let err = resolve_err(&["--watch-ports", "22,-1"]);
+        assert!(
+            err.contains("--watch-ports") && err.contains("0 to 65535"),
+            "{err}"
+        );
+        let err = resolve_err(&["--watch-ports", "22,65536"]);
+        assert!(err.contains("65536") && err.contains("0 to 65535"), "{err}");
+    }
+
+    #[test]
+    fn counts_are_bounded() {
+        let err = resolve_err(&["--top-ports", "1001"]);
+        assert!(err.contains("--top-ports") && err.contains("1000"), "{err}");
+        let err = file_err("top.toml", "top_ports = 5000\n");
+        assert!(
+            err.contains("`top_ports`") && err.contains("0 to 1000"),
+            "{err}"
+        );
+        let many: Vec<String> = (0..1001).map(|p| p.to_string()).collect();
+        let err = resolve_err(&["--watch-ports", &many.join(",")]);
+        assert!(
+            err.contains("--watch-ports") && err.contains("1001"),
+            "{err}"
+        );
+    }
+
+    /// Issue 14: TOML `interval = 5` said `expected a string` without naming the unit.
+    #[test]
+    fn toml_number_without_unit_says_a_unit_is_needed() {
+        let err = file_err("unitless.toml", "interval = 5\n");
+        assert!(
+            err.contains("interval") && err.contains("no unit") && err.contains("\"5s\""),
+            "{err}"
+        );
+        let err = file_err("unitless-float.toml", "warmup = 1.5\n");
+        assert!(err.contains("no unit") && err.contains("\"1.5s\""), "{err}");
+        let err = file_err("negative.toml", "interval = \"-5s\"\n");
+        assert!(err.contains("cannot be negative"), "{err}");
+        let err = file_err("bool.toml", "interval = true\n");
+        assert!(err.contains("not a duration"), "{err}");
+    }
+
+    /// Issue 14: these passed the existence check and ended in "Does its driver support
+    /// that mode?".
+    #[test]
+    fn interface_names_are_checked_as_the_kernel_does() {
+        for (name, why) in [
+            (".", "`.` and `..`"),
+            ("..", "`.` and `..`"),
+            ("/", "contains '/'"),
+            ("", "it is empty"),
+            ("lab0/../lab0", "contains '/'"),
+            ("eth0:1", "contains ':'"),
+            ("eth 0", "contains ' '"),
+            ("sixteen-chars-xx", "16 bytes long"),
+        ] {
+            let err = resolve_err(&["--iface", name]);
+            assert!(
+                err.contains("not a valid interface name") && err.contains(why),
+                "{name:?}: {err}"
+            );
+        }
+        let err = resolve_err(&["--iface", "lo", "--iface", "lo"]);
+        assert!(err.contains("\"lo\" is given twice"), "{err}");
+        let err = file_err("twice.toml", "iface = [\"lo\", \"lo\"]\n");
+        assert!(err.contains("given twice"), "{err}");
+        // 15 bytes, and patterns, are fine.
+        let config = parse(&["--iface", "fifteen-chars-x", "--iface", "ppp*"])
+            .unwrap()
+            .resolve()
+            .unwrap();
+        assert_eq!(config.interfaces, ["fifteen-chars-x", "ppp*"]);
     }
 }

@@ -281,7 +281,8 @@ async fn metrics(State(shared): State<SharedState>) -> impl IntoResponse {
 
 async fn healthz(State(shared): State<SharedState>) -> impl IntoResponse {
     let s = lock(&shared);
-    let stale_after = s.config.detector.interval * 3;
+    // Saturating: a config bug must never turn a health check into a panic.
+    let stale_after = s.config.detector.interval.saturating_mul(3);
     let gone: Vec<&str> = s
         .sensor
         .attachments()

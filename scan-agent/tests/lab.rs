@@ -48,7 +48,7 @@ fn agent_args(lab: &Lab, scratch: &Scratch, extra: &[&str]) -> Vec<String> {
         "--surge-threshold",
         "4",
         "--save-interval",
-        "2s",
+        "10s",
         "--watch-ports",
         "22,80,445,3389,8080,9998,9999",
         "--top-ports",
@@ -182,7 +182,8 @@ fn exact_counts_surge_and_restarts_keep_everything() {
 
         // KILL mid-traffic: the periodic save and the pinned maps carry over.
         let before = agent.metrics().unwrap();
-        std::thread::sleep(Duration::from_secs(3));
+        // Past one --save-interval (10 s, the shortest allowed) since this agent started.
+        std::thread::sleep(Duration::from_secs(11));
         agent.stop(libc::SIGKILL).unwrap();
         agent = start(&lab, &scratch, &[], "3");
         let after = agent.metrics().unwrap();
