@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::{
     detector::{ConfigError as DetectorConfigError, DetectorConfig},
+    input::{self, InputError},
     sensor::ModeChoice,
 };
 
@@ -25,6 +26,8 @@ pub const DEFAULT_WATCH_PORTS: &[u16] = &[
 ];
 pub const DEFAULT_TOP_PORTS: usize = 20;
 pub const DEFAULT_SAVE_INTERVAL: Duration = Duration::from_secs(120);
+/// Largest config file read (a real one is a few hundred bytes).
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 /// Most ports exported by `--top-ports` (each is a handful of series).
 pub const MAX_TOP_PORTS: usize = 1000;
 /// Most ports in `--watch-ports` (each is a handful of series).
@@ -296,11 +299,8 @@ pub struct AgentConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Read(#[from] InputError),
     #[error("config file {path} is not valid: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{0}")]
@@ -309,9 +309,10 @@ pub enum ConfigError {
 
 impl FileConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let bytes = input::read_regular(path, input::CONFIG, MAX_CONFIG_BYTES)?;
+        let text = String::from_utf8(bytes).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
-            source,
+            message: format!("it is not UTF-8 text ({e}); a config file is TOML text"),
         })?;
         toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
@@ -843,5 +844,38 @@ mod tests {
             .resolve()
             .unwrap();
         assert_eq!(config.interfaces, ["fifteen-chars-x", "ppp*"]);
+    }
+
+    /// Issue 14: a FIFO as `--config` blocked before attaching; `/dev/zero` was read
+    /// without a limit.
+    #[test]
+    fn config_must_be_a_small_regular_file() {
+        let err = resolve_err(&["--config", "/dev/zero"]);
+        assert!(
+            err.contains("\"/dev/zero\" is a character device, not a regular file")
+                && err.contains("give --config the path of a regular file"),
+            "{err}"
+        );
+        let err = resolve_err(&["--config", "/tmp"]);
+        assert!(err.contains("is a directory"), "{err}");
+        let path =
+            std::env::temp_dir().join(format!("scan-agent-{}-fifo.toml", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+        let err = resolve_err(&["--config", path.to_str().unwrap()]);
+        std::fs::remove_file(&path).ok();
+        assert!(err.contains("is a FIFO (named pipe)"), "{err}");
+        let big = temp_file("big.toml", &"#".repeat(MAX_CONFIG_BYTES as usize + 1));
+        let err = resolve_err(&["--config", big.to_str().unwrap()]);
+        std::fs::remove_file(&big).ok();
+        assert!(err.contains("larger than the 1048576 bytes"), "{err}");
+        let binary =
+            std::env::temp_dir().join(format!("scan-agent-{}-bin.toml", std::process::id()));
+        std::fs::write(&binary, [0xff, 0xfe, 0x00]).unwrap();
+        let err = resolve_err(&["--config", binary.to_str().unwrap()]);
+        std::fs::remove_file(&binary).ok();
+        assert!(err.contains("not UTF-8"), "{err}");
     }
 }

@@ -5,6 +5,7 @@ pub mod check;
 pub mod config;
 pub mod daemon;
 pub mod detector;
+pub mod input;
 pub mod metrics;
 pub mod replay;
 pub mod sensor;
