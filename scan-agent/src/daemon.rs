@@ -8,7 +8,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use axum::{
     Router,
-    extract::State,
+    extract::{Path, State},
     http::{StatusCode, header},
     response::{Html, IntoResponse},
     routing::get,
@@ -17,6 +17,7 @@ use scan_common::PORTS;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
+    api::{ApiInput, Recent},
     config::AgentConfig,
     detector::Detector,
     metrics::{Metrics, Snapshot},
@@ -31,6 +32,8 @@ struct Shared {
     detector: Detector,
     metrics: Metrics,
     ports: Vec<u64>,
+    /// Rate history and episode starts for the JSON API.
+    recent: Recent,
     last_poll: Option<Instant>,
     last_error: Option<String>,
 }
@@ -143,6 +146,7 @@ pub async fn run(mut config: AgentConfig) -> Result<()> {
     let shared = Arc::new(Mutex::new(Shared {
         metrics: Metrics::new().context("registering metrics")?,
         ports: vec![0; PORTS as usize],
+        recent: Recent::new(interval),
         clock: DetectorClock::new(),
         config,
         sensor,
@@ -162,6 +166,8 @@ pub async fn run(mut config: AgentConfig) -> Result<()> {
         .route("/", get(index))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
+        .route("/api/v1/ports", get(api_ports))
+        .route("/api/v1/ports/{port}", get(api_port))
         .with_state(shared.clone());
     let mut server = tokio::spawn(async move { axum::serve(listener, app).await });
 
@@ -211,6 +217,8 @@ fn poll(shared: &SharedState) {
     s.sensor.read_ports(&mut s.ports);
     let now = s.clock.now();
     s.detector.step(now, &s.ports);
+    let exported = Metrics::exported_ports(&s.detector, &s.config.watch_ports, s.config.top_ports);
+    s.recent.record(&s.detector, &exported, now.as_secs_f64());
     timer.observe_duration();
     s.last_poll = Some(Instant::now());
     s.metrics.last_poll.set(unix_now().as_secs_f64());
@@ -277,6 +285,46 @@ async fn metrics(State(shared): State<SharedState>) -> impl IntoResponse {
         body,
     )
         .into_response()
+}
+
+/// Renders one JSON API response from fresh kernel counters and the detector's view.
+fn api_json<T: serde::Serialize>(
+    shared: &SharedState,
+    render: impl FnOnce(&ApiInput<'_>) -> T,
+) -> axum::response::Response {
+    let mut guard = lock(shared);
+    let s = &mut *guard;
+    s.sensor.read_ports(&mut s.ports);
+    let exported = Metrics::exported_ports(&s.detector, &s.config.watch_ports, s.config.top_ports);
+    let input = ApiInput {
+        detector: &s.detector,
+        recent: &s.recent,
+        ports: &s.ports,
+        exported: &exported,
+        time: s.detector.last_step().unwrap_or_default().as_secs_f64(),
+    };
+    match serde_json::to_string(&render(&input)) {
+        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding JSON: {e}\n"),
+        )
+            .into_response(),
+    }
+}
+
+async fn api_ports(State(shared): State<SharedState>) -> axum::response::Response {
+    api_json(&shared, |input| input.ports())
+}
+
+async fn api_port(
+    State(shared): State<SharedState>,
+    Path(port): Path<String>,
+) -> axum::response::Response {
+    match crate::api::parse_port(&port) {
+        Ok(port) => api_json(&shared, |input| input.port(port)),
+        Err(message) => (StatusCode::NOT_FOUND, format!("{message}\n")).into_response(),
+    }
 }
 
 async fn healthz(State(shared): State<SharedState>) -> impl IntoResponse {

@@ -231,6 +231,33 @@ fn endpoints_answer_and_metrics_pass_promtool() {
     let (status, body) = scan_lab::http::get(agent.listen, "/").unwrap();
     assert_eq!(status, 200);
     assert!(body.contains("/metrics"), "{body}");
+    // The JSON API: the exported ports and any single port, with exact kernel counts.
+    let (status, body) = scan_lab::http::get(agent.listen, "/api/v1/ports").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let ports: scan_agent::api::PortsResponse = serde_json::from_str(&body).expect(&body);
+    assert_eq!(ports.version, scan_agent::api::API_VERSION);
+    assert!(ports.warming_up);
+    assert_eq!(ports.syn_total_all_ports, 3, "{body}");
+    let p445 = ports.ports.iter().find(|p| p.port == 445).expect(&body);
+    assert_eq!(
+        (p445.syn_total, p445.flagged, p445.episode_start),
+        (3, false, None)
+    );
+    // Watch-list ports are exported even when idle.
+    assert!(ports.ports.iter().any(|p| p.port == 9999), "{body}");
+    for window in ports.ports.windows(2) {
+        assert!(window[0].ratio >= window[1].ratio, "not by ratio: {body}");
+    }
+    let (status, body) = scan_lab::http::get(agent.listen, "/api/v1/ports/445").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let one: scan_agent::api::PortView = serde_json::from_str(&body).expect(&body);
+    assert_eq!((one.port, one.syn_total), (445, 3));
+    let (status, body) = scan_lab::http::get(agent.listen, "/api/v1/ports/12345").unwrap();
+    let idle: scan_agent::api::PortView = serde_json::from_str(&body).expect(&body);
+    assert_eq!((status, idle.syn_total, idle.rate), (200, 0, 0.0));
+    let (status, body) = scan_lab::http::get(agent.listen, "/api/v1/ports/70000").unwrap();
+    assert_eq!(status, 404);
+    assert!(body.contains("0 to 65535"), "{body}");
     let metrics = agent.metrics().unwrap();
     for name in [
         "scan_syn_packets_total",
