@@ -18,6 +18,10 @@
       FILE is valid TOML, uses only keys the agent's config file accepts (read from the
       FileConfig struct in CONFIG_RS when given and parseable, else the documented list),
       and its durations look like humantime durations.
+  kitcheck.py exposition FILE
+      FILE is a live /metrics scrape of the agent (the lab test writes it): every name of
+      METRICS, which the rules and the dashboard may use, has a TYPE line in it, so the
+      kit names only metrics that exist.
 Each prints one line and exits 0 (pass) or 1 (fail).
 """
 
@@ -33,8 +37,8 @@ METRICS = {
     "scan_surge_ratio",
     "scan_surge_flagged",
     "scan_surge_threshold",
-    "scan_syn_packets_all_ports_total",
     "scan_packets_total",
+    "scan_packet_flags_total",
     "scan_agent_attached",
     "scan_agent_poll_duration_seconds",
     "scan_agent_poll_errors_total",
@@ -55,7 +59,7 @@ DOC_TOML_KEYS = {
     "iface", "xdp_mode", "listen", "interval", "short_window", "baseline_window", "warmup",
     "surge_threshold", "watch_ports", "top_ports", "state_file", "pin_path",
 }
-DURATION_KEYS = {"interval", "short_window", "baseline_window", "warmup", "save_interval",
+DURATION_KEYS = {"interval", "short_window", "baseline_window", "warmup", "save_interval", "export_hold",
                  "surge_adapt_window"}
 
 
@@ -179,7 +183,8 @@ def check_dashboard(path, rules_out=None):
         "top ports by surge ratio (topk over scan_surge_ratio)": r"topk\([^)]*scan_surge_ratio",
         "rate vs baseline per $port": r"scan_syn_rate\{[^}]*\$port",
         "baseline per $port": r"scan_syn_baseline_rate\{[^}]*\$port",
-        "packet classes by class": r"by \(class\) \(rate\(scan_packets_total",
+        "packets by outcome": r"by \(outcome\) \(rate\(scan_packets_total",
+        "packets by flag": r"by \(flag\) \(rate\(scan_packet_flags_total",
         "attached interfaces": r"scan_agent_attached",
         "poll duration": r"scan_agent_poll_duration_seconds_bucket",
         "poll errors": r"scan_agent_poll_errors_total",
@@ -313,6 +318,15 @@ def check_toml(path, config_rs=None):
     print(f"valid TOML, {len(cfg)} keys, all accepted by {source}")
 
 
+def check_exposition(path):
+    with open(path) as f:
+        typed = set(re.findall(r"^# TYPE (\S+) ", f.read(), re.M))
+    missing = sorted(METRICS - typed)
+    if missing:
+        fail(f"{path}: the kit's metric names missing from the agent's output: {missing}")
+    print(f"all {len(METRICS)} metric names of the kit are in the agent's output")
+
+
 def main():
     if len(sys.argv) < 3:
         print(__doc__)
@@ -324,6 +338,8 @@ def main():
         check_rules(args[0])
     elif cmd == "scaled" and len(args) == 3:
         check_scaled(*args)
+    elif cmd == "exposition":
+        check_exposition(args[0])
     elif cmd == "toml":
         check_toml(*args[:2])
     else:

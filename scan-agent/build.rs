@@ -19,6 +19,7 @@ fn main() -> anyhow::Result<()> {
         println!("cargo:rerun-if-changed={}", workspace.join(dir).display());
     }
     println!("cargo:rerun-if-env-changed={RUSTC_OVERRIDE}");
+    build_info(workspace);
 
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     // One target dir for every profile of the agent (debug, release, clippy), so
@@ -78,4 +79,59 @@ fn main() -> anyhow::Result<()> {
     std::fs::copy(&object, out_dir.join("scan-ebpf.o"))
         .with_context(|| format!("copying {}", object.display()))?;
     Ok(())
+}
+
+/// `scan_agent_build_info` labels: the git revision, the compiler and the aya version
+/// this binary was built with (`SCAN_GIT_REVISION`, `SCAN_RUSTC_VERSION`, `SCAN_AYA_VERSION`).
+fn build_info(workspace: &std::path::Path) {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .current_dir(workspace)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|out| out.status.success())
+            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    // Rebuilt when HEAD moves: HEAD itself and the ref it points at (a worktree's HEAD
+    // lives in its own git dir).
+    let head = git(&["rev-parse", "--git-path", "HEAD"]);
+    let branch = git(&["symbolic-ref", "-q", "HEAD"])
+        .and_then(|name| git(&["rev-parse", "--git-path", &name]));
+    // (A missing file would make cargo rerun this script on every build.)
+    for file in [head, branch].into_iter().flatten() {
+        let file = workspace.join(file);
+        if file.exists() {
+            println!("cargo:rerun-if-changed={}", file.display());
+        }
+    }
+    let revision = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let rustc_version = std::process::Command::new(rustc)
+        .arg("-V")
+        .output()
+        .ok()
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        .and_then(|v| v.split_whitespace().nth(1).map(str::to_string))
+        .unwrap_or_else(|| "unknown".into());
+    // The resolved aya version, from the committed lock file.
+    let lock = workspace.join("Cargo.lock");
+    println!("cargo:rerun-if-changed={}", lock.display());
+    let aya_version = std::fs::read_to_string(&lock)
+        .ok()
+        .and_then(|text| {
+            text.split("[[package]]").find_map(|package| {
+                let mut lines = package.lines().map(str::trim);
+                lines.any(|l| l == "name = \"aya\"").then(|| {
+                    package
+                        .lines()
+                        .find_map(|l| l.trim().strip_prefix("version = "))
+                        .map(|v| v.trim_matches('"').to_string())
+                })?
+            })
+        })
+        .unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=SCAN_GIT_REVISION={revision}");
+    println!("cargo:rustc-env=SCAN_RUSTC_VERSION={rustc_version}");
+    println!("cargo:rustc-env=SCAN_AYA_VERSION={aya_version}");
 }

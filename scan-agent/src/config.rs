@@ -45,6 +45,7 @@ pub const MAX_SAVE_INTERVAL: Duration = Duration::from_secs(86_400);
 pub const MAX_WINDOW: Duration = Duration::from_secs(3_155_760_000); // humantime's 100years
 /// Longest interface name the kernel takes (`IFNAMSIZ` 16, with the NUL).
 pub const MAX_IFACE_LEN: usize = 15;
+pub const DEFAULT_EXPORT_HOLD: Duration = Duration::from_secs(3600);
 
 #[derive(Parser, Debug)]
 #[command(
@@ -123,6 +124,10 @@ pub struct RunArgs {
     /// Also export the K active ports with the highest surge ratio [default: 20]
     #[arg(long, allow_negative_numbers = true, value_parser = parse_top_ports)]
     pub top_ports: Option<usize>,
+    /// A port keeps its series this long after it was last in the watch list or the
+    /// top set, so its counter does not flap in and out of existence [default: 1h]
+    #[arg(long, value_parser = parse_duration)]
+    pub export_hold: Option<Duration>,
     /// Where baselines are saved (atomically) and restored from [default:
     /// /var/lib/scan-agent/state.json]
     #[arg(long)]
@@ -225,6 +230,8 @@ pub struct FileConfig {
     surge_adapt_window: Option<Duration>,
     watch_ports: Option<Vec<u16>>,
     top_ports: Option<usize>,
+    #[serde(default, with = "humantime_serde_opt")]
+    export_hold: Option<Duration>,
     state_file: Option<PathBuf>,
     #[serde(default, with = "humantime_serde_opt")]
     save_interval: Option<Duration>,
@@ -290,6 +297,7 @@ pub struct AgentConfig {
     pub detector: DetectorConfig,
     pub watch_ports: Vec<u16>,
     pub top_ports: usize,
+    pub export_hold: Duration,
     pub state_file: PathBuf,
     pub save_interval: Duration,
     pub pin_path: PathBuf,
@@ -486,6 +494,10 @@ impl RunArgs {
                 .top_ports
                 .or(file.top_ports)
                 .unwrap_or(DEFAULT_TOP_PORTS),
+            export_hold: self
+                .export_hold
+                .or(file.export_hold)
+                .unwrap_or(DEFAULT_EXPORT_HOLD),
             state_file: self
                 .state_file
                 .clone()
@@ -526,6 +538,7 @@ impl AgentConfig {
                 self.watch_ports.len()
             )));
         }
+        check_duration("--export-hold", self.export_hold, Duration::ZERO, MAX_WINDOW, "1h")?;
         check_duration(
             "--save-interval",
             self.save_interval,
@@ -646,6 +659,7 @@ mod tests {
             format!("[default: {}]", d.floor),
             format!("[default: {DEFAULT_TOP_PORTS}]"),
             format!("[default: {}]", human(DEFAULT_SAVE_INTERVAL)),
+            format!("[default: {}]", human(DEFAULT_EXPORT_HOLD)),
             format!("[default: {DEFAULT_LISTEN}]"),
             format!("[default: {DEFAULT_STATE_FILE}]"),
             format!("[default: {DEFAULT_PIN_PATH}]"),

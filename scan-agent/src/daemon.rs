@@ -276,6 +276,8 @@ async fn metrics(State(shared): State<SharedState>) -> impl IntoResponse {
         attachments: s.sensor.attachments(),
         watch_ports: &s.config.watch_ports,
         top_ports: s.config.top_ports,
+        export_hold: s.config.export_hold,
+        now: s.clock.now(),
     });
     (
         [(

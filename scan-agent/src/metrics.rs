@@ -1,11 +1,14 @@
-//! Prometheus exposition. Like cloudflare's ebpf_exporter, the kernel counters are
-//! read at scrape time: the counters exported are the kernel's cumulative values.
-//! Per-port series are bounded: the watch list plus the top-K ports by surge ratio.
+//! Prometheus exposition. The counters exported are the kernel's cumulative values.
+//! Prefixes: `scan_` for what the sensor observes about traffic, `scan_agent_` for the
+//! agent's own health. Per-port series are bounded: the watch list plus the top-K
+//! ports by surge ratio, each held for `--export-hold` after it was last in that set.
+use std::{collections::HashMap, time::Duration};
+
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use scan_common::{ClassCounts, PORTS, PacketClass};
+use scan_common::{ClassCounts, PacketClass};
 
 use crate::{
     detector::{ACTIVE_RATE, Detector, PortStatus},
@@ -20,8 +23,8 @@ pub struct Metrics {
     ratio: GaugeVec,
     flagged: IntGaugeVec,
     threshold: Gauge,
-    syn_all_ports: IntCounter,
     packets: IntCounterVec,
+    packet_flags: IntCounterVec,
     attached: IntGaugeVec,
     pub poll_duration: Histogram,
     pub poll_errors: IntCounter,
@@ -33,6 +36,8 @@ pub struct Metrics {
     ports_left_out: IntGauge,
     pub state_save_errors: IntCounter,
     pub scrape_duration: Histogram,
+    /// Port -> detector time it was last in the watch list or the top set.
+    held: HashMap<u16, Duration>,
 }
 
 /// What one scrape renders: fresh kernel counters plus the detector's view.
@@ -43,7 +48,20 @@ pub struct Snapshot<'a> {
     pub attachments: &'a [Attachment],
     pub watch_ports: &'a [u16],
     pub top_ports: usize,
+    pub export_hold: Duration,
+    /// Detector time of this render (for `export_hold`).
+    pub now: Duration,
 }
+
+/// Packet classes counted once per packet: they sum to the packets seen.
+const OUTCOMES: [PacketClass; 7] = PacketClass::OUTCOMES;
+/// Packet classes counted on the way through (any number per packet).
+const FLAGS: [PacketClass; 4] = [
+    PacketClass::Vlan,
+    PacketClass::Ipv4,
+    PacketClass::Ipv6,
+    PacketClass::Syn,
+];
 
 impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
@@ -86,16 +104,19 @@ impl Metrics {
                 "scan_surge_threshold",
                 "Configured surge ratio threshold",
             ))?,
-            syn_all_ports: IntCounter::with_opts(Opts::new(
-                "scan_syn_packets_all_ports_total",
-                "TCP SYNs over all 65,536 destination ports, as counted by the kernel",
-            ))?,
             packets: IntCounterVec::new(
                 Opts::new(
                     "scan_packets_total",
-                    "Packets seen by the XDP program, by class (see README: classes and invariants)",
+                    "Packets seen by the XDP program, by outcome (exactly one per packet: the outcomes sum to the packets seen)",
                 ),
-                &["class"],
+                &["outcome"],
+            )?,
+            packet_flags: IntCounterVec::new(
+                Opts::new(
+                    "scan_packet_flags_total",
+                    "Packets that carried a VLAN tag, were IPv4 or IPv6, or were a TCP SYN (counted in scan_syn_packets_total by port)",
+                ),
+                &["flag"],
             )?,
             attached: IntGaugeVec::new(
                 Opts::new(
@@ -139,7 +160,7 @@ impl Metrics {
             ))?,
             ports_left_out: IntGauge::with_opts(Opts::new(
                 "scan_agent_ports_left_out",
-                "Active ports not exported (beyond the watch list and top-K); see scan_syn_packets_all_ports_total",
+                "Active ports not exported (beyond the watch list, top-K and hold); see scan_packet_flags_total{flag=\"syn\"}",
             ))?,
             state_save_errors: IntCounter::with_opts(Opts::new(
                 "scan_agent_state_save_errors_total",
@@ -148,29 +169,41 @@ impl Metrics {
             scrape_duration: Histogram::with_opts(
                 HistogramOpts::new(
                     "scan_agent_scrape_duration_seconds",
-                    "Time to read the kernel counters and render /metrics",
+                    "Time to render /metrics",
                 )
                 .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1]),
             )?,
             registry,
+            held: HashMap::new(),
         };
         let build_info = IntGaugeVec::new(
-            Opts::new("scan_agent_build_info", "Agent version; always 1"),
-            &["version"],
+            Opts::new(
+                "scan_agent_build_info",
+                "Agent version, git revision, compiler and aya versions; always 1",
+            ),
+            &["version", "revision", "rustc_version", "aya_version"],
         )?;
         build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .with_label_values(&[
+                env!("CARGO_PKG_VERSION"),
+                env!("SCAN_GIT_REVISION"),
+                env!("SCAN_RUSTC_VERSION"),
+                env!("SCAN_AYA_VERSION"),
+            ])
             .set(1);
         let r = &m.registry;
         r.register(Box::new(build_info))?;
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         r.register(Box::new(m.syn_total.clone()))?;
         r.register(Box::new(m.syn_rate.clone()))?;
         r.register(Box::new(m.baseline.clone()))?;
         r.register(Box::new(m.ratio.clone()))?;
         r.register(Box::new(m.flagged.clone()))?;
         r.register(Box::new(m.threshold.clone()))?;
-        r.register(Box::new(m.syn_all_ports.clone()))?;
         r.register(Box::new(m.packets.clone()))?;
+        r.register(Box::new(m.packet_flags.clone()))?;
         r.register(Box::new(m.attached.clone()))?;
         r.register(Box::new(m.poll_duration.clone()))?;
         r.register(Box::new(m.poll_errors.clone()))?;
@@ -195,10 +228,27 @@ impl Metrics {
         ports
     }
 
-    /// Sets every series from `snapshot` and renders the text exposition format.
-    pub fn render(&self, snapshot: &Snapshot<'_>) -> String {
+    /// [`Self::exported_ports`] plus the ports that were in that set within
+    /// `hold` before `now`; forgets the ports held longer.
+    fn exported_with_hold(&mut self, snapshot: &Snapshot<'_>) -> Vec<PortStatus> {
         let detector = snapshot.detector;
-        let exported = Self::exported_ports(detector, snapshot.watch_ports, snapshot.top_ports);
+        let mut ports = Self::exported_ports(detector, snapshot.watch_ports, snapshot.top_ports);
+        for status in &ports {
+            self.held.insert(status.port, snapshot.now);
+        }
+        let (now, hold) = (snapshot.now, snapshot.export_hold);
+        self.held
+            .retain(|_, last| now.saturating_sub(*last) <= hold);
+        ports.extend(self.held.keys().map(|&port| detector.status(port)));
+        ports.sort_unstable_by_key(|status| status.port);
+        ports.dedup_by_key(|status| status.port);
+        ports
+    }
+
+    /// Sets every series from `snapshot` and renders the text exposition format.
+    pub fn render(&mut self, snapshot: &Snapshot<'_>) -> String {
+        let detector = snapshot.detector;
+        let exported = self.exported_with_hold(snapshot);
         for vec in [&self.syn_rate, &self.baseline, &self.ratio] {
             vec.reset();
         }
@@ -223,15 +273,15 @@ impl Metrics {
                 .with_label_values(&labels)
                 .set(status.flagged.into());
         }
-        self.syn_all_ports.reset();
-        self.syn_all_ports.inc_by(
-            snapshot.ports[..PORTS as usize]
-                .iter()
-                .fold(0u64, |sum, &v| sum.wrapping_add(v)),
-        );
         self.packets.reset();
-        for class in PacketClass::ALL {
+        for class in OUTCOMES {
             self.packets
+                .with_label_values(&[class.name()])
+                .inc_by(snapshot.classes.get(class));
+        }
+        self.packet_flags.reset();
+        for class in FLAGS {
+            self.packet_flags
                 .with_label_values(&[class.name()])
                 .inc_by(snapshot.classes.get(class));
         }
@@ -257,5 +307,106 @@ impl Metrics {
             log::error!("rendering metrics: {e}");
         }
         String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use scan_common::PORTS;
+
+    use super::*;
+    use crate::detector::DetectorConfig;
+
+    fn render(metrics: &mut Metrics, detector: &Detector, now: u64) -> String {
+        let mut classes = ClassCounts::default();
+        classes.0[PacketClass::Seen as usize] = 10;
+        classes.0[PacketClass::Tcp as usize] = 7;
+        classes.0[PacketClass::NonIp as usize] = 3;
+        classes.0[PacketClass::Ipv4 as usize] = 7;
+        classes.0[PacketClass::Syn as usize] = 5;
+        metrics.render(&Snapshot {
+            ports: &vec![0; PORTS as usize],
+            classes: &classes,
+            detector,
+            attachments: &[],
+            watch_ports: &[22],
+            top_ports: 1,
+            export_hold: Duration::from_secs(100),
+            now: Duration::from_secs(now),
+        })
+    }
+
+    fn exported(text: &str) -> Vec<u16> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("scan_surge_ratio{port=\""))
+            .filter_map(|l| l.split('"').next()?.parse().ok())
+            .collect()
+    }
+
+    #[test]
+    fn outcomes_and_flags_are_two_metrics_with_no_duplicate_total() {
+        let mut metrics = Metrics::new().unwrap();
+        let detector = Detector::new(DetectorConfig::default());
+        let text = render(&mut metrics, &detector, 0);
+        let outcomes: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("scan_packets_total{"))
+            .collect();
+        assert_eq!(outcomes.len(), OUTCOMES.len(), "{text}");
+        assert!(text.contains("scan_packets_total{outcome=\"tcp\"} 7"));
+        assert!(text.contains("scan_packets_total{outcome=\"non_ip\"} 3"));
+        assert!(!text.contains("outcome=\"seen\""), "{text}");
+        assert!(text.contains("scan_packet_flags_total{flag=\"syn\"} 5"));
+        assert!(text.contains("scan_packet_flags_total{flag=\"ipv4\"} 7"));
+        assert!(!text.contains("all_ports"), "{text}");
+        assert!(
+            text.contains("scan_agent_build_info{aya_version=\""),
+            "{text}"
+        );
+        assert!(text.contains("process_resident_memory_bytes "), "{text}");
+    }
+
+    #[test]
+    fn a_port_stays_exported_for_the_hold_after_leaving_the_top_set() {
+        let config = DetectorConfig::default();
+        let interval = config.interval.as_secs();
+        let mut detector = Detector::new(config);
+        let mut metrics = Metrics::new().unwrap();
+        let mut ports = vec![0u64; PORTS as usize];
+        let mut t = 0;
+        let mut step = |detector: &mut Detector, ports: &[u64], t: &mut u64| {
+            *t += interval;
+            detector.step(Duration::from_secs(*t), ports);
+        };
+        step(&mut detector, &ports, &mut t);
+        // 7000 leads the top set (K = 1) ...
+        for _ in 0..5 {
+            ports[7000] += 100;
+            step(&mut detector, &ports, &mut t);
+        }
+        assert_eq!(
+            exported(&render(&mut metrics, &detector, t)),
+            vec![22, 7000]
+        );
+        let last_in_top = t;
+        // ... then 8000 takes the lead: 7000 stays exported for the hold (100 s) ...
+        for _ in 0..5 {
+            ports[8000] += 10_000;
+            step(&mut detector, &ports, &mut t);
+        }
+        assert_eq!(detector.top_ports(1)[0].port, 8000);
+        assert_eq!(
+            exported(&render(&mut metrics, &detector, t)),
+            vec![22, 7000, 8000]
+        );
+        assert_eq!(
+            exported(&render(&mut metrics, &detector, last_in_top + 100)),
+            vec![22, 7000, 8000]
+        );
+        // ... and no longer.
+        assert_eq!(
+            exported(&render(&mut metrics, &detector, last_in_top + 101)),
+            vec![22, 8000]
+        );
     }
 }

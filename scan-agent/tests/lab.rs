@@ -123,11 +123,12 @@ fn exact_counts_surge_and_restarts_keep_everything() {
     assert_eq!(port_total(&metrics, 3389), 3.0);
     assert_eq!(port_total(&metrics, 445), 0.0);
     assert_eq!(
-        value(&metrics, "scan_syn_packets_all_ports_total", ""),
+        value(&metrics, "scan_packet_flags_total", "flag=\"syn\""),
         76.0
     );
-    assert_eq!(value(&metrics, "scan_packets_total", "class=\"syn\""), 76.0);
-    assert!(value(&metrics, "scan_packets_total", "class=\"ipv6\"") >= 8.0);
+    assert!(value(&metrics, "scan_packet_flags_total", "flag=\"ipv6\"") >= 8.0);
+    assert!(value(&metrics, "scan_packets_total", "outcome=\"tcp\"") >= 76.0);
+    assert!(!metrics.contains("all_ports"), "{metrics}");
 
     // Steady background on 22 (~4 SYN/s) through the rest of the test, a 445
     // surge after warm-up: 445 must be flagged, 22 must not.
@@ -265,6 +266,7 @@ fn endpoints_answer_and_metrics_pass_promtool() {
         "scan_syn_baseline_rate",
         "scan_surge_ratio",
         "scan_packets_total",
+        "scan_packet_flags_total",
         "scan_agent_attached",
         "scan_agent_poll_duration_seconds",
         "scan_agent_poll_errors_total",
@@ -273,6 +275,9 @@ fn endpoints_answer_and_metrics_pass_promtool() {
         "scan_agent_ports_left_out",
         "scan_agent_warming_up",
         "scan_agent_build_info",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
     ] {
         assert!(
             metrics.contains(&format!("# HELP {name} ")),
@@ -301,11 +306,27 @@ fn endpoints_answer_and_metrics_pass_promtool() {
         .write_all(metrics.as_bytes())
         .unwrap();
     let out = promtool.wait_with_output().unwrap();
+    // Clean means no lint line at all, not only exit status 0.
     assert!(
-        out.status.success(),
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
         "promtool check metrics: {}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The deploy kit (rules, dashboard) names only metrics that this scrape has.
+    let scrape = scratch.file("scrape.txt");
+    std::fs::write(&scrape, &metrics).unwrap();
+    let kit = Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/kitcheck.py"))
+        .arg("exposition")
+        .arg(&scrape)
+        .output()
+        .expect("python3");
+    assert!(
+        kit.status.success(),
+        "{}",
+        String::from_utf8_lossy(&kit.stdout)
     );
 
     // The interface disappears: /healthz says so and the attached gauge drops.
@@ -378,7 +399,10 @@ fn one_agent_counts_on_several_interfaces() {
     let metrics = agent.metrics().unwrap();
     assert_eq!(port_total(&metrics, 445), 21.0);
     assert_eq!(port_total(&metrics, 3389), 5.0);
-    assert_eq!(value(&metrics, "scan_packets_total", "class=\"syn\""), 26.0);
+    assert_eq!(
+        value(&metrics, "scan_packet_flags_total", "flag=\"syn\""),
+        26.0
+    );
 }
 
 #[test]

@@ -94,7 +94,7 @@ fn measure(settings: &Settings, lab: &Lab, dir: &Path, agent: &Agent) -> Result<
     let (syns_seen, ports_active) = loop {
         proc::sleep(Duration::from_millis(500))?;
         let text = agent.metrics()?;
-        let seen = sample(&text, "scan_syn_packets_all_ports_total", "").unwrap_or(0.0);
+        let seen = sample(&text, "scan_packet_flags_total", "flag=\"syn\"").unwrap_or(0.0);
         let active = sample(&text, "scan_agent_ports_active", "").unwrap_or(0.0);
         if active >= 65_536.0 || Instant::now() > deadline {
             break (seen, active);

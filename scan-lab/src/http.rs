@@ -70,6 +70,21 @@ pub fn sample(exposition: &str, metric: &str, labels: &str) -> Option<f64> {
     })
 }
 
+/// The sum of every sample of `metric` (all label sets), e.g. the packets seen as the
+/// sum of `scan_packets_total` over its outcomes.
+pub fn sample_sum(exposition: &str, metric: &str) -> f64 {
+    exposition
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(metric)?;
+            let (series, value) = rest.rsplit_once(' ')?;
+            (series.is_empty() || series.starts_with('{'))
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -84,5 +99,7 @@ mod tests {
         assert_eq!(super::sample(text, "a_total", ""), Some(12.0));
         assert_eq!(super::sample(text, "b", "port=\"22\""), Some(4.0));
         assert_eq!(super::sample(text, "b", "port=\"80\""), None);
+        let text = "x_total{o=\"a\"} 2\nx_total{o=\"b\"} 3\nx_totals 9\n";
+        assert_eq!(super::sample_sum(text, "x_total"), 5.0);
     }
 }

@@ -9,7 +9,11 @@ use std::{
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use scan_lab::{Agent, Lab, Scratch, http::sample, monitoring::Monitoring};
+use scan_lab::{
+    Agent, Lab, Scratch,
+    http::{sample, sample_sum},
+    monitoring::Monitoring,
+};
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -197,8 +201,8 @@ fn draw(agent: &Agent, lab: &Lab, monitoring: Option<&Monitoring>, elapsed: Dura
     }
     out += &format!(
         "\nall ports: {} SYNs; packets seen: {}. Surge on {SURGE_PORT} from 60s to 120s of every 3 min. Ctrl-C to stop.\n",
-        sample(&metrics, "scan_syn_packets_all_ports_total", "").unwrap_or(0.0),
-        sample(&metrics, "scan_packets_total", "class=\"seen\"").unwrap_or(0.0),
+        sample(&metrics, "scan_packet_flags_total", "flag=\"syn\"").unwrap_or(0.0),
+        sample_sum(&metrics, "scan_packets_total"),
     );
     print!("{out}");
 }
