@@ -374,7 +374,7 @@ mod tests {
         let mut metrics = Metrics::new().unwrap();
         let mut ports = vec![0u64; PORTS as usize];
         let mut t = 0;
-        let mut step = |detector: &mut Detector, ports: &[u64], t: &mut u64| {
+        let step = |detector: &mut Detector, ports: &[u64], t: &mut u64| {
             *t += interval;
             detector.step(Duration::from_secs(*t), ports);
         };

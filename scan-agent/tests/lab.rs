@@ -318,7 +318,10 @@ fn endpoints_answer_and_metrics_pass_promtool() {
     let scrape = scratch.file("scrape.txt");
     std::fs::write(&scrape, &metrics).unwrap();
     let kit = Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/kitcheck.py"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/kitcheck.py"
+        ))
         .arg("exposition")
         .arg(&scrape)
         .output()

@@ -52,7 +52,7 @@ pub fn run(iterations: usize) -> Result<RenderResults> {
         adopted: false,
     }];
     let measure = |watch: &[u16], top: usize| -> Result<RenderFigures> {
-        let metrics = Metrics::new()?;
+        let mut metrics = Metrics::new()?;
         let snapshot = Snapshot {
             ports: &cumulative,
             classes: &classes,
@@ -60,6 +60,8 @@ pub fn run(iterations: usize) -> Result<RenderResults> {
             attachments: &attachments,
             watch_ports: watch,
             top_ports: top,
+            export_hold: scan_agent::config::DEFAULT_EXPORT_HOLD,
+            now: Duration::from_secs(1_700_000_000) + interval * steps as u32,
         };
         let bytes = metrics.render(&snapshot).len();
         let ms = median_ms(iterations, || {
