@@ -538,7 +538,13 @@ impl AgentConfig {
                 self.watch_ports.len()
             )));
         }
-        check_duration("--export-hold", self.export_hold, Duration::ZERO, MAX_WINDOW, "1h")?;
+        check_duration(
+            "--export-hold",
+            self.export_hold,
+            Duration::ZERO,
+            MAX_WINDOW,
+            "1h",
+        )?;
         check_duration(
             "--save-interval",
             self.save_interval,
