@@ -99,6 +99,23 @@ pub async fn run(mut config: AgentConfig) -> Result<()> {
         log::info!("no --iface given: using {iface}, the default route's interface");
         config.interfaces.push(iface);
     }
+    // The state file first: a path that cannot be saved to, or a file that cannot be
+    // restored, stops the agent before it attaches anything.
+    state::check_writable(&config.state_file)?;
+    let detector = match state::load(&config.state_file)? {
+        Some(saved) => {
+            log::info!("restored baselines from {}", config.state_file.display());
+            Detector::restore(config.detector.clone(), saved)
+        }
+        None => {
+            log::info!(
+                "no state file at {}: learning baselines from scratch (warm-up {})",
+                config.state_file.display(),
+                humantime::format_duration(config.detector.warmup)
+            );
+            Detector::new(config.detector.clone())
+        }
+    };
     let mut sensor = Sensor::load(Some(&config.pin_path))?;
     if let Some(n) = sensor.verified_instructions() {
         log::info!("XDP program loaded: the verifier processed {n} instructions");
@@ -126,20 +143,6 @@ pub async fn run(mut config: AgentConfig) -> Result<()> {
             },
         );
     }
-    let detector = match state::load(&config.state_file)? {
-        Some(saved) => {
-            log::info!("restored baselines from {}", config.state_file.display());
-            Detector::restore(config.detector.clone(), saved)
-        }
-        None => {
-            log::info!(
-                "no state file at {}: learning baselines from scratch (warm-up {})",
-                config.state_file.display(),
-                humantime::format_duration(config.detector.warmup)
-            );
-            Detector::new(config.detector.clone())
-        }
-    };
     let listen = config.listen;
     let interval = config.detector.interval;
     let save_interval = config.save_interval;

@@ -27,6 +27,47 @@ pub enum StateError {
         /// The path given.
         path: PathBuf,
     },
+    /// A directory on the way to the state file is a file.
+    #[error(
+        "the state file path {path:?} goes through {parent:?}, which is a file, not a \
+         directory; give --state-file a path in a directory, e.g. /var/lib/scan-agent/state.json"
+    )]
+    ParentNotDir {
+        /// The path given.
+        path: PathBuf,
+        /// The ancestor that is not a directory.
+        parent: PathBuf,
+    },
+    /// The state path exists and is not a regular file.
+    #[error(
+        "the state file path {path:?} is {file_type}, not a regular file; give --state-file \
+         the path of a file (it need not exist yet), e.g. /var/lib/scan-agent/state.json"
+    )]
+    NotRegular {
+        /// The path given.
+        path: PathBuf,
+        /// What it is.
+        file_type: &'static str,
+    },
+    /// The state directory cannot be written (checked at start with a probe file).
+    #[error(
+        "cannot write in {dir:?}, the directory of the state file {path:?} ({source}): the \
+         agent could not save what it learns, and every restart would lose it; make the \
+         directory writable by the agent (e.g. `chown` it to the agent's user, or \
+         StateDirectory= in the systemd unit), free space on its file system, or choose \
+         another --state-file"
+    )]
+    NotWritable {
+        /// The state file.
+        path: PathBuf,
+        /// Its directory.
+        dir: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The state file is not a readable regular file of sane size.
+    #[error(transparent)]
+    Input(crate::input::InputError),
     /// The directory of the state file could not be created.
     #[error(
         "cannot create the state directory {dir:?}: {source}; create it (writable by the agent) \
@@ -136,6 +177,98 @@ pub enum StateError {
     },
 }
 
+/// Largest state file read. The largest possible state (every port with the longest
+/// values) encodes to well under this: see the `largest_state_fits_the_limit` test, which
+/// keeps the bound honest whatever the format.
+pub const MAX_STATE_BYTES: u64 = 16 << 20;
+
+/// The file name of `path`, or `None` when the path names a directory (`/`, `/tmp/`,
+/// `a/..`).
+fn file_name_of(path: &Path) -> Option<&std::ffi::OsStr> {
+    if path.as_os_str().as_encoded_bytes().ends_with(b"/") {
+        return None;
+    }
+    path.file_name()
+}
+
+/// The first ancestor of `path` that exists but is not a directory, if any.
+fn file_in_the_way(path: &Path) -> Option<PathBuf> {
+    path.ancestors()
+        .skip(1)
+        .filter(|a| !a.as_os_str().is_empty())
+        .find_map(|a| match fs::metadata(a) {
+            Ok(m) if !m.is_dir() => Some(a.to_path_buf()),
+            _ => None,
+        })
+}
+
+/// Checks at start that the state can be saved where `path` says: the path names a
+/// file, is not something else (a directory, a device, a FIFO), and its directory can
+/// be created and written (a probe file is created, written, flushed and removed), so
+/// an unwritable or full file system is found before the agent runs and every restart
+/// silently loses what it learned.
+pub fn check_writable(path: &Path) -> Result<(), StateError> {
+    let not_a_file = || StateError::NotAFile {
+        path: path.to_path_buf(),
+    };
+    let name = file_name_of(path).ok_or_else(not_a_file)?;
+    if let Some(parent) = file_in_the_way(path) {
+        return Err(StateError::ParentNotDir {
+            path: path.to_path_buf(),
+            parent,
+        });
+    }
+    match fs::metadata(path) {
+        Ok(m) => {
+            if let Some(file_type) = crate::input::file_type_name(&m) {
+                return Err(StateError::NotRegular {
+                    path: path.to_path_buf(),
+                    file_type,
+                });
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(StateError::Read {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    }
+    let dir = dir_of(path);
+    fs::create_dir_all(dir).map_err(|source| StateError::CreateDir {
+        dir: dir.to_path_buf(),
+        source,
+    })?;
+    let mut probe_name = OsString::from(".");
+    probe_name.push(name);
+    probe_name.push(format!(".probe.{}", std::process::id()));
+    let probe = dir.join(probe_name);
+    let written = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .and_then(|mut f| {
+            f.write_all(b"scan-agent write probe\n")?;
+            f.sync_all()
+        });
+    // Removed even when the write failed (a full disk still lets a file be created).
+    let removed = fs::remove_file(&probe);
+    written
+        .and(removed.or_else(|e| {
+            if e.kind() == io::ErrorKind::NotFound {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        }))
+        .map_err(|source| StateError::NotWritable {
+            path: path.to_path_buf(),
+            dir: dir.to_path_buf(),
+            source,
+        })
+}
+
 /// The directory holding `path` (`.` for a bare file name).
 fn dir_of(path: &Path) -> &Path {
     match path.parent() {
@@ -148,7 +281,7 @@ fn dir_of(path: &Path) -> &Path {
 /// fsync of the directory), creating the directory if it is missing. On error the previous
 /// state file is untouched and the temporary file is removed.
 pub fn save(path: &Path, state: &DetectorState) -> Result<(), StateError> {
-    let Some(name) = path.file_name() else {
+    let Some(name) = file_name_of(path) else {
         return Err(StateError::NotAFile {
             path: path.to_path_buf(),
         });
@@ -217,15 +350,36 @@ struct VersionProbe {
 /// unreadable, corrupt, other-version or invalid file is an error naming the path, never a
 /// silent reset.
 pub fn load(path: &Path) -> Result<Option<DetectorState>, StateError> {
-    let bytes = match fs::read(path) {
+    use crate::input::{self, InputError};
+    if file_name_of(path).is_none() {
+        return Err(StateError::NotAFile {
+            path: path.to_path_buf(),
+        });
+    }
+    let bytes = match input::read_regular(path, input::STATE, MAX_STATE_BYTES) {
         Ok(bytes) => bytes,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
+        Err(InputError::Open { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            return Ok(None);
+        }
+        Err(InputError::Open { source, .. }) if source.kind() == io::ErrorKind::NotADirectory => {
+            return Err(StateError::ParentNotDir {
+                path: path.to_path_buf(),
+                parent: file_in_the_way(path).unwrap_or_else(|| dir_of(path).to_path_buf()),
+            });
+        }
+        Err(InputError::NotRegular { file_type, .. }) => {
+            return Err(StateError::NotRegular {
+                path: path.to_path_buf(),
+                file_type,
+            });
+        }
+        Err(InputError::Open { source, .. } | InputError::Read { source, .. }) => {
             return Err(StateError::Read {
                 path: path.to_path_buf(),
                 source,
             });
         }
+        Err(e) => return Err(StateError::Input(e)),
     };
     let corrupt = |source| StateError::Corrupt {
         path: path.to_path_buf(),
@@ -417,13 +571,127 @@ mod tests {
         assert!(err.to_string().contains("state.json"), "{err}");
         assert_eq!(tmp.entries(), vec!["state.json"]);
         assert!(path.join("inside").is_dir());
-        // Reading a directory is a read error, not "missing".
-        assert!(matches!(load(&path), Err(StateError::Read { .. })));
+        // Reading a directory is an error that says so, not "missing".
+        assert!(matches!(
+            load(&path),
+            Err(StateError::NotRegular {
+                file_type: "a directory",
+                ..
+            })
+        ));
     }
 
     #[test]
     fn path_without_file_name_is_refused() {
         let err = save(Path::new("/"), &sample_state(8)).expect_err("root accepted");
         assert!(matches!(err, StateError::NotAFile { .. }), "{err:?}");
+    }
+
+    fn fifo(path: &Path) {
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+    }
+
+    /// Issue 14: a state file of `/`, `/tmp/` or `/dev/null` suggested
+    /// `mv "/dev/null" "/dev/null".bad`; `/dev/zero` or a parent that is a file ended
+    /// in "fix its permissions"; a FIFO blocked the agent after attaching.
+    #[test]
+    fn state_paths_that_are_not_files_get_the_right_message() {
+        let tmp = TempDir::new("paths");
+        let fifo_path = tmp.0.join("state.fifo");
+        fifo(&fifo_path);
+        let a_file = tmp.0.join("plain");
+        fs::write(&a_file, "x").unwrap();
+        let under_a_file = a_file.join("state.json");
+        for (path, expected) in [
+            (Path::new("/"), "does not name a file"),
+            (Path::new("/tmp/"), "does not name a file"),
+            (
+                Path::new("/dev/null"),
+                "is a character device, not a regular file",
+            ),
+            (
+                Path::new("/dev/zero"),
+                "is a character device, not a regular file",
+            ),
+            (
+                fifo_path.as_path(),
+                "is a FIFO (named pipe), not a regular file",
+            ),
+            (under_a_file.as_path(), "which is a file, not a directory"),
+        ] {
+            for (what, err) in [
+                ("start check", check_writable(path).expect_err("accepted")),
+                ("load", load(path).expect_err("accepted")),
+            ] {
+                let text = err.to_string();
+                assert!(text.contains(expected), "{what} {path:?}: {text}");
+                assert!(
+                    !text.contains("mv ") && !text.contains("permissions"),
+                    "{what} {path:?}: misleading advice: {text}"
+                );
+            }
+        }
+        // Nothing was left behind by the probes.
+        let mut entries = tmp.entries();
+        entries.sort();
+        assert_eq!(entries, vec!["plain", "state.fifo"]);
+    }
+
+    /// Issue 14: a state file on an unwritable file system was accepted at start.
+    #[test]
+    fn unwritable_state_directory_is_refused_at_start() {
+        let tmp = TempDir::new("unwritable");
+        let good = tmp.0.join("sub/state.json");
+        check_writable(&good).expect("a writable directory passes");
+        assert_eq!(tmp.entries(), vec!["sub"]);
+        assert!(
+            fs::read_dir(tmp.0.join("sub")).unwrap().next().is_none(),
+            "probe left behind"
+        );
+        // /proc/sys is a file system where no file can be created, even by root.
+        let err = check_writable(Path::new("/proc/sys/scan-agent-state.json"))
+            .expect_err("unwritable directory accepted");
+        assert!(matches!(err, StateError::NotWritable { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(
+            text.contains("cannot write in \"/proc/sys\"")
+                && text.contains("every restart would lose it")
+                && text.contains("choose another --state-file"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn oversized_state_file_is_refused_unread() {
+        let tmp = TempDir::new("oversized");
+        let path = tmp.0.join("state.json");
+        let file = File::create(&path).unwrap();
+        file.set_len(MAX_STATE_BYTES + 1).unwrap();
+        let err = load(&path).expect_err("oversized state accepted");
+        assert!(err.to_string().contains("larger than"), "{err}");
+    }
+
+    /// The limit is a bound of the format: the largest possible state fits under it.
+    #[test]
+    fn largest_state_fits_the_limit() {
+        let tmp = TempDir::new("largest");
+        let path = tmp.0.join("state.json");
+        let mut state = sample_state(9);
+        state.ports = (0..=u16::MAX)
+            .map(|port| crate::detector::PortSnapshot {
+                port,
+                count: u64::MAX,
+                rate: 1.234_567_890_123_456_7e-300,
+                baseline: 1.234_567_890_123_456_7e300,
+            })
+            .collect();
+        state.last_step = Some(Duration::new(u64::MAX, 999_999_999));
+        state.history = Duration::new(u64::MAX, 999_999_999);
+        save(&path, &state).expect("save");
+        let size = fs::metadata(&path).unwrap().len();
+        assert!(size <= MAX_STATE_BYTES, "{size} bytes");
+        assert_eq!(load(&path).expect("load"), Some(state));
     }
 }
