@@ -25,10 +25,13 @@
 //! interface's `if_tsresol` (default microseconds) and `if_tsoffset`; a Simple Packet
 //! Block has no timestamp and gets the previous packet's.
 //!
+//! The input is read once, in order, never seeked: `-` reads standard input, and
+//! [`CaptureReader::from_reader`] any byte stream. A path must be a regular file: a FIFO,
+//! a device or a directory is refused before anything is read.
+//!
 //! Writing captures is test support and lives in the dev crate (`scan_lab::pcap`).
 use std::{
-    fs::File,
-    io::{self, Read, Seek, SeekFrom},
+    io::{self, Read},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -58,6 +61,8 @@ pub enum CaptureError {
     Open { path: PathBuf, source: io::Error },
     #[error("cannot read capture {}: {source}", path.display())]
     Io { path: PathBuf, source: io::Error },
+    #[error("{detail}")]
+    NotRegular { path: PathBuf, detail: String },
     #[error(
         "capture {} is empty (0 bytes): not even a file header, so there is nothing to \
          replay; was the capture stopped before it started?",
@@ -109,10 +114,14 @@ pub struct CaptureReader {
     done: bool,
 }
 
+/// Where the bytes come from: a file, standard input, or memory; read once, in order,
+/// never seeked (so a pipe works).
+type Source = Box<dyn Read + Send>;
+
 enum Inner {
-    Pcap(PcapReader<File>),
+    Pcap(PcapReader<Source>),
     PcapNg {
-        reader: PcapNgReader<File>,
+        reader: PcapNgReader<Source>,
         last: Duration,
     },
 }
@@ -126,13 +135,34 @@ fn link_name(link: DataLink) -> String {
 }
 
 impl CaptureReader {
-    /// Opens a pcap or pcapng file and checks its header.
+    /// Opens a pcap or pcapng file and checks its header. `-` reads standard input.
+    /// Anything but a regular file (a FIFO, a device, a directory) is refused unread:
+    /// reading a FIFO would wait for a writer.
     pub fn open(path: &Path) -> Result<Self, CaptureError> {
+        if path == Path::new("-") {
+            return Self::from_reader(path, io::stdin());
+        }
+        let (file, _) =
+            crate::input::open_regular(path, crate::input::CAPTURE).map_err(|e| match e {
+                crate::input::InputError::Open { source, .. } => CaptureError::Open {
+                    path: path.to_path_buf(),
+                    source,
+                },
+                other => CaptureError::NotRegular {
+                    path: path.to_path_buf(),
+                    detail: other.to_string(),
+                },
+            })?;
+        Self::from_reader(path, file)
+    }
+
+    /// Reads a capture from any byte stream, in one pass; `path` names it in errors.
+    pub fn from_reader(
+        path: &Path,
+        source: impl Read + Send + 'static,
+    ) -> Result<Self, CaptureError> {
         let path_buf = path.to_path_buf();
-        let mut file = File::open(path).map_err(|source| CaptureError::Open {
-            path: path_buf.clone(),
-            source,
-        })?;
+        let mut source = source;
         let io_error = |source| CaptureError::Io {
             path: path_buf.clone(),
             source,
@@ -140,7 +170,7 @@ impl CaptureReader {
         let mut magic = [0u8; 4];
         let mut got = 0;
         while got < magic.len() {
-            match file.read(&mut magic[got..]) {
+            match source.read(&mut magic[got..]) {
                 Ok(0) => break,
                 Ok(n) => got += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -158,7 +188,8 @@ impl CaptureReader {
                 ),
             });
         }
-        file.seek(SeekFrom::Start(0)).map_err(io_error)?;
+        // The magic goes back in front of the rest: no seek, so pipes work.
+        let file: Source = Box::new(io::Cursor::new(magic).chain(source));
         let word = u32::from_be_bytes(magic);
         let inner = if PCAP_MAGICS.contains(&word) {
             let reader = PcapReader::new(file)
@@ -273,7 +304,7 @@ fn pcap_error(path: &Path, error: PcapError, what: &str) -> CaptureError {
 
 fn next_pcap(
     path: &Path,
-    reader: &mut PcapReader<File>,
+    reader: &mut PcapReader<Source>,
     index: u64,
 ) -> Option<Result<(Duration, Vec<u8>), CaptureError>> {
     let header = reader.header();
@@ -364,7 +395,7 @@ fn pcapng_time(raw: u64, interface: &InterfaceDescriptionBlock) -> Duration {
 
 fn next_pcapng(
     path: &Path,
-    reader: &mut PcapNgReader<File>,
+    reader: &mut PcapNgReader<Source>,
     last: &mut Duration,
     index: u64,
 ) -> Option<Result<(Duration, Vec<u8>), CaptureError>> {

@@ -163,7 +163,8 @@ pub struct CheckArgs {
 
 #[derive(Args, Debug)]
 pub struct ReplayArgs {
-    /// A pcap or pcapng file with Ethernet frames
+    /// A pcap or pcapng file with Ethernet frames (- reads standard input, e.g. from
+    /// `tcpdump -w -`)
     pub file: PathBuf,
     /// Output format
     #[arg(long, value_enum, default_value_t = ReplayFormat::Table)]

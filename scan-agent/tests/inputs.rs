@@ -1,0 +1,259 @@
+//! Hostile inputs to the `scan-agent` binary (issue 14): each case once hung the agent,
+//! panicked it, or gave a misleading error. Every run here is bounded in time (a hang
+//! fails the test) and can attach nothing: the interface does not exist and the pin
+//! path is not on a bpffs, so a check that wrongly passed would still stop the agent.
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_scan-agent");
+const LIMIT: Duration = Duration::from_secs(20);
+
+/// A directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("scan-agent-inputs-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        Self(dir)
+    }
+
+    fn fifo(&self, name: &str) -> PathBuf {
+        let path = self.0.join(name);
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs the agent with `args` (and `stdin`), killing it after [`LIMIT`]: returns
+/// whether it succeeded, stdout and stderr.
+fn agent(args: &[&str], stdin: &[u8]) -> (bool, String, String) {
+    let mut child = Command::new(AGENT)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start scan-agent");
+    let mut input = child.stdin.take().expect("stdin");
+    let stdin = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        // The agent may exit without reading: a broken pipe is fine.
+        let _ = input.write_all(&stdin);
+    });
+    let started = Instant::now();
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            break;
+        }
+        if started.elapsed() > LIMIT {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "scan-agent {args:?} hung for {LIMIT:?}; stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("output");
+    writer.join().expect("stdin writer");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `run` with settings that can attach nothing, plus `extra`.
+fn run_refused(extra: &[&str]) -> String {
+    let mut args = vec![
+        "run",
+        "--iface",
+        "nosuchif14",
+        "--pin-path",
+        "/nonexistent-scan-agent-test/pins",
+        "--listen",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
+    let (ok, _, stderr) = agent(&args, b"");
+    assert!(!ok, "scan-agent {args:?} started; stderr:\n{stderr}");
+    assert!(!stderr.contains("attached to"), "{stderr}");
+    stderr
+}
+
+#[test]
+fn fifo_as_config_is_refused_at_once() {
+    let dir = TempDir::new("config-fifo");
+    let fifo = dir.fifo("agent.toml");
+    let err = run_refused(&["--config", fifo.to_str().unwrap()]);
+    assert!(
+        err.contains("is a FIFO (named pipe), not a regular file")
+            && err.contains("give --config the path of a regular file"),
+        "{err}"
+    );
+    let err = run_refused(&["--config", "/dev/zero"]);
+    assert!(err.contains("is a character device"), "{err}");
+}
+
+#[test]
+fn bad_state_paths_are_refused_before_attaching() {
+    let dir = TempDir::new("state");
+    let fifo = dir.fifo("state.json");
+    let plain = dir.0.join("plain");
+    std::fs::write(&plain, "x").unwrap();
+    let under_file = plain.join("state.json");
+    let cases: [(&Path, &str); 7] = [
+        (&fifo, "is a FIFO (named pipe), not a regular file"),
+        (
+            Path::new("/dev/null"),
+            "is a character device, not a regular file",
+        ),
+        (
+            Path::new("/dev/zero"),
+            "is a character device, not a regular file",
+        ),
+        (Path::new("/"), "does not name a file"),
+        (Path::new("/tmp/"), "does not name a file"),
+        (&under_file, "which is a file, not a directory"),
+        (
+            Path::new("/proc/sys/scan-agent-state.json"),
+            "every restart would lose it",
+        ),
+    ];
+    for (path, expected) in cases {
+        let err = run_refused(&["--state-file", path.to_str().unwrap()]);
+        assert!(err.contains(expected), "{path:?}: {err}");
+        assert!(
+            !err.contains(".bad") && !err.contains("fix its permissions"),
+            "{path:?}: misleading advice: {err}"
+        );
+    }
+}
+
+/// The values that made every `/healthz` call panic on `interval * 3`.
+#[test]
+fn century_long_durations_are_refused() {
+    let err = run_refused(&[
+        "--interval",
+        "200000000000y",
+        "--short-window",
+        "200000000001y",
+        "--baseline-window",
+        "200000000002y",
+    ]);
+    assert!(
+        err.contains("--interval") && err.contains("100ms to 1day"),
+        "{err}"
+    );
+    let dir = TempDir::new("century");
+    let config = dir.0.join("agent.toml");
+    std::fs::write(
+        &config,
+        "interval = \"200000000000y\"\nshort_window = \"200000000001y\"\n",
+    )
+    .unwrap();
+    let err = run_refused(&["--config", config.to_str().unwrap()]);
+    assert!(
+        err.contains("--interval") && err.contains("`interval`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn misleading_errors_now_say_what_is_wrong() {
+    let err = run_refused(&["--floor", "-1"]);
+    assert!(
+        err.contains("--floor") && err.contains("got -1") && !err.contains("unexpected argument"),
+        "{err}"
+    );
+    for name in [".", "/", "", "lab0/../lab0"] {
+        let mut args = vec!["run", "--iface", name];
+        args.extend(["--pin-path", "/nonexistent-scan-agent-test/pins"]);
+        let (ok, _, err) = agent(&args, b"");
+        assert!(!ok);
+        assert!(
+            err.contains("not a valid interface name") && !err.contains("driver"),
+            "{name:?}: {err}"
+        );
+    }
+    let err = run_refused(&["--iface", "nosuchif14"]);
+    assert!(err.contains("given twice"), "{err}");
+    let err = run_refused(&["--interval", "1ns"]);
+    assert!(err.contains("100ms"), "{err}");
+    let err = run_refused(&["--save-interval", "1ns"]);
+    assert!(
+        err.contains("--save-interval") && err.contains("10s"),
+        "{err}"
+    );
+    let dir = TempDir::new("unitless");
+    let config = dir.0.join("agent.toml");
+    std::fs::write(&config, "interval = 5\n").unwrap();
+    let err = run_refused(&["--config", config.to_str().unwrap()]);
+    assert!(err.contains("no unit") && err.contains("\"5s\""), "{err}");
+}
+
+#[test]
+fn replay_of_a_fifo_is_refused_at_once() {
+    let dir = TempDir::new("replay-fifo");
+    let fifo = dir.fifo("capture.pcap");
+    let (ok, _, err) = agent(&["replay", fifo.to_str().unwrap()], b"");
+    assert!(!ok);
+    assert!(
+        err.contains("is a FIFO (named pipe), not a regular file")
+            && err.contains("- for standard input"),
+        "{err}"
+    );
+    let (ok, _, err) = agent(&["replay", "/dev/zero"], b"");
+    assert!(!ok);
+    assert!(err.contains("is a character device"), "{err}");
+}
+
+/// Replay from a pipe used to end in `Illegal seek`; `-` now reads standard input in
+/// one pass (this runs the real program: root, as `cargo xtask test` does).
+#[test]
+fn replay_reads_a_pipe_from_dash() {
+    use scan_lab::frames::{Frame, tcp};
+    let dir = TempDir::new("replay-pipe");
+    let syn = |port| Frame::ipv4_tcp([198, 18, 0, 1], [198, 19, 0, 1], 1, port, tcp::SYN).build();
+    let frames: Vec<(Duration, Vec<u8>)> = (0..7)
+        .map(|i| (Duration::from_secs(1_700_000_000 + i), syn(445)))
+        .collect();
+    for (name, write) in [
+        ("c.pcap", scan_lab::pcap::write_pcap as fn(&Path, &_) -> _),
+        ("c.pcapng", scan_lab::pcap::write_pcapng),
+    ] {
+        let path = dir.0.join(name);
+        write(&path, &frames).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let (ok, out, err) = agent(&["replay", "--format", "json", "-"], &bytes);
+        assert!(
+            ok,
+            "{name}: {err}\n(replay needs root or CAP_BPF + CAP_NET_ADMIN: effective uid {})",
+            // SAFETY: geteuid has no preconditions.
+            unsafe { libc::geteuid() }
+        );
+        let report: serde_json::Value = serde_json::from_str(&out).expect("JSON report");
+        assert_eq!(report["packets"], 7, "{out}");
+        assert_eq!(report["ports"]["445"], 7, "{out}");
+    }
+    let (ok, _, err) = agent(&["replay", "-"], b"");
+    assert!(!ok);
+    assert!(err.contains("is empty (0 bytes)"), "{err}");
+}
