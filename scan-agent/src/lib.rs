@@ -10,6 +10,7 @@ pub mod input;
 pub mod metrics;
 pub mod replay;
 pub mod sensor;
+pub mod sketch;
 pub mod state;
 
 /// An error with every cause, each once: the operator sees the errno (e.g. "Read-only

@@ -19,8 +19,11 @@ use aya::{
 };
 use scan_common::{
     CLASSES_MAP, CONFIG_MAP, ClassCounts, PORT_SYNS_MAP, PORTS, PROGRAM_NAME, PacketClass,
-    ProgramConfig,
+    ProgramConfig, SKETCH_MAP, SKETCH_SLOTS, SKETCH_SWITCH, Sketch, SketchSlot,
+    sketch_slot_choices,
 };
+
+use crate::sketch::Distinct;
 
 /// The XDP program, built by `build.rs` from `scan-ebpf` and embedded.
 pub static PROGRAM_OBJECT: &[u8] =
@@ -82,8 +85,8 @@ pub enum SensorError {
         name: &'static str,
         source: Box<aya::maps::MapError>,
     },
-    #[error("mmap of {PORT_SYNS_MAP} failed: {0}")]
-    Mmap(io::Error),
+    #[error("mmap of {0} failed: {1}")]
+    Mmap(&'static str, io::Error),
     #[error(
         "cannot attach to {interface} in {mode} mode: {source:#}. Does the interface exist \
          (`ip link`)? Does its driver support that mode? Try --xdp-mode skb"
@@ -206,10 +209,10 @@ impl PortCounterView {
             )
         };
         if addr == libc::MAP_FAILED {
-            return Err(SensorError::Mmap(io::Error::last_os_error()));
+            return Err(SensorError::Mmap(PORT_SYNS_MAP, io::Error::last_os_error()));
         }
         let base = NonNull::new(addr.cast::<u64>())
-            .ok_or_else(|| SensorError::Mmap(io::Error::other("null mapping")))?;
+            .ok_or_else(|| SensorError::Mmap(PORT_SYNS_MAP, io::Error::other("null mapping")))?;
         Ok(Self {
             base,
             entries,
@@ -240,10 +243,109 @@ impl Drop for PortCounterView {
     }
 }
 
+/// Read-write `mmap` of the sketch slots (see `scan_common::SKETCH_MAP`): the agent
+/// copies each used slot out and resets it, once per poll.
+struct SketchView {
+    base: NonNull<SketchSlot>,
+    // Keeps the map alive while mapped.
+    _map: MapData,
+}
+
+// SAFETY: shared memory accessed only through volatile reads and writes.
+unsafe impl Send for SketchView {}
+unsafe impl Sync for SketchView {}
+
+const SKETCH_VIEW_LEN: usize = SKETCH_SLOTS as usize * size_of::<SketchSlot>();
+
+impl SketchView {
+    fn new(map: MapData) -> Result<Self, SensorError> {
+        // SAFETY: maps the BPF_F_MMAPABLE array; values sit at their 8-byte stride,
+        // which is the struct's size (asserted in scan-common).
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                SKETCH_VIEW_LEN,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                std::os::fd::AsRawFd::as_raw_fd(&map.fd().as_fd()),
+                0,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(SensorError::Mmap(SKETCH_MAP, io::Error::last_os_error()));
+        }
+        let base = NonNull::new(addr.cast::<SketchSlot>())
+            .ok_or_else(|| SensorError::Mmap(SKETCH_MAP, io::Error::other("null mapping")))?;
+        Ok(Self { base, _map: map })
+    }
+
+    fn slot(&self, index: usize) -> *mut SketchSlot {
+        debug_assert!(index < SKETCH_SLOTS as usize);
+        // SAFETY: index < SKETCH_SLOTS, inside the mapping.
+        unsafe { self.base.as_ptr().add(index) }
+    }
+
+    /// Copies a sketch out and resets it. The program writes concurrently: every
+    /// access is volatile, and an insert landing between the copy and the reset is
+    /// lost (a window of microseconds per poll).
+    fn take(sketch: *mut Sketch) -> Distinct {
+        // SAFETY: `sketch` points into the mapping; volatile 4-byte accesses only.
+        unsafe {
+            let len_ptr = &raw mut (*sketch).exact_len;
+            let len = len_ptr.read_volatile();
+            if len == 0 {
+                return Distinct::default();
+            }
+            let mut copy = Sketch {
+                exact_len: len,
+                exact: [0; scan_common::SKETCH_EXACT],
+                registers: [0; scan_common::SKETCH_REGISTERS],
+            };
+            let exact = (&raw mut (*sketch).exact).cast::<u32>();
+            for (i, value) in copy.exact.iter_mut().enumerate() {
+                *value = exact.add(i).read_volatile();
+            }
+            if len as usize > scan_common::SKETCH_EXACT {
+                let registers = (&raw mut (*sketch).registers).cast::<u32>();
+                let words = scan_common::SKETCH_REGISTERS / 4;
+                for i in 0..words {
+                    let word = registers.add(i).read_volatile();
+                    copy.registers[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
+                    registers.add(i).write_volatile(0);
+                }
+            } else {
+                // Registers of a list-sized sketch hold only what the list holds.
+                let registers = (&raw mut (*sketch).registers).cast::<u32>();
+                for i in 0..scan_common::SKETCH_REGISTERS / 4 {
+                    registers.add(i).write_volatile(0);
+                }
+            }
+            len_ptr.write_volatile(0);
+            Distinct::from_kernel(&copy)
+        }
+    }
+}
+
+impl Drop for SketchView {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly what `new` mapped.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), SKETCH_VIEW_LEN) };
+    }
+}
+
+/// One port's sketches since the previous [`Sensor::take_sketches`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortSketches {
+    pub port: u16,
+    pub sources: Distinct,
+    pub targets: Distinct,
+}
+
 /// The loaded program and its maps.
 pub struct Sensor {
     ebpf: Ebpf,
     ports: PortCounterView,
+    sketches: Option<SketchView>,
     classes: PerCpuArray<MapData, u64>,
     config: Array<MapData, ProgramConfig>,
     pin_dir: Option<PathBuf>,
@@ -314,8 +416,16 @@ struct ExpectedMap {
     flags: u32,
 }
 
-fn expected_maps(cpus: usize) -> [ExpectedMap; 3] {
+fn expected_maps(cpus: usize) -> [ExpectedMap; 4] {
     [
+        ExpectedMap {
+            name: SKETCH_MAP,
+            map_type: MapType::Array,
+            key_size: 4,
+            value_size: size_of::<SketchSlot>() as u32,
+            max_entries: SKETCH_SLOTS,
+            flags: BPF_F_MMAPABLE,
+        },
         ExpectedMap {
             name: PORT_SYNS_MAP,
             map_type: MapType::Array,
@@ -396,9 +506,17 @@ impl Sensor {
     /// Loads the program. With `pin_dir`, its maps are pinned there (or reused from
     /// there after validation) so counts outlive the agent; without, they are private.
     pub fn load(pin_dir: Option<&Path>) -> Result<Self, SensorError> {
+        Self::load_with(pin_dir, true)
+    }
+
+    /// [`Sensor::load`], choosing whether the program keeps the distinct-address
+    /// sketches (off, the verifier removes their code: the benchmark's baseline).
+    pub fn load_with(pin_dir: Option<&Path>, sketches: bool) -> Result<Self, SensorError> {
         let cpus = possible_cpus()?;
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(PORT_SYNS_MAP, port_entries(cpus));
+        let switch = u32::from(sketches);
+        loader.override_global(SKETCH_SWITCH, &switch, true);
         if let Some(dir) = pin_dir {
             ensure_bpffs(dir)?;
             fs::create_dir_all(dir).map_err(|source| SensorError::PinDir {
@@ -406,7 +524,7 @@ impl Sensor {
                 source,
             })?;
             validate_pins(dir, cpus)?;
-            for name in [PORT_SYNS_MAP, CLASSES_MAP, CONFIG_MAP] {
+            for name in [PORT_SYNS_MAP, CLASSES_MAP, CONFIG_MAP, SKETCH_MAP] {
                 loader.map_pin_path(name, dir.join(name));
             }
         }
@@ -419,6 +537,11 @@ impl Sensor {
 
         let ports_map = take_map_data(&mut ebpf, PORT_SYNS_MAP)?;
         let ports = PortCounterView::new(ports_map, port_entries(cpus) as usize)?;
+        let sketches = if sketches {
+            Some(SketchView::new(take_map_data(&mut ebpf, SKETCH_MAP)?)?)
+        } else {
+            None
+        };
         let classes = ebpf
             .take_map(CLASSES_MAP)
             .ok_or(SensorError::MissingMap(CLASSES_MAP))?
@@ -438,6 +561,7 @@ impl Sensor {
         Ok(Self {
             ebpf,
             ports,
+            sketches,
             classes,
             config,
             pin_dir: pin_dir.map(Path::to_path_buf),
@@ -618,6 +742,74 @@ impl Sensor {
         self.ports.sum_into(out);
     }
 
+    /// Whether the program was loaded with the sketches on.
+    pub fn sketches_on(&self) -> bool {
+        self.sketches.is_some()
+    }
+
+    /// Appends the sketches of every port that has a slot and saw a SYN since the
+    /// last call, and resets them: each call returns one interval's sketches.
+    pub fn take_sketches(&self, out: &mut Vec<PortSketches>) {
+        let Some(view) = &self.sketches else {
+            return;
+        };
+        for index in 0..SKETCH_SLOTS as usize {
+            let slot = view.slot(index);
+            // SAFETY: inside the mapping; volatile read of the tag.
+            let tag = unsafe { (&raw const (*slot).port).read_volatile() };
+            if tag == 0 || tag > PORTS {
+                continue;
+            }
+            // SAFETY: as above.
+            let (sources, targets) = unsafe {
+                (
+                    SketchView::take(&raw mut (*slot).sources),
+                    SketchView::take(&raw mut (*slot).targets),
+                )
+            };
+            if sources.is_empty() && targets.is_empty() {
+                continue;
+            }
+            out.push(PortSketches {
+                port: (tag - 1) as u16,
+                sources,
+                targets,
+            });
+        }
+    }
+
+    /// Frees `port`'s slot (if it has one) for other ports, discarding what it holds.
+    /// The agent frees the slots of ports idle for a whole short window.
+    pub fn free_sketch_slot(&self, port: u16) {
+        let Some(view) = &self.sketches else {
+            return;
+        };
+        for choice in sketch_slot_choices(port) {
+            let slot = view.slot(choice as usize);
+            // SAFETY: inside the mapping; volatile accesses.
+            unsafe {
+                if (&raw const (*slot).port).read_volatile() == u32::from(port) + 1 {
+                    SketchView::take(&raw mut (*slot).sources);
+                    SketchView::take(&raw mut (*slot).targets);
+                    (&raw mut (*slot).port).write_volatile(0);
+                }
+            }
+        }
+    }
+
+    /// Ports holding a sketch slot now.
+    pub fn sketched_ports(&self) -> usize {
+        let Some(view) = &self.sketches else {
+            return 0;
+        };
+        (0..SKETCH_SLOTS as usize)
+            .filter(|&index| {
+                // SAFETY: inside the mapping; volatile read of the tag.
+                unsafe { (&raw const (*view.slot(index)).port).read_volatile() != 0 }
+            })
+            .count()
+    }
+
     /// Packet-class totals summed over CPUs.
     pub fn read_classes(&self) -> Result<ClassCounts, SensorError> {
         let mut counts = ClassCounts::default();
@@ -717,7 +909,7 @@ pub fn detach_all(dir: &Path) -> Result<Vec<String>, SensorError> {
         drop(pinned.unpin().map_err(|e| io_error(&path, &e))?);
         removed.push(format!("link on {interface} ({mode})"));
     }
-    for name in [PORT_SYNS_MAP, CLASSES_MAP, CONFIG_MAP] {
+    for name in [PORT_SYNS_MAP, CLASSES_MAP, CONFIG_MAP, SKETCH_MAP] {
         let path = dir.join(name);
         match fs::remove_file(&path) {
             Ok(()) => removed.push(format!("map pin {}", path.display())),

@@ -168,6 +168,120 @@ impl ClassCounts {
     }
 }
 
+/// Distinct-address sketches per destination port: a `BPF_F_MMAPABLE` `ARRAY` of
+/// [`SKETCH_SLOTS`] [`SketchSlot`], shared by all CPUs (memory independent of the CPU
+/// count), read and reset by the agent through `mmap`.
+pub const SKETCH_MAP: &str = "SCAN_SKETCHES";
+/// Read-only global (set at load time): non-zero turns the sketches on. Off, the
+/// verifier prunes the sketch code (a frozen `.rodata` constant), so it costs nothing.
+pub const SKETCH_SWITCH: &str = "SCAN_SKETCH_ON";
+/// Ports sketched at once. A port claims a free slot at its first SYN (two hashed
+/// choices); the agent frees the slots of ports idle for a whole short window.
+pub const SKETCH_SLOTS: u32 = 512;
+/// HyperLogLog precision `p`: `2^p` registers, standard error `1.04 / sqrt(2^p)` = 1.6%.
+pub const SKETCH_PRECISION: u32 = 12;
+/// Registers per sketch (`2^SKETCH_PRECISION`), one `u8` each.
+pub const SKETCH_REGISTERS: usize = 1 << SKETCH_PRECISION;
+/// Fingerprints kept exactly before a sketch counts with its registers only.
+pub const SKETCH_EXACT: usize = 16;
+
+/// One distinct-count sketch (HyperLogLog++-style): an exact list of up to
+/// [`SKETCH_EXACT`] 32-bit fingerprints of the addresses seen, then the dense registers.
+///
+/// The registers are always updated (so they are valid whenever the list overflows);
+/// `exact_len` is the number of fingerprints, or `SKETCH_EXACT + 1` once more distinct
+/// addresses were seen than the list holds.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sketch {
+    pub exact_len: u32,
+    pub exact: [u32; SKETCH_EXACT],
+    pub registers: [u8; SKETCH_REGISTERS],
+}
+
+/// One port's sketches in [`SKETCH_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SketchSlot {
+    /// Destination port + 1; 0 is a free slot.
+    pub port: u32,
+    pub _pad: u32,
+    /// Distinct source addresses of the SYNs to this port.
+    pub sources: Sketch,
+    /// Distinct destination addresses of the SYNs to this port.
+    pub targets: Sketch,
+}
+
+// The kernel lays array values out at an 8-byte stride; the mmap view relies on
+// the struct filling it exactly.
+const _: () = assert!(size_of::<SketchSlot>().is_multiple_of(8));
+
+#[cfg(feature = "user")]
+// SAFETY: `repr(C)` of integers, no padding (checked above and by the field sizes).
+unsafe impl aya::Pod for SketchSlot {}
+
+/// murmur3's 64-bit finalizer: a bijection of `u64`, so distinct IPv4 addresses never
+/// share a hash.
+#[inline(always)]
+pub const fn mix64(mut x: u64) -> u64 {
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    x ^= x >> 33;
+    x
+}
+
+/// Hash of an IPv4 address (network order read as big-endian `u32`). The tag in the
+/// high bits keeps IPv4 inputs apart from the IPv6 fold.
+#[inline(always)]
+pub const fn hash_ipv4(addr: u32) -> u64 {
+    mix64(addr as u64 | 0x4000_0000_0000_0000)
+}
+
+/// Hash of an IPv6 address given as its two big-endian halves.
+#[inline(always)]
+pub const fn hash_ipv6(high: u64, low: u64) -> u64 {
+    mix64(high ^ mix64(low ^ 0x6000_0000_0000_0006))
+}
+
+/// Register index of a hash: its top [`SKETCH_PRECISION`] bits.
+#[inline(always)]
+pub const fn sketch_index(hash: u64) -> usize {
+    (hash >> (64 - SKETCH_PRECISION)) as usize
+}
+
+/// Register value of a hash: 1 + leading zeros of the remaining bits (1..=53).
+#[inline(always)]
+pub const fn sketch_rank(hash: u64) -> u8 {
+    // The guard bit bounds the rank when every remaining bit is zero.
+    let rest = (hash << SKETCH_PRECISION) | (1 << (SKETCH_PRECISION - 1));
+    rest.leading_zeros() as u8 + 1
+}
+
+/// Fingerprint kept in the exact list: the top 32 bits of the hash, so the agent can
+/// turn a list into registers (index and rank) when a merge overflows it.
+#[inline(always)]
+pub const fn sketch_fingerprint(hash: u64) -> u32 {
+    (hash >> 32) as u32
+}
+
+/// Register index and rank of a fingerprint: the same as [`sketch_index`] and
+/// [`sketch_rank`] of its hash, except that a rank above 21 (one hash in 2^20) reads 21.
+#[inline(always)]
+pub const fn fingerprint_register(fingerprint: u32) -> (usize, u8) {
+    let index = (fingerprint >> (32 - SKETCH_PRECISION)) as usize;
+    let rest = (fingerprint << SKETCH_PRECISION) | (1 << (SKETCH_PRECISION - 1));
+    (index, rest.leading_zeros() as u8 + 1)
+}
+
+/// Slot choices of a port in [`SKETCH_MAP`] (two independent hashed positions).
+#[inline(always)]
+pub const fn sketch_slot_choices(port: u16) -> [u32; 2] {
+    let h = mix64(port as u64 | 0x5000_0000_0000_0000);
+    [(h as u32) % SKETCH_SLOTS, ((h >> 32) as u32) % SKETCH_SLOTS]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,6 +293,16 @@ mod tests {
             for other in &PacketClass::ALL[..i] {
                 assert_ne!(c.name(), other.name());
             }
+        }
+    }
+
+    #[test]
+    fn fingerprints_keep_index_and_rank() {
+        for seed in 0..100_000u64 {
+            let hash = mix64(seed);
+            let (index, rank) = fingerprint_register(sketch_fingerprint(hash));
+            assert_eq!(index, sketch_index(hash));
+            assert_eq!(rank, sketch_rank(hash).min(21));
         }
     }
 

@@ -17,6 +17,9 @@ use aya_ebpf::{
 use aya_log_ebpf::info;
 use scan_common::{MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, PORTS, PacketClass, ProgramConfig};
 
+mod sketch;
+use sketch::Addresses;
+
 /// One slice of `PORTS` counters per possible CPU; the loader sets the real size.
 /// Each CPU writes only its own slice, so no atomics and no shared cache lines.
 #[map]
@@ -52,11 +55,15 @@ const TCP_FLAG_ACK: u8 = 0x10;
 #[xdp]
 pub fn scan_syn_counter(ctx: XdpContext) -> u32 {
     bump(PacketClass::Seen);
-    let (outcome, syn_port) = classify(&ctx);
+    let (outcome, syn) = classify(&ctx);
     bump(outcome);
-    if let Some(port) = syn_port {
+    let syn_port = syn.as_ref().map(|syn| syn.port);
+    if let Some(syn) = syn {
         bump(PacketClass::Syn);
-        count_syn(port);
+        count_syn(syn.port);
+        if let Some(addresses) = &syn.addresses {
+            sketch::record(syn.port, addresses);
+        }
     }
     if debug_enabled() {
         // Rare by design: only with the runtime switch on (see `ProgramConfig`).
@@ -109,6 +116,22 @@ impl<const N: usize> Header<N> {
         unsafe { *self.0.add(I) }
     }
 
+    /// Big-endian u32 at bytes `I..I + 4`.
+    #[inline(always)]
+    fn be32<const I: usize>(self) -> u32 {
+        const { assert!(I + 3 < N) };
+        // SAFETY: as in `byte`; packet reads may be unaligned.
+        u32::from_be(unsafe { self.0.add(I).cast::<u32>().read_unaligned() })
+    }
+
+    /// Big-endian u64 at bytes `I..I + 8`.
+    #[inline(always)]
+    fn be64<const I: usize>(self) -> u64 {
+        const { assert!(I + 7 < N) };
+        // SAFETY: as in `be32`.
+        u64::from_be(unsafe { self.0.add(I).cast::<u64>().read_unaligned() })
+    }
+
     /// Big-endian u16 at bytes `I`, `I + 1`.
     #[inline(always)]
     fn be16<const I: usize>(self) -> u16 {
@@ -130,9 +153,38 @@ fn has_bytes(ctx: &XdpContext, offset: usize, len: usize) -> bool {
     ctx.data() + offset + len <= ctx.data_end()
 }
 
-/// Returns the packet's outcome class and, for a SYN, its destination port.
+/// A counted SYN: its destination port and, with the sketches on, its addresses.
+struct Syn {
+    port: u16,
+    addresses: Option<Addresses>,
+}
+
+/// The IP header a TCP header was found behind (already bounds-checked).
+#[derive(Clone, Copy)]
+enum Network {
+    V4(Header<IPV4_HLEN>),
+    V6(Header<IPV6_HLEN>),
+}
+
+impl Network {
+    #[inline(always)]
+    fn addresses(self) -> Addresses {
+        match self {
+            Self::V4(ip) => Addresses::V4 {
+                source: ip.be32::<12>(),
+                target: ip.be32::<16>(),
+            },
+            Self::V6(ip) => Addresses::V6 {
+                source: [ip.be64::<8>(), ip.be64::<16>()],
+                target: [ip.be64::<24>(), ip.be64::<32>()],
+            },
+        }
+    }
+}
+
+/// Returns the packet's outcome class and, for a SYN, its port (and addresses).
 #[inline(always)]
-fn classify(ctx: &XdpContext) -> (PacketClass, Option<u16>) {
+fn classify(ctx: &XdpContext) -> (PacketClass, Option<Syn>) {
     let Some(eth) = header::<ETH_HLEN>(ctx, 0) else {
         return (PacketClass::Truncated, None);
     };
@@ -168,7 +220,7 @@ fn classify(ctx: &XdpContext) -> (PacketClass, Option<u16>) {
 }
 
 #[inline(always)]
-fn ipv4(ctx: &XdpContext, offset: usize) -> (PacketClass, Option<u16>) {
+fn ipv4(ctx: &XdpContext, offset: usize) -> (PacketClass, Option<Syn>) {
     let Some(ip) = header::<IPV4_HLEN>(ctx, offset) else {
         return (PacketClass::Truncated, None);
     };
@@ -189,11 +241,11 @@ fn ipv4(ctx: &XdpContext, offset: usize) -> (PacketClass, Option<u16>) {
     if ip.byte::<9>() != IPPROTO_TCP {
         return (PacketClass::NonTcp, None);
     }
-    tcp(ctx, offset + header_len)
+    tcp(ctx, offset + header_len, Network::V4(ip))
 }
 
 #[inline(always)]
-fn ipv6(ctx: &XdpContext, offset: usize) -> (PacketClass, Option<u16>) {
+fn ipv6(ctx: &XdpContext, offset: usize) -> (PacketClass, Option<Syn>) {
     let Some(ip) = header::<IPV6_HLEN>(ctx, offset) else {
         return (PacketClass::Truncated, None);
     };
@@ -205,7 +257,7 @@ fn ipv6(ctx: &XdpContext, offset: usize) -> (PacketClass, Option<u16>) {
     for walked in 0..MAX_IPV6_EXT_HEADERS + 1 {
         let current = next_header;
         match current {
-            IPPROTO_TCP => return tcp(ctx, offset),
+            IPPROTO_TCP => return tcp(ctx, offset, Network::V6(ip)),
             IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS | IPV6_FRAGMENT | IPV6_AH => {}
             _ => return (PacketClass::NonTcp, None),
         }
@@ -239,7 +291,7 @@ fn ipv6(ctx: &XdpContext, offset: usize) -> (PacketClass, Option<u16>) {
 
 /// A whole TCP header (options included) must be in the frame to be counted.
 #[inline(always)]
-fn tcp(ctx: &XdpContext, offset: usize) -> (PacketClass, Option<u16>) {
+fn tcp(ctx: &XdpContext, offset: usize, network: Network) -> (PacketClass, Option<Syn>) {
     let Some(tcp) = header::<TCP_HLEN>(ctx, offset) else {
         return (PacketClass::Truncated, None);
     };
@@ -252,7 +304,11 @@ fn tcp(ctx: &XdpContext, offset: usize) -> (PacketClass, Option<u16>) {
     }
     let flags = tcp.byte::<13>();
     let is_syn = flags & TCP_FLAG_SYN != 0 && flags & TCP_FLAG_ACK == 0;
-    (PacketClass::Tcp, is_syn.then(|| tcp.be16::<2>()))
+    let syn = is_syn.then(|| Syn {
+        port: tcp.be16::<2>(),
+        addresses: sketch::enabled().then(|| network.addresses()),
+    });
+    (PacketClass::Tcp, syn)
 }
 
 #[cfg(not(test))]

@@ -1,0 +1,125 @@
+//! Distinct sources and targets per destination port: on every counted SYN, the
+//! source and destination addresses go into the port's two sketches in
+//! `SCAN_SKETCHES` (layout and hashing in `scan_common`).
+//!
+//! The map is one array shared by all CPUs: register maxima are updated without
+//! atomics. Two CPUs racing on one register can lose the smaller of two raises for
+//! that one packet; the next SYN from the same address raises it again, and a lost
+//! raise only ever lowers an estimate by less than one register's share (see
+//! BENCHMARKS.md for the measured error). The exact list is racy the same way: a
+//! fingerprint appended by two CPUs at once may be lost or kept twice.
+use aya_ebpf::{bindings::BPF_F_MMAPABLE, macros::map, maps::Array};
+use scan_common::{
+    SKETCH_EXACT, SKETCH_SLOTS, Sketch, SketchSlot, hash_ipv4, hash_ipv6, sketch_fingerprint,
+    sketch_index, sketch_rank, sketch_slot_choices,
+};
+
+#[map]
+static SCAN_SKETCHES: Array<SketchSlot> = Array::with_max_entries(SKETCH_SLOTS, BPF_F_MMAPABLE);
+
+/// Set at load time (`.rodata`, frozen): with 0 the verifier drops the sketch code.
+#[unsafe(no_mangle)]
+static SCAN_SKETCH_ON: u32 = 1;
+
+/// Addresses of a SYN, as read from its IP header (big-endian).
+pub enum Addresses {
+    V4 { source: u32, target: u32 },
+    V6 { source: [u64; 2], target: [u64; 2] },
+}
+
+#[inline(always)]
+pub fn enabled() -> bool {
+    // SAFETY: a plain read of a global the loader may have rewritten.
+    unsafe { core::ptr::read_volatile(&SCAN_SKETCH_ON) != 0 }
+}
+
+/// Records one SYN to `port` in the port's slot, claiming a free one if it has none.
+/// A port whose two slot choices are both held by other ports is not sketched.
+#[inline(always)]
+pub fn record(port: u16, addresses: &Addresses) {
+    let Some(slot) = slot_of(port) else {
+        return;
+    };
+    let (source, target) = match addresses {
+        Addresses::V4 { source, target } => (hash_ipv4(*source), hash_ipv4(*target)),
+        Addresses::V6 { source, target } => (
+            hash_ipv6(source[0], source[1]),
+            hash_ipv6(target[0], target[1]),
+        ),
+    };
+    // SAFETY: a pointer into the map value returned by the lookup; see the module
+    // docs for the (accepted) races with other CPUs and the agent's reset.
+    unsafe {
+        insert(&raw mut (*slot).sources, source);
+        insert(&raw mut (*slot).targets, target);
+    }
+}
+
+#[inline(always)]
+fn slot_of(port: u16) -> Option<*mut SketchSlot> {
+    let tag = port as u32 + 1;
+    let [first, second] = sketch_slot_choices(port);
+    let a = SCAN_SKETCHES.get_ptr_mut(first)?;
+    // SAFETY: map value pointer; a plain racy read of the tag.
+    let a_tag = unsafe { (*a).port };
+    if a_tag == tag {
+        return Some(a);
+    }
+    let b = SCAN_SKETCHES.get_ptr_mut(second)?;
+    // SAFETY: as above.
+    let b_tag = unsafe { (*b).port };
+    if b_tag == tag {
+        return Some(b);
+    }
+    // Claim: two CPUs claiming one free slot for different ports at once leave one
+    // port's first SYNs in the other's sketch; the agent's idle reset clears it.
+    let free = if a_tag == 0 {
+        a
+    } else if b_tag == 0 {
+        b
+    } else {
+        return None;
+    };
+    // SAFETY: as above.
+    unsafe { (*free).port = tag };
+    Some(free)
+}
+
+/// # Safety
+/// `sketch` points into a map value.
+#[inline(always)]
+unsafe fn insert(sketch: *mut Sketch, hash: u64) {
+    let fingerprint = sketch_fingerprint(hash);
+    // SAFETY: caller's contract.
+    let len = unsafe { (*sketch).exact_len };
+    if len <= SKETCH_EXACT as u32 {
+        for i in 0..SKETCH_EXACT {
+            if i as u32 >= len {
+                break;
+            }
+            // SAFETY: i < SKETCH_EXACT.
+            if unsafe { (*sketch).exact[i] } == fingerprint {
+                // Seen before: its register was raised then.
+                return;
+            }
+        }
+        // SAFETY: the index is masked into the list.
+        unsafe {
+            if (len as usize) < SKETCH_EXACT {
+                (*sketch).exact[len as usize & (SKETCH_EXACT - 1)] = fingerprint;
+                (*sketch).exact_len = len + 1;
+            } else {
+                (*sketch).exact_len = SKETCH_EXACT as u32 + 1;
+            }
+        }
+    }
+    let index = sketch_index(hash);
+    let rank = sketch_rank(hash);
+    // SAFETY: index < SKETCH_REGISTERS by construction (top bits of the hash).
+    unsafe {
+        let register = (*sketch).registers.as_mut_ptr().add(index);
+        if *register < rank {
+            *register = rank;
+        }
+    }
+}
