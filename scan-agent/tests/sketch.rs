@@ -13,11 +13,11 @@ mod common;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use scan_agent::{
-    frames::{Frame, tcp},
     sensor::{PortSketches, Sensor},
     sketch::Distinct,
 };
 use scan_common::mix64;
+use scan_lab::frames::{Frame, tcp};
 
 const PORT: u16 = 445;
 const ETH: usize = 14;
