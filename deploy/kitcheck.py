@@ -56,7 +56,7 @@ HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 
 # Keys of the agent's TOML file when scan-agent/src/config.rs cannot be read.
 DOC_TOML_KEYS = {
-    "iface", "xdp_mode", "listen", "interval", "short_window", "baseline_window", "warmup",
+    "iface", "xdp_mode", "web_listen_address", "interval", "short_window", "baseline_window", "warmup",
     "surge_threshold", "watch_ports", "top_ports", "state_file", "pin_path",
 }
 DURATION_KEYS = {"interval", "short_window", "baseline_window", "warmup", "save_interval", "export_hold",

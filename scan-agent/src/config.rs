@@ -16,6 +16,9 @@ use crate::{
 };
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9745";
+pub const DEFAULT_TELEMETRY_PATH: &str = "/metrics";
+/// Paths the agent serves besides the telemetry path.
+pub const RESERVED_PATHS: &[&str] = &["/", "/healthz", "/api/v1/ports"];
 pub const DEFAULT_STATE_FILE: &str = "/var/lib/scan-agent/state.json";
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/scan-agent";
 /// Ports scanned most often (DShield/GreyNoise top lists: remote shells, file
@@ -112,9 +115,17 @@ pub struct RunArgs {
     /// auto: native (driver) XDP, falling back to SKB (generic) mode [default: auto]
     #[arg(long, value_enum)]
     pub xdp_mode: Option<ModeChoice>,
-    /// Address of the HTTP server for /metrics, /healthz and / [default: 127.0.0.1:9745]
-    #[arg(long)]
-    pub listen: Option<SocketAddr>,
+    /// Address of the HTTP server for /metrics, /healthz, / and /api/v1; repeat for
+    /// several (`--listen` is an alias) [default: 127.0.0.1:9745]
+    #[arg(
+        long = "web.listen-address",
+        visible_alias = "listen",
+        value_name = "ADDRESS"
+    )]
+    pub listen: Vec<SocketAddr>,
+    /// Path under which the metrics are served [default: /metrics]
+    #[arg(long = "web.telemetry-path", value_name = "PATH")]
+    pub telemetry_path: Option<String>,
     #[command(flatten)]
     pub detector: DetectorArgs,
     /// Ports always exported, comma-separated [default: the ports scanned most
@@ -216,7 +227,9 @@ fn parse_port(text: &str) -> Result<u16, String> {
 pub struct FileConfig {
     iface: Option<Vec<String>>,
     xdp_mode: Option<ModeChoice>,
-    listen: Option<SocketAddr>,
+    #[serde(alias = "listen")]
+    web_listen_address: Option<Vec<SocketAddr>>,
+    web_telemetry_path: Option<String>,
     #[serde(default, with = "humantime_serde_opt")]
     interval: Option<Duration>,
     #[serde(default, with = "humantime_serde_opt")]
@@ -294,7 +307,9 @@ mod humantime_serde_opt {
 pub struct AgentConfig {
     pub interfaces: Vec<String>,
     pub xdp_mode: ModeChoice,
-    pub listen: SocketAddr,
+    /// Where the HTTP server listens (at least one address).
+    pub listen: Vec<SocketAddr>,
+    pub telemetry_path: String,
     pub detector: DetectorConfig,
     pub watch_ports: Vec<u16>,
     pub top_ports: usize,
@@ -480,11 +495,22 @@ impl RunArgs {
         let config = AgentConfig {
             interfaces,
             xdp_mode: self.xdp_mode.or(file.xdp_mode).unwrap_or_default(),
-            listen: self.listen.or(file.listen).unwrap_or_else(|| {
-                DEFAULT_LISTEN
-                    .parse()
-                    .expect("the default listen address parses")
-            }),
+            listen: if self.listen.is_empty() {
+                file.web_listen_address.clone().unwrap_or_else(|| {
+                    vec![
+                        DEFAULT_LISTEN
+                            .parse()
+                            .expect("the default listen address parses"),
+                    ]
+                })
+            } else {
+                self.listen.clone()
+            },
+            telemetry_path: self
+                .telemetry_path
+                .clone()
+                .or(file.web_telemetry_path.clone())
+                .unwrap_or_else(|| DEFAULT_TELEMETRY_PATH.into()),
             detector,
             watch_ports: self
                 .watch_ports
@@ -525,6 +551,7 @@ impl AgentConfig {
     /// The checks that are not the detector's (those ran in [`resolve_detector`]).
     fn validate(&self) -> Result<(), ConfigError> {
         validate_interfaces(&self.interfaces)?;
+        validate_web(&self.listen, &self.telemetry_path)?;
         if self.top_ports > MAX_TOP_PORTS {
             return Err(ConfigError::Invalid(format!(
                 "--top-ports (config key `top_ports`) is {}, which would export too many \
@@ -556,6 +583,44 @@ impl AgentConfig {
     }
 }
 
+fn validate_web(listen: &[SocketAddr], telemetry_path: &str) -> Result<(), ConfigError> {
+    if listen.is_empty() {
+        return Err(ConfigError::Invalid(format!(
+            "--web.listen-address (config key `web_listen_address`) is an empty list; give at \
+             least one address, e.g. {DEFAULT_LISTEN}"
+        )));
+    }
+    if let Some(twice) = listen
+        .iter()
+        .enumerate()
+        .find_map(|(i, a)| listen[..i].contains(a).then_some(a))
+    {
+        return Err(ConfigError::Invalid(format!(
+            "--web.listen-address: {twice} is given twice; list each address once"
+        )));
+    }
+    let bad = |why: &str| {
+        Err(ConfigError::Invalid(format!(
+            "--web.telemetry-path (config key `web_telemetry_path`) {telemetry_path:?} {why}; \
+             e.g. --web.telemetry-path {DEFAULT_TELEMETRY_PATH}"
+        )))
+    };
+    if !telemetry_path.starts_with('/') {
+        return bad("must start with /");
+    }
+    if telemetry_path.len() > 256
+        || !telemetry_path
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/-_.~".contains(&b))
+    {
+        return bad("may hold only letters, digits and / - _ . ~ (at most 256 bytes)");
+    }
+    if RESERVED_PATHS.contains(&telemetry_path) || telemetry_path.starts_with("/api/") {
+        return bad("is a path the agent already serves (/, /healthz, /api/v1/...)");
+    }
+    Ok(())
+}
+
 impl ReplayArgs {
     pub fn detector(&self) -> Result<DetectorConfig, ConfigError> {
         resolve_detector(&self.detector, &FileConfig::default())
@@ -583,8 +648,9 @@ mod tests {
     #[test]
     fn defaults_are_loopback_and_documented_values() {
         let config = parse(&[]).unwrap().resolve().unwrap();
-        assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
-        assert!(config.listen.ip().is_loopback());
+        assert_eq!(config.listen, vec![DEFAULT_LISTEN.parse().unwrap()]);
+        assert!(config.listen[0].ip().is_loopback());
+        assert_eq!(config.telemetry_path, "/metrics");
         assert_eq!(config.detector, DetectorConfig::default());
         assert_eq!(config.detector.interval, Duration::from_secs(5));
         assert_eq!(config.watch_ports, DEFAULT_WATCH_PORTS);
@@ -641,7 +707,7 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("--short-window"), "{err}");
         let err = parse(&["--listen", "nowhere"]).unwrap_err().to_string();
-        assert!(err.contains("--listen"), "{err}");
+        assert!(err.contains("--web.listen-address"), "{err}");
     }
 
     #[test]
@@ -674,6 +740,62 @@ mod tests {
         ] {
             assert!(help.contains(&expected), "--help lacks {expected}:\n{help}");
         }
+    }
+
+    #[test]
+    fn listen_addresses_repeat_and_the_telemetry_path_is_checked() {
+        let config = parse(&[
+            "--web.listen-address",
+            "127.0.0.1:1",
+            "--listen",
+            "[::1]:2",
+            "--web.telemetry-path",
+            "/scan/metrics",
+        ])
+        .unwrap()
+        .resolve()
+        .unwrap();
+        assert_eq!(
+            config.listen,
+            vec![
+                "127.0.0.1:1".parse::<SocketAddr>().unwrap(),
+                "[::1]:2".parse().unwrap()
+            ]
+        );
+        assert_eq!(config.telemetry_path, "/scan/metrics");
+        for (path, why) in [
+            ("metrics", "must start with /"),
+            ("/healthz", "already serves"),
+            ("/api/v1/x", "already serves"),
+            ("/a b", "only letters"),
+        ] {
+            let err = parse(&["--web.telemetry-path", path])
+                .unwrap()
+                .resolve()
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("--web.telemetry-path") && err.contains(why),
+                "{path}: {err}"
+            );
+        }
+        let err = parse(&["--listen", "127.0.0.1:1", "--listen", "127.0.0.1:1"])
+            .unwrap()
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("given twice"), "{err}");
+        let file = temp_file(
+            "web.toml",
+            "web_listen_address = [\"127.0.0.1:3\"]\nweb_telemetry_path = \"/m\"\n",
+        );
+        let config = parse(&["--config", file.to_str().unwrap()])
+            .unwrap()
+            .resolve()
+            .unwrap();
+        std::fs::remove_file(&file).ok();
+        assert_eq!(config.listen, vec!["127.0.0.1:3".parse().unwrap()]);
+        assert_eq!(config.telemetry_path, "/m");
     }
 
     #[test]

@@ -143,7 +143,8 @@ pub async fn run(mut config: AgentConfig) -> Result<()> {
             },
         );
     }
-    let listen = config.listen;
+    let listen = config.listen.clone();
+    let telemetry_path = config.telemetry_path.clone();
     let interval = config.detector.interval;
     let save_interval = config.save_interval;
     let shared = Arc::new(Mutex::new(Shared {
@@ -159,20 +160,27 @@ pub async fn run(mut config: AgentConfig) -> Result<()> {
     }));
     poll(&shared);
 
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| {
-            format!("cannot listen on {listen}: is another agent running? choose another --listen")
-        })?;
-    log::info!("serving http://{listen}/metrics");
     let app = Router::new()
         .route("/", get(index))
-        .route("/metrics", get(metrics))
+        .route(&telemetry_path, get(metrics))
         .route("/healthz", get(healthz))
         .route("/api/v1/ports", get(api_ports))
         .route("/api/v1/ports/{port}", get(api_port))
         .with_state(shared.clone());
-    let mut server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let mut servers = tokio::task::JoinSet::new();
+    for address in listen {
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on {address}: is another agent running? choose another \
+                     --web.listen-address"
+                )
+            })?;
+        log::info!("serving http://{address}{telemetry_path}");
+        let app = app.clone();
+        servers.spawn(async move { axum::serve(listener, app).await });
+    }
 
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -186,10 +194,10 @@ pub async fn run(mut config: AgentConfig) -> Result<()> {
             _ = save_tick.tick() => save(&shared),
             _ = sigint.recv() => { log::info!("SIGINT: stopping"); break; }
             _ = sigterm.recv() => { log::info!("SIGTERM: stopping"); break; }
-            result = &mut server => bail!("HTTP server stopped: {result:?}"),
+            result = servers.join_next() => bail!("HTTP server stopped: {result:?}"),
         }
     }
-    server.abort();
+    servers.abort_all();
     save(&shared);
     // HTTP connection tasks may still hold the shared state, so detach through it.
     let mut s = lock(&shared);
@@ -374,11 +382,12 @@ async fn healthz(State(shared): State<SharedState>) -> impl IntoResponse {
 
 async fn index(State(shared): State<SharedState>) -> Html<String> {
     let s = lock(&shared);
+    let path = &s.config.telemetry_path;
     let interfaces: Vec<String> = s
         .sensor
         .attachments()
         .iter()
-        .map(|a| format!("{} ({})", a.interface, a.mode))
+        .map(|a| format!("{} ({})", html_escape(&a.interface), a.mode))
         .collect();
     let mut rows = String::new();
     for p in s.detector.top_ports(10) {
@@ -394,7 +403,7 @@ async fn index(State(shared): State<SharedState>) -> Html<String> {
     Html(format!(
         "<!doctype html><title>scan-agent</title><h1>scan-agent {}</h1>\
          <p>Attached: {}. Warm-up: {}.</p>\
-         <p><a href=\"/metrics\">/metrics</a> &middot; <a href=\"/healthz\">/healthz</a></p>\
+         <p><a href=\"{path}\">{path}</a> &middot; <a href=\"/healthz\">/healthz</a></p>\
          <table border=1><tr><th>port</th><th>SYN/s</th><th>baseline</th><th>ratio</th><th></th></tr>{rows}</table>",
         env!("CARGO_PKG_VERSION"),
         if interfaces.is_empty() {
@@ -413,6 +422,22 @@ async fn index(State(shared): State<SharedState>) -> Html<String> {
             "done".into()
         },
     ))
+}
+
+/// Text for HTML: interface names may hold any byte but '/' and whitespace.
+fn html_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// Forwards the program's aya-log records (only sent with --debug-program).

@@ -490,3 +490,33 @@ fn a_mismatched_pin_is_a_clear_error_not_a_reset() {
     assert!(stderr.contains("scan-agent detach"), "{stderr}");
     assert!(pin.exists(), "the mismatched pin must be left alone");
 }
+
+#[test]
+fn serves_on_every_listen_address_under_the_telemetry_path() {
+    let lab = Lab::create().expect("creating the lab (needs root and network namespaces)");
+    let scratch = scratch("listen");
+    let second: std::net::SocketAddr = format!("[::1]:{}", scan_lab::agent::free_port().unwrap())
+        .parse()
+        .unwrap();
+    let agent = start(
+        &lab,
+        &scratch,
+        &[
+            "--listen",
+            &second.to_string(),
+            "--web.telemetry-path",
+            "/scan/metrics",
+        ],
+        "1",
+    );
+    for address in [agent.listen, second] {
+        let (status, body) = scan_lab::http::get(address, "/scan/metrics").unwrap();
+        assert_eq!(status, 200, "{address}: {body}");
+        assert!(body.contains("scan_agent_build_info{"), "{address}: {body}");
+        let (status, _) = scan_lab::http::get(address, "/metrics").unwrap();
+        assert_eq!(status, 404, "{address}: /metrics is not the telemetry path");
+        let (status, body) = scan_lab::http::get(address, "/").unwrap();
+        assert_eq!(status, 200);
+        assert!(body.contains("href=\"/scan/metrics\""), "{body}");
+    }
+}

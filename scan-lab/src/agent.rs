@@ -23,7 +23,7 @@ pub fn free_port() -> Result<u16> {
 }
 
 impl Agent {
-    /// Starts `binary run <args> --listen 127.0.0.1:<free>` and waits for /healthz.
+    /// Starts `binary run <args> --web.listen-address 127.0.0.1:<free>` and waits for /healthz.
     /// Should the thread that started it die without dropping it (a killed test or
     /// benchmark), the agent gets SIGTERM.
     pub fn start(binary: &Path, args: &[String], log: &Path) -> Result<Self> {
@@ -40,7 +40,7 @@ impl Agent {
         let child = command
             .arg("run")
             .args(args)
-            .arg("--listen")
+            .arg("--web.listen-address")
             .arg(listen.to_string())
             .env("RUST_LOG", "info")
             .stdout(log_file.try_clone()?)
