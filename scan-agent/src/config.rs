@@ -480,6 +480,41 @@ pub fn validate_interfaces(names: &[String]) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// Longest file name (Linux `NAME_MAX`).
+const NAME_MAX: usize = 255;
+/// Room left for the pin names under `--pin-path` (`link-<15-byte name>-native`).
+const PIN_NAME_ROOM: usize = 32;
+
+/// A pin path the kernel can take: an absolute path with components of at most
+/// `NAME_MAX` bytes, short enough for the pins under it to fit in `PATH_MAX`.
+pub fn validate_pin_path(path: &Path) -> Result<(), ConfigError> {
+    let bad = |why: String| {
+        ConfigError::Invalid(format!(
+            "--pin-path {path:?} {why}; give a bpffs directory such as {DEFAULT_PIN_PATH}"
+        ))
+    };
+    if !path.is_absolute() {
+        return Err(bad("is not an absolute path".into()));
+    }
+    let len = path.as_os_str().len();
+    let max = libc::PATH_MAX as usize - 1 - PIN_NAME_ROOM;
+    if len > max {
+        return Err(bad(format!(
+            "is {len} bytes long; with the pin names under it, at most {max} bytes fit"
+        )));
+    }
+    if let Some(long) = path
+        .components()
+        .map(|c| c.as_os_str().len())
+        .find(|&n| n > NAME_MAX)
+    {
+        return Err(bad(format!(
+            "has a name of {long} bytes; a file name can have at most 255"
+        )));
+    }
+    Ok(())
+}
+
 impl RunArgs {
     pub fn resolve(&self) -> Result<AgentConfig, ConfigError> {
         let file = match &self.config {
@@ -573,6 +608,7 @@ impl AgentConfig {
             MAX_WINDOW,
             "1h",
         )?;
+        validate_pin_path(&self.pin_path)?;
         check_duration(
             "--save-interval",
             self.save_interval,
@@ -1020,5 +1056,25 @@ mod tests {
         let err = resolve_err(&["--config", binary.to_str().unwrap()]);
         std::fs::remove_file(&binary).ok();
         assert!(err.contains("not UTF-8"), "{err}");
+    }
+
+    /// Issue 14: an over-long pin path asked "Is bpffs mounted there?".
+    #[test]
+    fn over_long_pin_paths_say_so() {
+        let long_name = format!("/sys/fs/bpf/{}", "a".repeat(300));
+        let err = resolve_err(&["--pin-path", &long_name]);
+        assert!(
+            err.contains("has a name of 300 bytes") && err.contains("at most 255"),
+            "{err}"
+        );
+        let deep = format!("/sys/fs/bpf{}", "/abcdefgh".repeat(500));
+        let err = resolve_err(&["--pin-path", &deep]);
+        assert!(
+            err.contains("4511 bytes long") && err.contains("at most 4063"),
+            "{err}"
+        );
+        let err = resolve_err(&["--pin-path", "relative/pins"]);
+        assert!(err.contains("not an absolute path"), "{err}");
+        assert!(!err.contains("Is bpffs mounted"), "{err}");
     }
 }

@@ -108,6 +108,12 @@ pub enum SensorError {
     },
     #[error("no network interface named {0:?}: see `ip link` for the names")]
     NoInterface(String),
+    #[error(
+        "--pin-path {0:?} is not a directory on a bpffs, so it holds no pins of scan-agent; \
+         detach removed nothing. Give the --pin-path the agent ran with (default \
+         /sys/fs/bpf/scan-agent)"
+    )]
+    DetachNotBpffs(PathBuf),
     #[error("pinned link {path}: {reason}")]
     PinnedLink { path: PathBuf, reason: String },
     #[error("test run failed: {0:#}")]
@@ -895,22 +901,76 @@ fn pinned_links(dir: &Path) -> io::Result<Vec<(String, AttachMode, PathBuf)>> {
     Ok(links)
 }
 
-/// Removes every kept link (detaching the program) and every pinned map in `dir`.
-/// Returns what was removed, for the operator.
+/// `statfs` magic of bpffs (`BPF_FS_MAGIC` in linux/magic.h).
+const BPF_FS_MAGIC: u32 = 0xCAFE_4A11;
+
+/// Whether `dir` itself is on a bpffs (not just a path under one).
+fn statfs_is_bpffs(dir: &Path) -> io::Result<bool> {
+    let c_path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: statfs fills the zeroed struct; the path is NUL-terminated.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c_path.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // f_type is a signed word; the magic is its low 32 bits.
+    Ok(st.f_type as u32 == BPF_FS_MAGIC)
+}
+
+/// Whether the pin at `path` is a map of this program's: named `name` (the kernel keeps
+/// the first 15 bytes) and of the expected type.
+fn is_our_map_pin(path: &Path, name: &str) -> bool {
+    let expected_type = if name == CLASSES_MAP {
+        MapType::PerCpuArray
+    } else {
+        MapType::Array
+    };
+    let kernel_name = &name.as_bytes()[..name.len().min(15)];
+    MapInfo::from_pin(path).is_ok_and(|info| {
+        info.name() == kernel_name && info.map_type().is_ok_and(|t| t == expected_type)
+    })
+}
+
+/// Removes every kept link (detaching the program) and every pinned map of this
+/// program in `dir`, then `dir` if that left it empty. Only a directory on a bpffs is
+/// touched, and in it only pins of this program's names and types: anything else is
+/// left, with a warning. Returns what was removed, for the operator.
 pub fn detach_all(dir: &Path) -> Result<Vec<String>, SensorError> {
     let mut removed = Vec::new();
     let io_error = |path: &Path, e: &dyn std::fmt::Display| SensorError::PinnedLink {
         path: path.to_path_buf(),
         reason: e.to_string(),
     };
+    match fs::metadata(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(removed),
+        Err(e) => return Err(io_error(dir, &e)),
+        Ok(m) if !m.is_dir() => return Err(SensorError::DetachNotBpffs(dir.to_path_buf())),
+        Ok(_) => {}
+    }
+    if !statfs_is_bpffs(dir).map_err(|e| io_error(dir, &e))? {
+        return Err(SensorError::DetachNotBpffs(dir.to_path_buf()));
+    }
     for (interface, mode, path) in pinned_links(dir).map_err(|e| io_error(dir, &e))? {
-        let pinned = PinnedLink::from_pin(&path).map_err(|e| io_error(&path, &e))?;
+        let Ok(pinned) = PinnedLink::from_pin(&path) else {
+            log::warn!("left {}: not a pinned link", path.display());
+            continue;
+        };
         // Dropping the last reference to the link detaches the program.
         drop(pinned.unpin().map_err(|e| io_error(&path, &e))?);
         removed.push(format!("link on {interface} ({mode})"));
     }
     for name in [PORT_SYNS_MAP, CLASSES_MAP, CONFIG_MAP, SKETCH_MAP] {
         let path = dir.join(name);
+        if fs::symlink_metadata(&path).is_err() {
+            continue;
+        }
+        if !is_our_map_pin(&path, name) {
+            log::warn!(
+                "left {}: not a pinned {name} map of scan-agent",
+                path.display()
+            );
+            continue;
+        }
         match fs::remove_file(&path) {
             Ok(()) => removed.push(format!("map pin {}", path.display())),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -920,6 +980,21 @@ pub fn detach_all(dir: &Path) -> Result<Vec<String>, SensorError> {
     match fs::remove_dir(dir) {
         Ok(()) => removed.push(format!("directory {}", dir.display())),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) if e.kind() == io::ErrorKind::DirectoryNotEmpty => {
+            let others: Vec<String> = fs::read_dir(dir)
+                .map(|entries| {
+                    entries
+                        .filter_map(|e| e.ok())
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            log::warn!(
+                "left {}: it also holds what is not scan-agent's ({})",
+                dir.display(),
+                others.join(", ")
+            );
+        }
         Err(e) => return Err(io_error(dir, &e)),
     }
     Ok(removed)

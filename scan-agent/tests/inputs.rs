@@ -257,3 +257,66 @@ fn replay_reads_a_pipe_from_dash() {
     assert!(!ok);
     assert!(err.contains("is empty (0 bytes)"), "{err}");
 }
+
+/// Issue 14: `detach --pin-path /tmp/x` deleted a regular file named `SCAN_CLASSES`
+/// there, then failed with "Directory not empty".
+#[test]
+fn detach_outside_bpffs_removes_nothing() {
+    let dir = TempDir::new("detach");
+    let decoy = dir.0.join("SCAN_CLASSES");
+    std::fs::write(&decoy, "not a pin").unwrap();
+    let (ok, _, err) = agent(&["detach", "--pin-path", dir.0.to_str().unwrap()], b"");
+    assert!(!ok);
+    assert!(
+        err.contains("is not a directory on a bpffs") && err.contains("removed nothing"),
+        "{err}"
+    );
+    assert!(decoy.exists(), "detach removed a file outside bpffs");
+    let (ok, _, err) = agent(&["detach", "--pin-path", decoy.to_str().unwrap()], b"");
+    assert!(
+        !ok && err.contains("is not a directory on a bpffs"),
+        "{err}"
+    );
+    assert!(decoy.exists());
+}
+
+/// On a bpffs, `detach` removes only pins of its own names and types: a map of another
+/// type pinned under one of its names, or a directory of that name, stays.
+#[test]
+fn detach_removes_only_its_own_pins() {
+    use scan_agent::sensor::{Sensor, detach_all};
+    let ours = scan_lab::agent::Scratch::new("detach-ours", Path::new(AGENT)).unwrap();
+    let other = scan_lab::agent::Scratch::new("detach-other", Path::new(AGENT)).unwrap();
+    let sensor = Sensor::load(Some(&ours.pin_path)).unwrap_or_else(|e| {
+        panic!(
+            "cannot load the program with pins, so this test cannot run: {e} (effective uid \
+             {}; it needs root and a bpffs at /sys/fs/bpf, as `cargo xtask test` has)",
+            // SAFETY: geteuid has no preconditions.
+            unsafe { libc::geteuid() }
+        )
+    });
+    drop(sensor);
+    std::fs::create_dir_all(&other.pin_path).unwrap();
+    // The config map (an Array named SCAN_CONFIG) pinned as SCAN_CLASSES (a per-CPU
+    // array of scan-agent's), and a directory named like the port map.
+    std::fs::rename(
+        ours.pin_path.join("SCAN_CONFIG"),
+        other.pin_path.join("SCAN_CLASSES"),
+    )
+    .unwrap();
+    std::fs::create_dir(other.pin_path.join("SCAN_PORT_SYNS")).unwrap();
+    let removed = detach_all(&other.pin_path).expect("detach");
+    assert_eq!(removed, Vec::<String>::new());
+    assert!(other.pin_path.join("SCAN_CLASSES").exists());
+    assert!(other.pin_path.join("SCAN_PORT_SYNS").is_dir());
+    let removed = detach_all(&ours.pin_path).expect("detach");
+    assert_eq!(
+        removed,
+        vec![
+            format!("map pin {}", ours.pin_path.join("SCAN_PORT_SYNS").display()),
+            format!("map pin {}", ours.pin_path.join("SCAN_CLASSES").display()),
+            format!("directory {}", ours.pin_path.display()),
+        ]
+    );
+    assert!(!ours.pin_path.exists());
+}
