@@ -918,16 +918,11 @@ fn statfs_is_bpffs(dir: &Path) -> io::Result<bool> {
 }
 
 /// Whether the pin at `path` is a map of this program's: named `name` (the kernel keeps
-/// the first 15 bytes) and of the expected type.
-fn is_our_map_pin(path: &Path, name: &str) -> bool {
-    let expected_type = if name == CLASSES_MAP {
-        MapType::PerCpuArray
-    } else {
-        MapType::Array
-    };
-    let kernel_name = &name.as_bytes()[..name.len().min(15)];
+/// the first 15 bytes) and of its type.
+fn is_our_map_pin(path: &Path, expected: &ExpectedMap) -> bool {
+    let kernel_name = &expected.name.as_bytes()[..expected.name.len().min(15)];
     MapInfo::from_pin(path).is_ok_and(|info| {
-        info.name() == kernel_name && info.map_type().is_ok_and(|t| t == expected_type)
+        info.name() == kernel_name && info.map_type().is_ok_and(|t| t == expected.map_type)
     })
 }
 
@@ -959,12 +954,14 @@ pub fn detach_all(dir: &Path) -> Result<Vec<String>, SensorError> {
         drop(pinned.unpin().map_err(|e| io_error(&path, &e))?);
         removed.push(format!("link on {interface} ({mode})"));
     }
-    for name in [PORT_SYNS_MAP, CLASSES_MAP, CONFIG_MAP, SKETCH_MAP] {
+    // Names and types do not depend on the CPU count.
+    for expected in expected_maps(1) {
+        let name = expected.name;
         let path = dir.join(name);
         if fs::symlink_metadata(&path).is_err() {
             continue;
         }
-        if !is_our_map_pin(&path, name) {
+        if !is_our_map_pin(&path, &expected) {
             log::warn!(
                 "left {}: not a pinned {name} map of scan-agent",
                 path.display()
