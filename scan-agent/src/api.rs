@@ -5,7 +5,10 @@ use std::collections::{HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use crate::detector::{Detector, PortStatus};
+use crate::{
+    breadth::Breadth,
+    detector::{Detector, PortStatus},
+};
 
 /// Version of the response layout; bumped when a field changes meaning or goes away
 /// (new fields may appear without a bump).
@@ -52,6 +55,19 @@ pub struct PortView {
     /// seconds; absent when the port is not flagged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub episode_start: Option<f64>,
+    /// Distinct source addresses over the short window (estimate, exact up to 16);
+    /// absent for a port without a sketch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sources: Option<f64>,
+    /// Learned normal of `sources`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sources_baseline: Option<f64>,
+    /// Distinct destination addresses over the short window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub targets: Option<f64>,
+    /// Learned normal of `targets`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub targets_baseline: Option<f64>,
     /// SYN/s at the last polls, oldest first, one per `interval_seconds`, up to
     /// [`HISTORY_SECONDS`] back (shorter after a start or when the port just appeared).
     #[serde(default)]
@@ -112,6 +128,10 @@ impl Recent {
             ratio: status.ratio,
             flagged: status.flagged,
             episode_start: self.episodes.get(&status.port).copied(),
+            sources: None,
+            sources_baseline: None,
+            targets: None,
+            targets_baseline: None,
             history: self
                 .rates
                 .get(&status.port)
@@ -124,6 +144,7 @@ impl Recent {
 /// What the API renders from.
 pub struct ApiInput<'a> {
     pub detector: &'a Detector,
+    pub breadth: &'a Breadth,
     pub recent: &'a Recent,
     /// Kernel cumulative SYNs per port (index = port).
     pub ports: &'a [u64],
@@ -137,14 +158,21 @@ impl ApiInput<'_> {
         self.ports.get(usize::from(port)).copied().unwrap_or(0)
     }
 
+    fn view(&self, status: &PortStatus) -> PortView {
+        let mut view = self.recent.view(status, self.syn_total(status.port));
+        if let Some(b) = self.breadth.status(status.port) {
+            view.sources = Some(b.sources);
+            view.sources_baseline = Some(b.sources_baseline);
+            view.targets = Some(b.targets);
+            view.targets_baseline = Some(b.targets_baseline);
+        }
+        view
+    }
+
     /// `/api/v1/ports`.
     pub fn ports(&self) -> PortsResponse {
         let detector = self.detector;
-        let mut ports: Vec<PortView> = self
-            .exported
-            .iter()
-            .map(|s| self.recent.view(s, self.syn_total(s.port)))
-            .collect();
+        let mut ports: Vec<PortView> = self.exported.iter().map(|s| self.view(s)).collect();
         ports.sort_by(|a, b| b.ratio.total_cmp(&a.ratio).then(a.port.cmp(&b.port)));
         let active_exported = self
             .exported
@@ -167,8 +195,7 @@ impl ApiInput<'_> {
 
     /// `/api/v1/ports/{port}`: any port, exported or not.
     pub fn port(&self, port: u16) -> PortView {
-        self.recent
-            .view(&self.detector.status(port), self.syn_total(port))
+        self.view(&self.detector.status(port))
     }
 }
 

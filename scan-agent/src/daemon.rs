@@ -18,6 +18,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     api::{ApiInput, Recent},
+    breadth::Breadth,
     config::AgentConfig,
     detector::Detector,
     metrics::{Metrics, Snapshot},
@@ -30,6 +31,8 @@ struct Shared {
     clock: DetectorClock,
     sensor: Sensor,
     detector: Detector,
+    /// Distinct sources and targets per port, from the kernel sketches.
+    breadth: Breadth,
     metrics: Metrics,
     ports: Vec<u64>,
     /// Rate history and episode starts for the JSON API.
@@ -151,6 +154,7 @@ pub async fn run(mut config: AgentConfig) -> Result<()> {
         metrics: Metrics::new().context("registering metrics")?,
         ports: vec![0; PORTS as usize],
         recent: Recent::new(interval),
+        breadth: Breadth::new(&config.detector),
         clock: DetectorClock::new(),
         config,
         sensor,
@@ -228,6 +232,11 @@ fn poll(shared: &SharedState) {
     s.sensor.read_ports(&mut s.ports);
     let now = s.clock.now();
     s.detector.step(now, &s.ports);
+    let mut taken = Vec::new();
+    s.sensor.take_sketches(&mut taken);
+    for idle in s.breadth.step(now, taken) {
+        s.sensor.free_sketch_slot(idle);
+    }
     let exported = Metrics::exported_ports(&s.detector, &s.config.watch_ports, s.config.top_ports);
     s.recent.record(&s.detector, &exported, now.as_secs_f64());
     timer.observe_duration();
@@ -284,6 +293,7 @@ async fn metrics(State(shared): State<SharedState>) -> impl IntoResponse {
         ports: &s.ports,
         classes: &classes,
         detector: &s.detector,
+        breadth: &s.breadth,
         attachments: s.sensor.attachments(),
         watch_ports: &s.config.watch_ports,
         top_ports: s.config.top_ports,
@@ -311,6 +321,7 @@ fn api_json<T: serde::Serialize>(
     let exported = Metrics::exported_ports(&s.detector, &s.config.watch_ports, s.config.top_ports);
     let input = ApiInput {
         detector: &s.detector,
+        breadth: &s.breadth,
         recent: &s.recent,
         ports: &s.ports,
         exported: &exported,
@@ -391,8 +402,17 @@ async fn index(State(shared): State<SharedState>) -> Html<String> {
         .collect();
     let mut rows = String::new();
     for p in s.detector.top_ports(10) {
+        let breadth = s.breadth.status(p.port).map_or_else(
+            || "<td>-</td><td>-</td>".to_string(),
+            |b| {
+                format!(
+                    "<td>{:.0} (normal {:.0})</td><td>{:.0} (normal {:.0})</td>",
+                    b.sources, b.sources_baseline, b.targets, b.targets_baseline
+                )
+            },
+        );
         rows.push_str(&format!(
-            "<tr><td>{}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td>{breadth}<td>{}</td></tr>",
             p.port,
             p.rate,
             p.baseline,
@@ -404,7 +424,7 @@ async fn index(State(shared): State<SharedState>) -> Html<String> {
         "<!doctype html><title>scan-agent</title><h1>scan-agent {}</h1>\
          <p>Attached: {}. Warm-up: {}.</p>\
          <p><a href=\"{path}\">{path}</a> &middot; <a href=\"/healthz\">/healthz</a></p>\
-         <table border=1><tr><th>port</th><th>SYN/s</th><th>baseline</th><th>ratio</th><th></th></tr>{rows}</table>",
+         <table border=1><tr><th>port</th><th>SYN/s</th><th>baseline</th><th>ratio</th><th>sources</th><th>targets</th><th></th></tr>{rows}</table>",
         env!("CARGO_PKG_VERSION"),
         if interfaces.is_empty() {
             "none".into()

@@ -372,7 +372,7 @@ impl std::fmt::Debug for Detector {
 }
 
 /// `1 - exp(-dt / tau)` in `0..=1`, accurate for tiny `dt / tau`; 1 for a zero `tau`.
-fn step_weight(dt: f64, tau: Duration) -> f64 {
+pub(crate) fn step_weight(dt: f64, tau: Duration) -> f64 {
     let tau = tau.as_secs_f64();
     if tau > 0.0 {
         (-(-dt / tau).exp_m1()).clamp(0.0, 1.0)
@@ -382,7 +382,7 @@ fn step_weight(dt: f64, tau: Duration) -> f64 {
 }
 
 /// Updates a total weight `W` and returns the new `(W, gain)`.
-fn debiased_gain(weight: f64, alpha: f64) -> (f64, f64) {
+pub(crate) fn debiased_gain(weight: f64, alpha: f64) -> (f64, f64) {
     let weight = (1.0 - alpha) * weight + alpha;
     let gain = if weight > 0.0 {
         (alpha / weight).clamp(0.0, 1.0)

@@ -1,6 +1,7 @@
 //! scan-agent: reads the XDP sensor's counters, learns per-port baselines, detects
 //! surges and exports them to Prometheus. `main.rs` is only the command line.
 pub mod api;
+pub mod breadth;
 pub mod capture;
 pub mod check;
 pub mod config;

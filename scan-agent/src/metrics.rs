@@ -11,6 +11,7 @@ use prometheus::{
 use scan_common::{ClassCounts, PacketClass};
 
 use crate::{
+    breadth::Breadth,
     detector::{ACTIVE_RATE, Detector, PortStatus},
     sensor::Attachment,
 };
@@ -22,6 +23,11 @@ pub struct Metrics {
     baseline: GaugeVec,
     ratio: GaugeVec,
     flagged: IntGaugeVec,
+    sources: GaugeVec,
+    sources_baseline: GaugeVec,
+    targets: GaugeVec,
+    targets_baseline: GaugeVec,
+    sketched_ports: IntGauge,
     threshold: Gauge,
     packets: IntCounterVec,
     packet_flags: IntCounterVec,
@@ -45,6 +51,8 @@ pub struct Snapshot<'a> {
     pub ports: &'a [u64],
     pub classes: &'a ClassCounts,
     pub detector: &'a Detector,
+    /// Distinct sources and targets per port (absent for a port without a sketch).
+    pub breadth: &'a Breadth,
     pub attachments: &'a [Attachment],
     pub watch_ports: &'a [u16],
     pub top_ports: usize,
@@ -100,6 +108,38 @@ impl Metrics {
                 ),
                 port,
             )?,
+            sources: GaugeVec::new(
+                Opts::new(
+                    "scan_syn_sources",
+                    "Distinct source addresses of the SYNs to this port over the short window (estimate; exact up to 16)",
+                ),
+                port,
+            )?,
+            sources_baseline: GaugeVec::new(
+                Opts::new(
+                    "scan_syn_sources_baseline",
+                    "Learned normal of scan_syn_sources for this port",
+                ),
+                port,
+            )?,
+            targets: GaugeVec::new(
+                Opts::new(
+                    "scan_syn_targets",
+                    "Distinct destination addresses of the SYNs to this port over the short window (estimate; exact up to 16)",
+                ),
+                port,
+            )?,
+            targets_baseline: GaugeVec::new(
+                Opts::new(
+                    "scan_syn_targets_baseline",
+                    "Learned normal of scan_syn_targets for this port",
+                ),
+                port,
+            )?,
+            sketched_ports: IntGauge::with_opts(Opts::new(
+                "scan_agent_sketched_ports",
+                "Ports with distinct-address sketches (kernel slots in use or baselines kept)",
+            ))?,
             threshold: Gauge::with_opts(Opts::new(
                 "scan_surge_threshold",
                 "Configured surge ratio threshold",
@@ -201,6 +241,11 @@ impl Metrics {
         r.register(Box::new(m.baseline.clone()))?;
         r.register(Box::new(m.ratio.clone()))?;
         r.register(Box::new(m.flagged.clone()))?;
+        r.register(Box::new(m.sources.clone()))?;
+        r.register(Box::new(m.sources_baseline.clone()))?;
+        r.register(Box::new(m.targets.clone()))?;
+        r.register(Box::new(m.targets_baseline.clone()))?;
+        r.register(Box::new(m.sketched_ports.clone()))?;
         r.register(Box::new(m.threshold.clone()))?;
         r.register(Box::new(m.packets.clone()))?;
         r.register(Box::new(m.packet_flags.clone()))?;
@@ -249,7 +294,15 @@ impl Metrics {
     pub fn render(&mut self, snapshot: &Snapshot<'_>) -> String {
         let detector = snapshot.detector;
         let exported = self.exported_with_hold(snapshot);
-        for vec in [&self.syn_rate, &self.baseline, &self.ratio] {
+        for vec in [
+            &self.syn_rate,
+            &self.baseline,
+            &self.ratio,
+            &self.sources,
+            &self.sources_baseline,
+            &self.targets,
+            &self.targets_baseline,
+        ] {
             vec.reset();
         }
         self.syn_total.reset();
@@ -272,7 +325,19 @@ impl Metrics {
             self.flagged
                 .with_label_values(&labels)
                 .set(status.flagged.into());
+            if let Some(breadth) = snapshot.breadth.status(status.port) {
+                self.sources.with_label_values(&labels).set(breadth.sources);
+                self.sources_baseline
+                    .with_label_values(&labels)
+                    .set(breadth.sources_baseline);
+                self.targets.with_label_values(&labels).set(breadth.targets);
+                self.targets_baseline
+                    .with_label_values(&labels)
+                    .set(breadth.targets_baseline);
+            }
         }
+        self.sketched_ports
+            .set(snapshot.breadth.tracked_ports() as i64);
         self.packets.reset();
         for class in OUTCOMES {
             self.packets
@@ -318,6 +383,20 @@ mod tests {
     use crate::detector::DetectorConfig;
 
     fn render(metrics: &mut Metrics, detector: &Detector, now: u64) -> String {
+        render_with(
+            metrics,
+            detector,
+            &crate::breadth::Breadth::new(detector.config()),
+            now,
+        )
+    }
+
+    fn render_with(
+        metrics: &mut Metrics,
+        detector: &Detector,
+        breadth: &crate::breadth::Breadth,
+        now: u64,
+    ) -> String {
         let mut classes = ClassCounts::default();
         classes.0[PacketClass::Seen as usize] = 10;
         classes.0[PacketClass::Tcp as usize] = 7;
@@ -328,6 +407,7 @@ mod tests {
             ports: &vec![0; PORTS as usize],
             classes: &classes,
             detector,
+            breadth,
             attachments: &[],
             watch_ports: &[22],
             top_ports: 1,
@@ -408,5 +488,52 @@ mod tests {
             exported(&render(&mut metrics, &detector, last_in_top + 101)),
             vec![22, 8000]
         );
+    }
+
+    #[test]
+    fn exported_ports_carry_their_sources_and_targets() {
+        use crate::{breadth::Breadth, sensor::PortSketches, sketch::Distinct};
+        let mut metrics = Metrics::new().unwrap();
+        let detector = Detector::new(DetectorConfig::default());
+        let mut breadth = Breadth::new(detector.config());
+        let sketch = |n: u32| {
+            let mut d = Distinct::default();
+            for a in 0..n {
+                d.insert_hash(scan_common::hash_ipv4(a));
+            }
+            d
+        };
+        breadth.step(
+            Duration::from_secs(1),
+            vec![
+                PortSketches {
+                    port: 22,
+                    sources: sketch(3),
+                    targets: sketch(7),
+                },
+                // Not exported: no series.
+                PortSketches {
+                    port: 9999,
+                    sources: sketch(2),
+                    targets: sketch(2),
+                },
+            ],
+        );
+        let text = render_with(&mut metrics, &detector, &breadth, 0);
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("scan_syn_sources") || l.starts_with("scan_syn_targets"))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "scan_syn_sources{port=\"22\"} 3",
+                "scan_syn_sources_baseline{port=\"22\"} 0",
+                "scan_syn_targets{port=\"22\"} 7",
+                "scan_syn_targets_baseline{port=\"22\"} 0",
+            ],
+            "{text}"
+        );
+        assert!(text.contains("scan_agent_sketched_ports 2"), "{text}");
     }
 }

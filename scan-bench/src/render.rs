@@ -51,12 +51,14 @@ pub fn run(iterations: usize) -> Result<RenderResults> {
         mode: AttachMode::Native,
         adopted: false,
     }];
+    let breadth = scan_agent::breadth::Breadth::new(detector.config());
     let measure = |watch: &[u16], top: usize| -> Result<RenderFigures> {
         let mut metrics = Metrics::new()?;
         let snapshot = Snapshot {
             ports: &cumulative,
             classes: &classes,
             detector: &detector,
+            breadth: &breadth,
             attachments: &attachments,
             watch_ports: watch,
             top_ports: top,
