@@ -183,7 +183,7 @@ pub async fn run(mut config: AgentConfig) -> Result<()> {
             })?;
         log::info!("serving http://{address}{telemetry_path}");
         let app = app.clone();
-        servers.spawn(async move { axum::serve(listener, app).await });
+        servers.spawn(serve(listener, app));
     }
 
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -215,6 +215,40 @@ pub async fn run(mut config: AgentConfig) -> Result<()> {
         }
     );
     Ok(())
+}
+
+/// Serves `app` on `listener`, one task per connection, so a failing (or panicking)
+/// request ends only its own connection. Unlike `axum::serve`, HTTP/1 half-close is on:
+/// a client that shuts its write side after sending the request still gets the answer
+/// (hyper's `half_close` is off by default, and `axum::serve` cannot turn it on).
+async fn serve(listener: tokio::net::TcpListener, app: Router) -> std::io::Result<()> {
+    use hyper_util::{
+        rt::{TokioIo, TokioTimer},
+        service::TowerToHyperService,
+    };
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // E.g. out of file descriptors: wait, keep serving.
+                log::warn!("HTTP accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let service = TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .half_close(true)
+                // With a timer, hyper drops a client that sends no complete request
+                // header within 30 s (slowloris).
+                .timer(TokioTimer::new())
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = connection.await {
+                log::debug!("HTTP connection: {e}");
+            }
+        });
+    }
 }
 
 fn lock(shared: &SharedState) -> std::sync::MutexGuard<'_, Shared> {

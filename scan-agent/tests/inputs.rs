@@ -321,3 +321,57 @@ fn detach_removes_only_its_own_pins() {
     assert_eq!(removed, expected);
     assert!(!ours.pin_path.exists());
 }
+
+/// Issue 14: of 200 concurrent `/metrics` requests whose clients shut their write side
+/// after sending, 36 got an empty reply (hyper's half-close support is off by default).
+#[test]
+fn half_closed_requests_are_all_answered() {
+    use std::{
+        io::Read,
+        net::{Shutdown, TcpStream},
+        sync::{Arc, Barrier},
+    };
+    const CLIENTS: usize = 200;
+    let lab =
+        scan_lab::Lab::create().expect("creating the lab (needs root and network namespaces)");
+    let scratch = scan_lab::Scratch::new("half-close", Path::new(AGENT)).unwrap();
+    let mut args = vec!["--iface".to_string(), lab.host_if.clone()];
+    args.extend(scratch.agent_args());
+    let agent = scan_lab::Agent::start(Path::new(AGENT), &args, &scratch.file("agent.log"))
+        .unwrap_or_else(|e| panic!("the agent does not start: {e:#}"));
+    let barrier = Arc::new(Barrier::new(CLIENTS));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let barrier = barrier.clone();
+            let address = agent.listen;
+            std::thread::spawn(move || -> std::io::Result<Vec<u8>> {
+                let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(10))?;
+                stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+                barrier.wait();
+                stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")?;
+                stream.shutdown(Shutdown::Write)?;
+                let mut reply = Vec::new();
+                stream.read_to_end(&mut reply)?;
+                Ok(reply)
+            })
+        })
+        .collect();
+    let mut answered = 0;
+    let mut failures = Vec::new();
+    for client in clients {
+        match client.join().expect("client thread") {
+            Ok(reply) if reply.starts_with(b"HTTP/1.1 200 ") => answered += 1,
+            Ok(reply) => failures.push(format!(
+                "{:?}",
+                String::from_utf8_lossy(&reply[..reply.len().min(60)])
+            )),
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    assert_eq!(
+        answered,
+        CLIENTS,
+        "unanswered: {failures:?}\nagent log:\n{}",
+        agent.log_text()
+    );
+}
