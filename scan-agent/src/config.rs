@@ -74,6 +74,13 @@ pub enum Command {
     /// Detach a program kept attached by `run --keep-attached`, and remove the
     /// pinned maps (this discards the kernel counts).
     Detach(DetachArgs),
+    /// Live terminal view of a running agent (its JSON API): ports by surge ratio,
+    /// SYN/s, normal, episode age, sparklines. Keys: s sort, / filter, p pause, q quit.
+    Top(crate::top::TopArgs),
+    /// Write the man pages and shell completions generated from these definitions
+    /// (used by packaging).
+    #[command(hide = true)]
+    GenerateDocs(crate::docs::DocsArgs),
 }
 
 /// Detector flags shared by `run` and `replay`.

@@ -7,12 +7,14 @@ pub mod check;
 pub mod config;
 pub mod daemon;
 pub mod detector;
+pub mod docs;
 pub mod input;
 pub mod metrics;
 pub mod replay;
 pub mod sensor;
 pub mod sketch;
 pub mod state;
+pub mod top;
 
 /// An error with every cause, each once: the operator sees the errno (e.g. "Read-only
 /// file system") and not only the outermost message, and a cause that its context

@@ -3,7 +3,7 @@ use clap::Parser;
 use scan_agent::{
     check,
     config::{Cli, Command, ReplayFormat},
-    daemon, replay, sensor,
+    daemon, docs, replay, sensor, top,
 };
 
 fn main() -> std::process::ExitCode {
@@ -45,6 +45,8 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Top(args) => top::run(args),
+        Command::GenerateDocs(args) => docs::generate(&args.out_dir),
         Command::Detach(args) => {
             let removed = sensor::detach_all(&args.pin_path)?;
             if removed.is_empty() {

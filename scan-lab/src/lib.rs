@@ -12,6 +12,7 @@ pub mod monitoring;
 pub mod net;
 pub mod pcap;
 pub mod testrun;
+pub mod tmux;
 
 pub use agent::{Agent, Scratch};
 pub use net::Lab;

@@ -29,6 +29,10 @@ const TOOL_PACKAGES: &[&str] = &[
     "systemd",
     "util-linux",
     "curl",
+    // scan-agent top is tested in a real terminal.
+    "tmux",
+    // cargo xtask package: the .deb is checked with lintian.
+    "lintian",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 

@@ -1,19 +1,18 @@
 //! `cargo xtask run` with no interface: the lab as a live demo. Background scanning
-//! over many ports, then a surge on 445 every few minutes; a refreshing table of
-//! the top ports. Ctrl-C stops everything and removes every namespace and link.
+//! over many ports, then a surge on 445 every few minutes, shown live by `scan-agent
+//! top` (the operator's view). q or Ctrl-C stops everything and removes every
+//! namespace and link.
 use std::{
-    path::PathBuf,
+    io::IsTerminal as _,
+    path::{Path, PathBuf},
+    process::Command,
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use scan_lab::{
-    Agent, Lab, Scratch,
-    http::{sample, sample_sum},
-    monitoring::Monitoring,
-};
+use scan_lab::{Agent, Lab, Scratch, monitoring::Monitoring};
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -132,12 +131,7 @@ fn main() -> Result<()> {
                 }
             }
         });
-        let started = Instant::now();
-        while !STOP.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(args.seconds)
-        {
-            draw(&agent, &lab, monitoring.as_ref(), started.elapsed());
-            std::thread::sleep(Duration::from_secs(2));
-        }
+        show(&args.agent, &agent, &lab, monitoring.as_ref(), args.seconds)?;
         STOP.store(true, Ordering::Relaxed);
         Ok(())
     });
@@ -152,57 +146,69 @@ fn main() -> Result<()> {
     result
 }
 
-fn draw(agent: &Agent, lab: &Lab, monitoring: Option<&Monitoring>, elapsed: Duration) {
-    let Ok(metrics) = agent.metrics() else {
-        println!("(agent not answering)");
-        return;
-    };
-    let mut rows: Vec<(u16, f64, f64, f64, bool)> = metrics
-        .lines()
-        .filter_map(|l| l.strip_prefix("scan_surge_ratio{port=\""))
-        .filter_map(|rest| {
-            let (port, value) = rest.split_once("\"} ")?;
-            let port: u16 = port.parse().ok()?;
-            let label = format!("port=\"{port}\"");
-            Some((
-                port,
-                sample(&metrics, "scan_syn_rate", &label).unwrap_or(0.0),
-                sample(&metrics, "scan_syn_baseline_rate", &label).unwrap_or(0.0),
-                value.parse().ok()?,
-                sample(&metrics, "scan_surge_flagged", &label) == Some(1.0),
-            ))
-        })
-        .filter(|r| r.1 > 0.0 || r.2 > 0.0)
-        .collect();
-    rows.sort_by(|a, b| b.3.total_cmp(&a.3));
-    let mut out = String::from("\x1b[2J\x1b[H");
-    out += &format!(
-        "scan-agent lab demo — {}s — XDP on {} — metrics: http://{}/metrics\n",
-        elapsed.as_secs(),
+/// The live view: `scan-agent top` on this terminal until it quits (q) or time is up;
+/// without a terminal, its `--once` table every 2 s.
+fn show(
+    binary: &Path,
+    agent: &Agent,
+    lab: &Lab,
+    monitoring: Option<&Monitoring>,
+    seconds: u64,
+) -> Result<()> {
+    let url = format!("http://{}", agent.listen);
+    let mut intro = format!(
+        "scan-agent lab demo: XDP on {}, metrics at {url}/metrics\n\
+         background scanning on {} ports; a surge of {SURGE_RATE} SYN/s on {SURGE_PORT} \
+         from 60 s to 120 s of every 3 minutes (after a 30 s warm-up)\n",
         lab.host_if,
-        agent.listen
+        BACKGROUND.len()
     );
     if let Some(m) = monitoring {
-        out += &format!(
+        intro += &format!(
             "Prometheus: http://{}  Alertmanager: http://{}\n",
             m.prometheus, m.alertmanager
         );
     }
-    let warming = sample(&metrics, "scan_agent_warmup_remaining_seconds", "").unwrap_or(0.0);
-    if warming > 0.0 {
-        out += &format!("learning baselines: {warming:.0}s of warm-up left\n");
+    print!("{intro}");
+    let started = Instant::now();
+    let deadline = Duration::from_secs(seconds);
+    if std::io::stdout().is_terminal() && std::io::stdin().is_terminal() {
+        println!("starting `scan-agent top` (q quits and stops the demo)");
+        std::thread::sleep(Duration::from_secs(2));
+        let mut top = Command::new(binary)
+            .args(["top", "--url", &url, "--refresh", "1s"])
+            .spawn()
+            .context("starting scan-agent top")?;
+        loop {
+            if top.try_wait()?.is_some() {
+                break;
+            }
+            if STOP.load(Ordering::Relaxed) || started.elapsed() > deadline {
+                // SAFETY: kill on our own child's pid.
+                unsafe { libc::kill(top.id() as i32, libc::SIGKILL) };
+                top.wait()?;
+                // top could not restore the terminal: leave its screen, show the cursor.
+                print!("\x1b[?1049l\x1b[?25h");
+                let _ = Command::new("stty").arg("sane").status();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        print!("{intro}");
+    } else {
+        while !STOP.load(Ordering::Relaxed) && started.elapsed() < deadline {
+            let once = Command::new(binary)
+                .args(["top", "--once", "--url", &url])
+                .output()
+                .context("running scan-agent top --once")?;
+            println!(
+                "--- {}s\n{}{}",
+                started.elapsed().as_secs(),
+                String::from_utf8_lossy(&once.stdout),
+                String::from_utf8_lossy(&once.stderr)
+            );
+            std::thread::sleep(Duration::from_secs(2));
+        }
     }
-    out += "\n  port     SYN/s  baseline     ratio\n";
-    for (port, rate, baseline, ratio, flagged) in rows.iter().take(14) {
-        out += &format!(
-            "{port:>6} {rate:>9.2} {baseline:>9.2} {ratio:>9.2}  {}\n",
-            if *flagged { "SURGE" } else { "" }
-        );
-    }
-    out += &format!(
-        "\nall ports: {} SYNs; packets seen: {}. Surge on {SURGE_PORT} from 60s to 120s of every 3 min. Ctrl-C to stop.\n",
-        sample(&metrics, "scan_packet_flags_total", "flag=\"syn\"").unwrap_or(0.0),
-        sample_sum(&metrics, "scan_packets_total"),
-    );
-    print!("{out}");
+    Ok(())
 }
