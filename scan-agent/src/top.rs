@@ -574,6 +574,10 @@ mod tests {
             ratio,
             flagged: episode_start.is_some(),
             episode_start,
+            sources: None,
+            sources_baseline: None,
+            targets: None,
+            targets_baseline: None,
             history: vec![0.0, rate / 2.0, rate],
         }
     }
