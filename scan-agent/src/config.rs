@@ -106,7 +106,7 @@ pub struct DetectorArgs {
     #[arg(long, allow_negative_numbers = true)]
     pub floor: Option<f64>,
     /// Time constant with which a flagged port's baseline still learns, so a lasting
-    /// new level becomes normal after hours [default: 1day]
+    /// new level becomes normal after hours [default: 12h]
     #[arg(long, allow_hyphen_values = true, value_parser = parse_duration)]
     pub surge_adapt_window: Option<Duration>,
 }

@@ -495,8 +495,8 @@ mod tests {
         for content in [
             &b""[..],
             b"not json",
-            b"{\"version\": 1",
-            b"{\"version\": 1}",
+            b"{\"version\": 2",
+            b"{\"version\": 2}",
             b"[1, 2, 3]",
             b"{\"ports\": []}",
         ] {
