@@ -46,12 +46,18 @@ pub struct PortView {
     pub syn_total: u64,
     /// Short-term SYN/s.
     pub rate: f64,
-    /// Learned normal SYN/s (the expectation).
+    /// Learned plain baseline SYN/s (no time of day).
     pub baseline: f64,
-    /// `(rate + floor) / (baseline + floor)`.
+    /// Expected SYN/s for this port now (seasonal for busy ports, else the baseline).
+    #[serde(default)]
+    pub expected: f64,
+    /// Where the expectation comes from: warming_up, learning, baseline or seasonal.
+    #[serde(default)]
+    pub learning: String,
+    /// `(rate + floor) / (expected + floor)`.
     pub ratio: f64,
     pub flagged: bool,
-    /// Start of the current surge episode (flagged without interruption since), UNIX
+    /// Start of the current surge episode (the detector's, with hysteresis), UNIX
     /// seconds; absent when the port is not flagged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub episode_start: Option<f64>,
@@ -74,14 +80,13 @@ pub struct PortView {
     pub history: Vec<f64>,
 }
 
-/// Per-port memory across polls: recent rates and when each flagged port's episode began.
+/// Per-port memory across polls: recent rates (episodes are the detector's).
 /// Bounded: only ports exported at some poll are kept, and a port leaves once it is no
 /// longer exported and its whole history is zero.
 #[derive(Debug, Default)]
 pub struct Recent {
     capacity: usize,
     rates: HashMap<u16, VecDeque<f64>>,
-    episodes: HashMap<u16, f64>,
 }
 
 impl Recent {
@@ -95,7 +100,7 @@ impl Recent {
     }
 
     /// Records one poll: `exported` are the ports with series now, `now` UNIX seconds.
-    pub fn record(&mut self, detector: &Detector, exported: &[PortStatus], now: f64) {
+    pub fn record(&mut self, detector: &Detector, exported: &[PortStatus], _now: f64) {
         for status in exported {
             self.rates.entry(status.port).or_default();
         }
@@ -111,11 +116,6 @@ impl Recent {
             }
             exported.iter().any(|s| s.port == port) || samples.iter().any(|&r| r > 0.0)
         });
-        let flagged: Vec<u16> = detector.flagged_ports().iter().map(|s| s.port).collect();
-        self.episodes.retain(|port, _| flagged.contains(port));
-        for port in flagged {
-            self.episodes.entry(port).or_insert(now);
-        }
     }
 
     /// The view of one port; `syn_total` from the kernel counters.
@@ -125,9 +125,11 @@ impl Recent {
             syn_total,
             rate: status.rate,
             baseline: status.baseline,
+            expected: status.expected,
+            learning: status.learning.name().to_string(),
             ratio: status.ratio,
             flagged: status.flagged,
-            episode_start: self.episodes.get(&status.port).copied(),
+            episode_start: status.episode_start.map(|t| t.as_secs_f64()),
             sources: None,
             sources_baseline: None,
             targets: None,

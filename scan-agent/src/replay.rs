@@ -20,16 +20,18 @@
 //! time `T` is fed the cumulative per-port counters after every frame stamped before `T`.
 //! Frames stamped out of order are run in file order and count toward the next step.
 //! A gap of more than [`MAX_IDLE_STEPS`] intervals with no frames is crossed in one step
-//! to the last grid time before the next frame (the detector spreads the gap's SYNs, none,
-//! over it exactly), so a bogus timestamp cannot make a replay run for hours.
+//! after the first [`MAX_IDLE_STEPS`] steps, to the last grid time before the next frame (the
+//! detector decays exactly over any step length), so the work per frame is bounded whatever
+//! the timestamps say: a replay is O(frames).
 //!
-//! A surge *episode* of a port runs from the first step at which the detector flags the
-//! port to the first step at which it no longer does (`end` is `None` when the capture
-//! ends first). `peak_ratio` is the highest ratio seen at the steps where it was flagged;
-//! `syns` counts the port's SYNs from the step before `start` (so the interval in which
-//! the surge was detected is included) to `end` (or the end of the capture).
+//! The surge *episodes* are the detector's (hysteresis and minimum length, see
+//! [`crate::detector`]): from the step at which it flags the port to the step at which the
+//! episode ends (`end` is `None` when the capture ends first). `peak_ratio` is the highest
+//! ratio while flagged; `syns` counts the port's SYNs from one short window before `start`
+//! (the surge's onset, which the short-term average takes up to about a window to confirm)
+//! to `end` (or the end of the capture).
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, VecDeque},
     fmt::Write as _,
     path::{Path, PathBuf},
     time::Duration,
@@ -48,8 +50,9 @@ use crate::{
 pub const MIN_RUN_FRAME: usize = 14;
 /// Longer frames are cut to this length before the test run (see the module docs).
 pub const MAX_RUN_FRAME: usize = 65_535;
-/// Idle detector steps taken one by one before a gap is crossed in one step.
-pub const MAX_IDLE_STEPS: u64 = 100_000;
+/// Detector steps taken one by one per frame before the rest of a gap is crossed in one
+/// step (bounds the work per frame).
+pub const MAX_IDLE_STEPS: u64 = 8;
 
 /// Why a replay failed.
 #[derive(Debug, thiserror::Error)]
@@ -89,7 +92,7 @@ pub struct SurgeEpisode {
     pub end: Option<Duration>,
     /// Highest surge ratio while flagged.
     pub peak_ratio: f64,
-    /// SYNs to the port from the step before `start` to `end` (or the end).
+    /// SYNs to the port from one short window before `start` to `end` (or the end).
     pub syns: u64,
 }
 
@@ -164,9 +167,8 @@ pub fn rfc3339(since_epoch: Duration) -> String {
 /// A surge episode still being tracked.
 struct OpenEpisode {
     start: Duration,
-    /// The port's count at the step before `start`.
+    /// The port's count one short window before `start` (the onset).
     count_before: u64,
-    peak_ratio: f64,
 }
 
 /// `start + k * interval`, saturating.
@@ -178,15 +180,17 @@ fn grid_time(start: Duration, interval: Duration, k: u128) -> Duration {
     Duration::new(secs, (nanos % 1_000_000_000) as u32)
 }
 
-/// Drives the detector on capture time and tracks episodes.
+/// Drives the detector on capture time and tracks its episodes.
 struct CaptureClock {
     detector: Detector,
     interval: Duration,
     /// Next grid time to step at; `None` before the first frame.
     next: Option<Duration>,
     counts: Vec<u64>,
-    /// The previous step's counts (for `count_before`).
-    previous: Vec<u64>,
+    /// The counts after the last steps, newest last, covering one short window (for
+    /// `count_before`); buffers are reused.
+    recent: VecDeque<Vec<u64>>,
+    recent_len: usize,
     /// Frames run since `counts` was last read.
     dirty: bool,
     open: BTreeMap<u16, OpenEpisode>,
@@ -195,19 +199,27 @@ struct CaptureClock {
 
 impl CaptureClock {
     fn new(config: DetectorConfig) -> Self {
+        let per_window = config.short_window.as_nanos() / config.interval.as_nanos().max(1);
         Self {
             interval: config.interval,
+            // One short window of steps, at least one, at most an hour of 1-s steps.
+            recent_len: usize::try_from(per_window)
+                .unwrap_or(usize::MAX)
+                .clamp(1, 3_600),
             detector: Detector::new(config),
             next: None,
             counts: vec![0; PORTS as usize],
-            previous: vec![0; PORTS as usize],
+            recent: VecDeque::new(),
             dirty: true,
             open: BTreeMap::new(),
             closed: Vec::new(),
         }
     }
 
-    /// Steps at every grid time up to and including `now`.
+    /// Steps at the grid times up to and including `now`: one by one for the first
+    /// [`MAX_IDLE_STEPS`], then once at the last grid time <= `now` (the detector's exact
+    /// decay crosses any gap in one step), so the work per frame is bounded whatever the
+    /// timestamps say.
     fn advance_to(&mut self, sensor: &Sensor, now: Duration) {
         let next = *self.next.get_or_insert(now);
         if now < next {
@@ -215,14 +227,13 @@ impl CaptureClock {
         }
         let pending = (now - next).as_nanos() / self.interval.as_nanos() + 1;
         let mut at = next;
-        if pending > u128::from(MAX_IDLE_STEPS) {
-            // A long idle gap: step once now at the current grid point (feeding the
-            // frames run so far), then at the last grid point <= now.
-            self.step(sensor, at);
-            at = grid_time(next, self.interval, pending - 1);
-        }
+        let mut taken = 0u64;
         while at <= now {
+            if taken == MAX_IDLE_STEPS && pending > u128::from(MAX_IDLE_STEPS) {
+                at = grid_time(next, self.interval, pending - 1);
+            }
             self.step(sensor, at);
+            taken += 1;
             match at.checked_add(self.interval) {
                 Some(later) => at = later,
                 None => {
@@ -235,41 +246,39 @@ impl CaptureClock {
     }
 
     fn step(&mut self, sensor: &Sensor, at: Duration) {
-        std::mem::swap(&mut self.previous, &mut self.counts);
+        // Keep the counts of the last short window of steps.
+        let mut spare = if self.recent.len() >= self.recent_len {
+            self.recent.pop_front().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        spare.clear();
+        spare.extend_from_slice(&self.counts);
+        self.recent.push_back(spare);
         if self.dirty {
             sensor.read_ports(&mut self.counts);
             self.dirty = false;
-        } else {
-            self.counts.copy_from_slice(&self.previous);
         }
         self.detector.step(at, &self.counts);
-        let flagged = self.detector.flagged_ports();
-        let mut still = BTreeMap::new();
-        for status in &flagged {
-            let episode = self
-                .open
-                .remove(&status.port)
-                .unwrap_or_else(|| OpenEpisode {
-                    start: at,
-                    count_before: self.previous[usize::from(status.port)],
-                    peak_ratio: status.ratio,
+        for ended in self.detector.ended_episodes() {
+            if let Some(open) = self.open.remove(&ended.port) {
+                self.closed.push(SurgeEpisode {
+                    port: ended.port,
+                    start: open.start,
+                    end: Some(ended.end),
+                    peak_ratio: ended.peak_ratio,
+                    syns: self.counts[usize::from(ended.port)].saturating_sub(open.count_before),
                 });
-            let peak_ratio = episode.peak_ratio.max(status.ratio);
-            still.insert(
-                status.port,
-                OpenEpisode {
-                    peak_ratio,
-                    ..episode
-                },
-            );
+            }
         }
-        for (port, episode) in std::mem::replace(&mut self.open, still) {
-            self.closed.push(SurgeEpisode {
-                port,
-                start: episode.start,
-                end: Some(at),
-                peak_ratio: episode.peak_ratio,
-                syns: self.counts[usize::from(port)].saturating_sub(episode.count_before),
+        for status in self.detector.flagged_ports() {
+            let Some(start) = status.episode_start else {
+                continue;
+            };
+            let oldest = self.recent.front().unwrap_or(&self.counts);
+            self.open.entry(status.port).or_insert(OpenEpisode {
+                start,
+                count_before: oldest[usize::from(status.port)],
             });
         }
     }
@@ -280,12 +289,17 @@ impl CaptureClock {
             self.advance_to(sensor, next);
         }
         let mut episodes = self.closed;
+        let peaks: BTreeMap<u16, f64> = self
+            .detector
+            .open_episodes()
+            .map(|(port, _, peak)| (port, peak))
+            .collect();
         for (port, episode) in self.open {
             episodes.push(SurgeEpisode {
                 port,
                 start: episode.start,
                 end: None,
-                peak_ratio: episode.peak_ratio,
+                peak_ratio: peaks.get(&port).copied().unwrap_or(0.0),
                 syns: self.counts[usize::from(port)].saturating_sub(episode.count_before),
             });
         }

@@ -95,7 +95,8 @@
 //!
 //! A port *enters* a surge episode when `ratio >= surge_threshold` after the warm-up, and
 //! *leaves* it when `ratio < exit` with `exit = 1 + (threshold - 1) / 2` (2 at the default
-//! threshold 3) and the episode has lasted at least [`MIN_EPISODE`] (2 minutes). This
+//! threshold 3) and the episode has lasted at least [`MIN_EPISODE_WINDOWS`] short windows
+//! (2 minutes). This
 //! hysteresis makes a surge hovering around the threshold one episode instead of dozens. A port
 //! is *flagged* while in an episode; [`PortStatus::episode_start`] says since when, and
 //! [`Detector::ended_episodes`] lists the episodes the last step closed. The same episodes
@@ -118,7 +119,8 @@
 //!
 //! While a port is in an episode (after warm-up):
 //! - its baseline and its level `A` move toward the current rate with the much smaller gain
-//!   `1 - exp(-dt / surge_adapt_window)` (12 hours by default) instead of the ordinary one;
+//!   `1 - exp(-dt / surge_adapt_window)` (12 hours by default) instead of the ordinary one (so
+//!   do they at a step whose rate is above the spike limit);
 //! - its profile books the hour at the *expected* rate, not the observed one (the cleaned
 //!   value of robust Holt-Winters), so tomorrow's reference does not learn today's surge.
 //!
@@ -138,7 +140,7 @@
 //! - detection delay: `tau_s * ln(x / (x - m))`, e.g. 45 s for 5x on a 2 SYN/s port, 72 s for
 //!   4x;
 //! - end of the episode after the surge stops: `tau_s * ln(x / (e + floor))` (below the exit
-//!   level), at least [`MIN_EPISODE`] after its start: e.g. 83 s for 5x, 4 minutes for 50x,
+//!   level), at least two short windows after its start: e.g. 83 s for 5x, 4 minutes for 50x,
 //!   7 minutes for 1000x.
 //!
 //! MEASURED_PLACEHOLDER
@@ -359,9 +361,9 @@ const BLOCK: usize = 512;
 /// Ports compared per sub-block of a block that changed (256 bytes).
 const SUB_BLOCK: usize = 32;
 
-/// An episode lasts at least this long, so a surge hovering around the threshold is one
-/// episode, not one per crossing.
-pub const MIN_EPISODE: Duration = Duration::from_secs(120);
+/// An episode lasts at least this many short windows (2 minutes at the default), so a surge
+/// hovering around the threshold is one episode, not one per crossing.
+pub const MIN_EPISODE_WINDOWS: u32 = 2;
 /// Spike limit: after warm-up, one step's rate feeds the short-term rate at most this many
 /// times `max(rate, expected) + floor`. One scanner's burst of a hundred SYNs in a few seconds
 /// moves the short-term rate of a quiet port by a few hundredths of a SYN/s instead of a few
@@ -379,7 +381,7 @@ pub const ADJUST_WINDOW: Duration = Duration::from_secs(3 * 3600);
 /// Bounds of the profile adjustment `A`.
 const ADJUST_RANGE: (f64, f64) = (1e-3, 1e6);
 
-/// The level below which an open episode ends (after [`MIN_EPISODE`]): halfway between 1 and
+/// The level below which an open episode ends (after [`MIN_EPISODE_WINDOWS`] short windows): halfway between 1 and
 /// the threshold (2 at the default threshold 3).
 pub fn exit_ratio(threshold: f64) -> f64 {
     1.0 + (threshold - 1.0) / 2.0
@@ -669,6 +671,7 @@ impl Detector {
         let floor = self.config.effective_floor();
         let threshold = self.config.surge_threshold;
         let exit = exit_ratio(threshold);
+        let min_episode = self.config.short_window.saturating_mul(MIN_EPISODE_WINDOWS);
         self.profiles.refresh(hour_of(to));
 
         // Ports whose counter changed join the live list: compare 4 KiB blocks, then 256-byte
@@ -730,11 +733,9 @@ impl Detector {
             let e = expected_floor(adjust, reference, b, floor);
             // Spike limit (after warm-up): one step feeds at most SPIKE_LIMIT times the larger
             // of the current rate and the expectation.
-            let xr = if guard_on {
-                x.min(SPIKE_LIMIT * (rate[p].max(e - floor) + floor))
-            } else {
-                x
-            };
+            let cap = SPIKE_LIMIT * (rate[p].max(e - floor) + floor);
+            let spiking = guard_on && x > cap;
+            let xr = if spiking { cap } else { x };
             let r = flush(rate[p] + short_gain * (xr - rate[p]));
             let ratio = (r + floor) / e;
 
@@ -742,7 +743,7 @@ impl Detector {
                 false
             } else if let Some(open) = episodes.get_mut(&port) {
                 open.peak_ratio = open.peak_ratio.max(ratio);
-                if ratio < exit && now.saturating_sub(open.start) >= MIN_EPISODE {
+                if ratio < exit && now.saturating_sub(open.start) >= min_episode {
                     ended.push(Episode {
                         port,
                         start: open.start,
@@ -767,11 +768,10 @@ impl Detector {
                 false
             };
 
-            let gain = if in_episode {
-                guard_gain
-            } else {
-                baseline_gain
-            };
+            // A step above the spike limit is guarded like an episode: it is either a burst
+            // (not normal) or the start of a surge that the limit is still catching up with.
+            let guarded = in_episode || spiking;
+            let gain = if guarded { guard_gain } else { baseline_gain };
             let b = flush(b + gain * (x - b));
             rate[p] = r;
             baseline[p] = b;
@@ -782,11 +782,7 @@ impl Detector {
                 let slot = &mut profiles.slots[s];
                 if let Some(reference) = reference {
                     let u = (x + floor) / (reference + floor).max(MIN_DENOMINATOR);
-                    let g = if in_episode {
-                        adjust_guard
-                    } else {
-                        adjust_gain
-                    };
+                    let g = if guarded { adjust_guard } else { adjust_gain };
                     let a = slot.adjust + g * (u - slot.adjust);
                     slot.adjust = if a.is_finite() {
                         a.clamp(ADJUST_RANGE.0, ADJUST_RANGE.1)
@@ -959,6 +955,13 @@ impl Detector {
     /// Episodes that ended at the last step, by port.
     pub fn ended_episodes(&self) -> &[Episode] {
         &self.ended
+    }
+
+    /// Open episodes (also during warm-up, when none is flagged): port, start, peak ratio.
+    pub fn open_episodes(&self) -> impl Iterator<Item = (u16, Duration, f64)> + '_ {
+        self.episodes
+            .iter()
+            .map(|(&port, open)| (port, open.start, open.peak_ratio))
     }
 
     /// Number of ports with a seasonal profile (learning or in use).
