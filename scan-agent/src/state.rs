@@ -291,10 +291,7 @@ pub fn save(path: &Path, state: &DetectorState) -> Result<(), StateError> {
         dir: dir.to_path_buf(),
         source,
     })?;
-    let bytes = serde_json::to_vec(state).map_err(|source| StateError::Encode {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let bytes = encode(path, state)?;
 
     // Hidden, and unique per process so that two agents never write the same temporary file.
     let mut tmp_name = OsString::from(".");
@@ -327,6 +324,14 @@ pub fn save(path: &Path, state: &DetectorState) -> Result<(), StateError> {
             dir: dir.to_path_buf(),
             source,
         })
+}
+
+/// The bytes [`save`] writes for `state` (`path` names the file in errors).
+pub fn encode(path: &Path, state: &DetectorState) -> Result<Vec<u8>, StateError> {
+    serde_json::to_vec(state).map_err(|source| StateError::Encode {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn write_synced(tmp: &Path, bytes: &[u8]) -> io::Result<()> {
@@ -381,11 +386,18 @@ pub fn load(path: &Path) -> Result<Option<DetectorState>, StateError> {
         }
         Err(e) => return Err(StateError::Input(e)),
     };
+    decode(path, &bytes).map(Some)
+}
+
+/// Decodes and checks the bytes of a state file (`path` names it in errors): the
+/// loader's whole parser, whatever the bytes (property tests and a fuzz target feed
+/// it arbitrary input).
+pub fn decode(path: &Path, bytes: &[u8]) -> Result<DetectorState, StateError> {
     let corrupt = |source| StateError::Corrupt {
         path: path.to_path_buf(),
         source,
     };
-    let probe: VersionProbe = serde_json::from_slice(&bytes).map_err(corrupt)?;
+    let probe: VersionProbe = serde_json::from_slice(bytes).map_err(corrupt)?;
     if probe.version != u64::from(STATE_VERSION) {
         return Err(StateError::Version {
             path: path.to_path_buf(),
@@ -393,12 +405,12 @@ pub fn load(path: &Path) -> Result<Option<DetectorState>, StateError> {
             expected: STATE_VERSION,
         });
     }
-    let state: DetectorState = serde_json::from_slice(&bytes).map_err(corrupt)?;
+    let state: DetectorState = serde_json::from_slice(bytes).map_err(corrupt)?;
     state.check().map_err(|reason| StateError::Invalid {
         path: path.to_path_buf(),
         reason,
     })?;
-    Ok(Some(state))
+    Ok(state)
 }
 
 #[cfg(test)]
