@@ -571,6 +571,8 @@ mod tests {
             syn_total: 0,
             rate,
             baseline: rate / ratio,
+            expected: rate / ratio,
+            learning: "baseline".into(),
             ratio,
             flagged: episode_start.is_some(),
             episode_start,
