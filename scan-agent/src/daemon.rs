@@ -445,20 +445,26 @@ async fn index(State(shared): State<SharedState>) -> Html<String> {
                 )
             },
         );
+        let surge = p.episode_start.map_or_else(String::new, |start| {
+            format!(
+                "SURGE since {}",
+                crate::replay::rfc3339(Duration::from_secs(start.as_secs()))
+            )
+        });
         rows.push_str(&format!(
-            "<tr><td>{}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td>{breadth}<td>{}</td></tr>",
+            "<tr><td>{}</td><td>{:.2}</td><td>{:.2}</td><td>{}</td><td>{:.2}</td>{breadth}<td>{surge}</td></tr>",
             p.port,
             p.rate,
-            p.baseline,
+            p.expected,
+            p.learning.name(),
             p.ratio,
-            if p.flagged { "SURGE" } else { "" }
         ));
     }
     Html(format!(
         "<!doctype html><title>scan-agent</title><h1>scan-agent {}</h1>\
          <p>Attached: {}. Warm-up: {}.</p>\
          <p><a href=\"{path}\">{path}</a> &middot; <a href=\"/healthz\">/healthz</a></p>\
-         <table border=1><tr><th>port</th><th>SYN/s</th><th>baseline</th><th>ratio</th><th>sources</th><th>targets</th><th></th></tr>{rows}</table>",
+         <table border=1><tr><th>port</th><th>SYN/s</th><th>expected</th><th>expectation from</th><th>ratio</th><th>sources</th><th>targets</th><th></th></tr>{rows}</table>",
         env!("CARGO_PKG_VERSION"),
         if interfaces.is_empty() {
             "none".into()

@@ -12,7 +12,7 @@ use scan_common::{ClassCounts, PacketClass};
 
 use crate::{
     breadth::Breadth,
-    detector::{ACTIVE_RATE, Detector, PortStatus},
+    detector::{ACTIVE_RATE, Detector, LearningState, PortStatus},
     sensor::Attachment,
 };
 
@@ -23,6 +23,10 @@ pub struct Metrics {
     baseline: GaugeVec,
     ratio: GaugeVec,
     flagged: IntGaugeVec,
+    expected: GaugeVec,
+    episode_start: GaugeVec,
+    learning: IntGaugeVec,
+    profiled_ports: IntGauge,
     sources: GaugeVec,
     sources_baseline: GaugeVec,
     targets: GaugeVec,
@@ -97,17 +101,42 @@ impl Metrics {
             ratio: GaugeVec::new(
                 Opts::new(
                     "scan_surge_ratio",
-                    "(rate + floor) / (baseline + floor): how far above normal this port is now",
+                    "(rate + floor) / (expected + floor): how far above normal for this port at this time it is now",
                 ),
                 port,
             )?,
             flagged: IntGaugeVec::new(
                 Opts::new(
                     "scan_surge_flagged",
-                    "1 when the port's ratio is at or above the threshold after warm-up",
+                    "1 while the port is in a surge episode: entered when the ratio reaches the threshold after warm-up, left when it is below the exit level (halfway between 1 and the threshold) and the episode has lasted two short windows",
                 ),
                 port,
             )?,
+            expected: GaugeVec::new(
+                Opts::new(
+                    "scan_syn_expected_rate",
+                    "Expected SYN/s to this port now: from its seasonal profile (time of day, day of week) when scan_port_learning_state{state=\"seasonal\"} is 1, else the learned baseline",
+                ),
+                port,
+            )?,
+            episode_start: GaugeVec::new(
+                Opts::new(
+                    "scan_surge_started_timestamp_seconds",
+                    "UNIX time at which the port's current surge episode started (only ports in an episode)",
+                ),
+                port,
+            )?,
+            learning: IntGaugeVec::new(
+                Opts::new(
+                    "scan_port_learning_state",
+                    "Where the port's expectation comes from, 1 for the current state: warming_up (agent warm-up, nothing flagged), learning (busy port whose daily profile is not usable yet: expectation is the plain baseline), baseline (quiet port: plain baseline), seasonal (profile)",
+                ),
+                &["port", "state"],
+            )?,
+            profiled_ports: IntGauge::with_opts(Opts::new(
+                "scan_agent_profiled_ports",
+                "Ports with a seasonal profile (learning or in use); at most 512",
+            ))?,
             sources: GaugeVec::new(
                 Opts::new(
                     "scan_syn_sources",
@@ -241,6 +270,10 @@ impl Metrics {
         r.register(Box::new(m.baseline.clone()))?;
         r.register(Box::new(m.ratio.clone()))?;
         r.register(Box::new(m.flagged.clone()))?;
+        r.register(Box::new(m.expected.clone()))?;
+        r.register(Box::new(m.episode_start.clone()))?;
+        r.register(Box::new(m.learning.clone()))?;
+        r.register(Box::new(m.profiled_ports.clone()))?;
         r.register(Box::new(m.sources.clone()))?;
         r.register(Box::new(m.sources_baseline.clone()))?;
         r.register(Box::new(m.targets.clone()))?;
@@ -298,6 +331,8 @@ impl Metrics {
             &self.syn_rate,
             &self.baseline,
             &self.ratio,
+            &self.expected,
+            &self.episode_start,
             &self.sources,
             &self.sources_baseline,
             &self.targets,
@@ -307,6 +342,7 @@ impl Metrics {
         }
         self.syn_total.reset();
         self.flagged.reset();
+        self.learning.reset();
         for status in &exported {
             let label = status.port.to_string();
             let labels = [label.as_str()];
@@ -325,6 +361,19 @@ impl Metrics {
             self.flagged
                 .with_label_values(&labels)
                 .set(status.flagged.into());
+            self.expected
+                .with_label_values(&labels)
+                .set(status.expected);
+            if let Some(start) = status.episode_start {
+                self.episode_start
+                    .with_label_values(&labels)
+                    .set(start.as_secs_f64());
+            }
+            for state in LearningState::ALL {
+                self.learning
+                    .with_label_values(&[label.as_str(), state.name()])
+                    .set((status.learning == state).into());
+            }
             if let Some(breadth) = snapshot.breadth.status(status.port) {
                 self.sources.with_label_values(&labels).set(breadth.sources);
                 self.sources_baseline
@@ -357,6 +406,7 @@ impl Metrics {
                 .set(a.interface_exists().into());
         }
         self.threshold.set(detector.config().surge_threshold);
+        self.profiled_ports.set(detector.profiled_ports() as i64);
         self.warming_up.set(detector.warming_up().into());
         self.warmup_remaining
             .set(detector.warmup_remaining().as_secs_f64());
@@ -488,6 +538,60 @@ mod tests {
             exported(&render(&mut metrics, &detector, last_in_top + 101)),
             vec![22, 8000]
         );
+    }
+
+    /// The learning state is a state set (exactly one 1 per exported port), the expected rate
+    /// is exported, and a port in an episode says since when.
+    #[test]
+    fn learning_state_expected_rate_and_episode_start() {
+        let config = DetectorConfig {
+            warmup: Duration::from_secs(60),
+            ..DetectorConfig::default()
+        };
+        let mut detector = Detector::new(config);
+        let mut metrics = Metrics::new().unwrap();
+        let mut ports = vec![0u64; PORTS as usize];
+        let mut t = 1_000;
+        detector.step(Duration::from_secs(t), &ports);
+        let text = render(&mut metrics, &detector, t);
+        assert!(
+            text.contains("scan_port_learning_state{port=\"22\",state=\"warming_up\"} 1"),
+            "{text}"
+        );
+        // Port 22 at 2 SYN/s (busy enough for a profile: learning), then 100 SYN/s.
+        for i in 0..60 {
+            ports[22] += if i < 40 { 10 } else { 500 };
+            t += 5;
+            detector.step(Duration::from_secs(t), &ports);
+        }
+        let status = detector.status(22);
+        assert!(status.flagged, "{status:?}");
+        let start = status.episode_start.unwrap().as_secs();
+        let text = render(&mut metrics, &detector, t);
+        let states: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("scan_port_learning_state{port=\"22\""))
+            .collect();
+        assert_eq!(states.len(), 4, "{text}");
+        assert_eq!(states.iter().filter(|l| l.ends_with(" 1")).count(), 1);
+        assert!(
+            text.contains("scan_port_learning_state{port=\"22\",state=\"learning\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "scan_surge_started_timestamp_seconds{{port=\"22\"}} {start}"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "scan_syn_expected_rate{{port=\"22\"}} {}",
+                status.expected
+            )),
+            "{text}"
+        );
+        assert!(text.contains("scan_agent_profiled_ports 1"), "{text}");
     }
 
     #[test]
