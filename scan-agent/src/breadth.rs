@@ -136,6 +136,17 @@ impl Breadth {
         self.ports.get(&port).map(|p| p.status)
     }
 
+    /// The union of a port's interval sketches over the short window: (sources, targets).
+    pub fn window(&self, port: u16) -> Option<(Distinct, Distinct)> {
+        let entry = self.ports.get(&port)?;
+        let (mut sources, mut targets) = (Distinct::default(), Distinct::default());
+        for (s, t) in &entry.intervals {
+            sources.merge(s);
+            targets.merge(t);
+        }
+        Some((sources, targets))
+    }
+
     /// Ports tracked (with a window or a baseline).
     pub fn tracked_ports(&self) -> usize {
         self.ports.len()

@@ -41,9 +41,11 @@ use scan_common::{ClassCounts, PORTS, PacketClass};
 use serde::{Serialize, Serializer, ser::SerializeMap};
 
 use crate::{
+    breadth::Breadth,
     capture::{CaptureError, CaptureReader},
     detector::{Detector, DetectorConfig},
-    sensor::{Sensor, SensorError},
+    sensor::{PortSketches, Sensor, SensorError},
+    sketch::Distinct,
 };
 
 /// The shortest frame the kernel's test run accepts: an Ethernet header.
@@ -94,6 +96,14 @@ pub struct SurgeEpisode {
     pub peak_ratio: f64,
     /// SYNs to the port from one short window before `start` to `end` (or the end).
     pub syns: u64,
+    /// Distinct source addresses of those SYNs (estimate; exact up to 16).
+    pub sources: u64,
+    /// Distinct destination addresses of those SYNs.
+    pub targets: u64,
+    /// Highest short-window distinct sources (`scan_syn_sources`) while flagged.
+    pub peak_sources: u64,
+    /// Highest short-window distinct targets while flagged.
+    pub peak_targets: u64,
 }
 
 /// What a replay counted. Serializes to
@@ -105,6 +115,14 @@ pub struct ReplayReport {
     pub packets: u64,
     /// SYNs per destination port, only the ports with at least one.
     pub ports: BTreeMap<u16, u64>,
+    /// Distinct source addresses per destination port over the whole capture, keyed
+    /// like `ports` (estimate; exact up to 16).
+    pub sources: BTreeMap<u16, u64>,
+    /// Distinct destination addresses per destination port over the whole capture.
+    pub targets: BTreeMap<u16, u64>,
+    /// SYNs left out of `sources` and `targets` because their port found no free
+    /// kernel sketch slot (0 unless a capture hits hundreds of ports within 128 frames).
+    pub sketch_misses: u64,
     /// The program's class counters: every class, in [`PacketClass`] order.
     #[serde(serialize_with = "serialize_classes")]
     pub classes: ClassCounts,
@@ -169,6 +187,79 @@ struct OpenEpisode {
     start: Duration,
     /// The port's count one short window before `start` (the onset).
     count_before: u64,
+    /// Union of the interval sketches since one short window before `start`.
+    sources: Distinct,
+    targets: Distinct,
+    peak_sources: f64,
+    peak_targets: f64,
+}
+
+impl OpenEpisode {
+    fn close(self, port: u16, end: Option<Duration>, peak_ratio: f64, count: u64) -> SurgeEpisode {
+        SurgeEpisode {
+            port,
+            start: self.start,
+            end,
+            peak_ratio,
+            syns: count.saturating_sub(self.count_before),
+            sources: self.sources.estimate().round() as u64,
+            targets: self.targets.estimate().round() as u64,
+            peak_sources: self.peak_sources.round() as u64,
+            peak_targets: self.peak_targets.round() as u64,
+        }
+    }
+}
+
+/// Frames run between two takes of the kernel sketches, so that ports take turns in
+/// the kernel's slots however many a capture hits: at most this many ports claim slots
+/// between takes, a quarter of the slots, so probes practically never miss (a miss is
+/// reported as `sketch_misses`).
+const SKETCH_TAKE_FRAMES: u32 = scan_common::SKETCH_SLOTS / 4;
+
+/// The kernel sketches taken during a replay: the interval not yet stepped, and the
+/// union over the whole capture.
+#[derive(Default)]
+struct Sketches {
+    interval: BTreeMap<u16, (Distinct, Distinct)>,
+    total: BTreeMap<u16, (Distinct, Distinct)>,
+    frames: u32,
+}
+
+impl Sketches {
+    fn take(&mut self, sensor: &Sensor) {
+        let mut taken = Vec::new();
+        sensor.take_sketches(&mut taken);
+        sensor.release_sketch_slots();
+        self.frames = 0;
+        for p in taken {
+            for map in [&mut self.interval, &mut self.total] {
+                let (sources, targets) = map.entry(p.port).or_default();
+                sources.merge(&p.sources);
+                targets.merge(&p.targets);
+            }
+        }
+    }
+
+    /// Counts a frame run; takes the sketches every [`SKETCH_TAKE_FRAMES`].
+    fn ran(&mut self, sensor: &Sensor) {
+        self.frames += 1;
+        if self.frames >= SKETCH_TAKE_FRAMES {
+            self.take(sensor);
+        }
+    }
+
+    /// The sketches of the interval up to now, as the live agent takes them at a poll.
+    fn interval(&mut self, sensor: &Sensor) -> Vec<PortSketches> {
+        self.take(sensor);
+        std::mem::take(&mut self.interval)
+            .into_iter()
+            .map(|(port, (sources, targets))| PortSketches {
+                port,
+                sources,
+                targets,
+            })
+            .collect()
+    }
 }
 
 /// `start + k * interval`, saturating.
@@ -183,6 +274,7 @@ fn grid_time(start: Duration, interval: Duration, k: u128) -> Duration {
 /// Drives the detector on capture time and tracks its episodes.
 struct CaptureClock {
     detector: Detector,
+    breadth: Breadth,
     interval: Duration,
     /// Next grid time to step at; `None` before the first frame.
     next: Option<Duration>,
@@ -206,6 +298,7 @@ impl CaptureClock {
             recent_len: usize::try_from(per_window)
                 .unwrap_or(usize::MAX)
                 .clamp(1, 3_600),
+            breadth: Breadth::new(&config),
             detector: Detector::new(config),
             next: None,
             counts: vec![0; PORTS as usize],
@@ -220,7 +313,7 @@ impl CaptureClock {
     /// [`MAX_IDLE_STEPS`], then once at the last grid time <= `now` (the detector's exact
     /// decay crosses any gap in one step), so the work per frame is bounded whatever the
     /// timestamps say.
-    fn advance_to(&mut self, sensor: &Sensor, now: Duration) {
+    fn advance_to(&mut self, sensor: &Sensor, sketches: &mut Sketches, now: Duration) {
         let next = *self.next.get_or_insert(now);
         if now < next {
             return;
@@ -232,7 +325,7 @@ impl CaptureClock {
             if taken == MAX_IDLE_STEPS && pending > u128::from(MAX_IDLE_STEPS) {
                 at = grid_time(next, self.interval, pending - 1);
             }
-            self.step(sensor, at);
+            self.step(sensor, sketches, at);
             taken += 1;
             match at.checked_add(self.interval) {
                 Some(later) => at = later,
@@ -245,7 +338,7 @@ impl CaptureClock {
         self.next = Some(at);
     }
 
-    fn step(&mut self, sensor: &Sensor, at: Duration) {
+    fn step(&mut self, sensor: &Sensor, sketches: &mut Sketches, at: Duration) {
         // Keep the counts of the last short window of steps.
         let mut spare = if self.recent.len() >= self.recent_len {
             self.recent.pop_front().unwrap_or_default()
@@ -260,33 +353,55 @@ impl CaptureClock {
             self.dirty = false;
         }
         self.detector.step(at, &self.counts);
+        let interval = sketches.interval(sensor);
+        // Idle ports' kernel slots are already released by `Sketches::take`.
+        self.breadth.step(at, interval.clone());
         for ended in self.detector.ended_episodes() {
             if let Some(open) = self.open.remove(&ended.port) {
-                self.closed.push(SurgeEpisode {
-                    port: ended.port,
-                    start: open.start,
-                    end: Some(ended.end),
-                    peak_ratio: ended.peak_ratio,
-                    syns: self.counts[usize::from(ended.port)].saturating_sub(open.count_before),
-                });
+                let count = self.counts[usize::from(ended.port)];
+                self.closed
+                    .push(open.close(ended.port, Some(ended.end), ended.peak_ratio, count));
             }
         }
         for status in self.detector.flagged_ports() {
             let Some(start) = status.episode_start else {
                 continue;
             };
-            let oldest = self.recent.front().unwrap_or(&self.counts);
-            self.open.entry(status.port).or_insert(OpenEpisode {
-                start,
-                count_before: oldest[usize::from(status.port)],
-            });
+            let port = status.port;
+            let episode = match self.open.entry(port) {
+                std::collections::btree_map::Entry::Occupied(open) => {
+                    let episode = open.into_mut();
+                    if let Some(p) = interval.iter().find(|p| p.port == port) {
+                        episode.sources.merge(&p.sources);
+                        episode.targets.merge(&p.targets);
+                    }
+                    episode
+                }
+                std::collections::btree_map::Entry::Vacant(vacant) => {
+                    // The breadth window is the short window up to now: the onset.
+                    let (sources, targets) = self.breadth.window(port).unwrap_or_default();
+                    let oldest = self.recent.front().unwrap_or(&self.counts);
+                    vacant.insert(OpenEpisode {
+                        start,
+                        count_before: oldest[usize::from(port)],
+                        sources,
+                        targets,
+                        peak_sources: 0.0,
+                        peak_targets: 0.0,
+                    })
+                }
+            };
+            if let Some(b) = self.breadth.status(port) {
+                episode.peak_sources = episode.peak_sources.max(b.sources);
+                episode.peak_targets = episode.peak_targets.max(b.targets);
+            }
         }
     }
 
     /// Takes the final step (one grid step past the last frame) and returns the episodes.
-    fn finish(mut self, sensor: &Sensor) -> Vec<SurgeEpisode> {
+    fn finish(mut self, sensor: &Sensor, sketches: &mut Sketches) -> Vec<SurgeEpisode> {
         if let Some(next) = self.next {
-            self.advance_to(sensor, next);
+            self.advance_to(sensor, sketches, next);
         }
         let mut episodes = self.closed;
         let peaks: BTreeMap<u16, f64> = self
@@ -295,13 +410,8 @@ impl CaptureClock {
             .map(|(port, _, peak)| (port, peak))
             .collect();
         for (port, episode) in self.open {
-            episodes.push(SurgeEpisode {
-                port,
-                start: episode.start,
-                end: None,
-                peak_ratio: peaks.get(&port).copied().unwrap_or(0.0),
-                syns: self.counts[usize::from(port)].saturating_sub(episode.count_before),
-            });
+            let peak = peaks.get(&port).copied().unwrap_or(0.0);
+            episodes.push(episode.close(port, None, peak, self.counts[usize::from(port)]));
         }
         episodes.sort_by_key(|e| (e.start, e.port));
         episodes
@@ -322,13 +432,14 @@ pub fn replay(path: &Path, detector: Option<DetectorConfig>) -> Result<ReplayRep
         source: Box::new(source),
     })?;
     let mut clock = detector.map(CaptureClock::new);
+    let mut sketches = Sketches::default();
     let mut packets = 0u64;
     let mut skipped_short_frames = 0u64;
     while let Some(next) = reader.next_frame() {
         let (timestamp, frame) = next?;
         packets += 1;
         if let Some(clock) = &mut clock {
-            clock.advance_to(&sensor, timestamp);
+            clock.advance_to(&sensor, &mut sketches, timestamp);
         }
         if frame.len() < MIN_RUN_FRAME {
             skipped_short_frames += 1;
@@ -343,11 +454,26 @@ pub fn replay(path: &Path, detector: Option<DetectorConfig>) -> Result<ReplayRep
                 len: frame.len(),
                 source: Box::new(source),
             })?;
+        sketches.ran(&sensor);
         if let Some(clock) = &mut clock {
             clock.dirty = true;
         }
     }
-    let surges = clock.map(|clock| clock.finish(&sensor)).unwrap_or_default();
+    let surges = clock
+        .map(|clock| clock.finish(&sensor, &mut sketches))
+        .unwrap_or_default();
+    sketches.take(&sensor);
+    let estimate = |d: &Distinct| d.estimate().round() as u64;
+    let sources = sketches
+        .total
+        .iter()
+        .map(|(&port, (s, _))| (port, estimate(s)))
+        .collect();
+    let targets = sketches
+        .total
+        .iter()
+        .map(|(&port, (_, t))| (port, estimate(t)))
+        .collect();
     let mut counts = vec![0u64; PORTS as usize];
     sensor.read_ports(&mut counts);
     let ports = counts
@@ -365,6 +491,9 @@ pub fn replay(path: &Path, detector: Option<DetectorConfig>) -> Result<ReplayRep
     Ok(ReplayReport {
         packets,
         ports,
+        sources,
+        targets,
+        sketch_misses: sensor.sketch_misses(),
         classes,
         surges,
         skipped_short_frames,
@@ -400,10 +529,22 @@ impl ReplayReport {
             if self.ports.len() == 1 { "" } else { "s" }
         );
         if !busiest.is_empty() {
-            let _ = writeln!(out, "{:>6} {:>12} {:>7}", "port", "SYNs", "share");
+            let _ = writeln!(
+                out,
+                "{:>6} {:>12} {:>7} {:>10} {:>10}",
+                "port", "SYNs", "share", "sources", "targets"
+            );
             for &(port, n) in busiest.iter().take(TABLE_PORTS) {
                 let share = 100.0 * n as f64 / total as f64;
-                let _ = writeln!(out, "{port:>6} {n:>12} {share:>6.1}%");
+                let distinct = |map: &BTreeMap<u16, u64>| {
+                    map.get(&port)
+                        .map_or_else(|| "-".to_string(), u64::to_string)
+                };
+                let (sources, targets) = (distinct(&self.sources), distinct(&self.targets));
+                let _ = writeln!(
+                    out,
+                    "{port:>6} {n:>12} {share:>6.1}% {sources:>10} {targets:>10}"
+                );
             }
             if busiest.len() > TABLE_PORTS {
                 let rest: u64 = busiest[TABLE_PORTS..].iter().map(|&(_, n)| n).sum();
@@ -419,19 +560,21 @@ impl ReplayReport {
         if !self.surges.is_empty() {
             let _ = writeln!(
                 out,
-                "{:>6}  {:<24}  {:<24}  {:>10}  {:>10}",
-                "port", "start", "end", "peak ratio", "SYNs"
+                "{:>6}  {:<24}  {:<24}  {:>10}  {:>10}  {:>10}  {:>10}",
+                "port", "start", "end", "peak ratio", "SYNs", "sources", "targets"
             );
             for e in &self.surges {
                 let end = e.end.map_or_else(|| "(still flagged)".to_string(), rfc3339);
                 let _ = writeln!(
                     out,
-                    "{:>6}  {:<24}  {:<24}  {:>10.1}  {:>10}",
+                    "{:>6}  {:<24}  {:<24}  {:>10.1}  {:>10}  {:>10}  {:>10}",
                     e.port,
                     rfc3339(e.start),
                     end,
                     e.peak_ratio,
-                    e.syns
+                    e.syns,
+                    e.sources,
+                    e.targets
                 );
             }
         }

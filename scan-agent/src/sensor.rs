@@ -19,8 +19,8 @@ use aya::{
 };
 use scan_common::{
     CLASSES_MAP, CONFIG_MAP, ClassCounts, PORT_SYNS_MAP, PORTS, PROGRAM_NAME, PacketClass,
-    ProgramConfig, SKETCH_MAP, SKETCH_SLOTS, SKETCH_SWITCH, Sketch, SketchSlot,
-    sketch_slot_choices,
+    ProgramConfig, SKETCH_MAP, SKETCH_PROBES, SKETCH_SLOTS, SKETCH_SWITCH, Sketch, SketchSlot,
+    sketch_slot_home,
 };
 
 use crate::sketch::Distinct;
@@ -776,12 +776,33 @@ impl Sensor {
             if sources.is_empty() && targets.is_empty() {
                 continue;
             }
-            out.push(PortSketches {
-                port: (tag - 1) as u16,
-                sources,
-                targets,
-            });
+            let port = (tag - 1) as u16;
+            // A port may hold two slots (see `SKETCH_PROBES`): one entry per port.
+            match out.iter_mut().find(|p| p.port == port) {
+                Some(entry) => {
+                    entry.sources.merge(&sources);
+                    entry.targets.merge(&targets);
+                }
+                None => out.push(PortSketches {
+                    port,
+                    sources,
+                    targets,
+                }),
+            }
         }
+    }
+
+    /// SYNs not sketched because every slot their port probed was taken (cumulative).
+    pub fn sketch_misses(&self) -> u64 {
+        let Some(view) = &self.sketches else {
+            return 0;
+        };
+        (0..SKETCH_SLOTS as usize)
+            .map(|index| {
+                // SAFETY: inside the mapping; volatile read.
+                u64::from(unsafe { (&raw const (*view.slot(index)).misses).read_volatile() })
+            })
+            .sum()
     }
 
     /// Frees `port`'s slot (if it has one) for other ports, discarding what it holds.
@@ -790,11 +811,31 @@ impl Sensor {
         let Some(view) = &self.sketches else {
             return;
         };
-        for choice in sketch_slot_choices(port) {
-            let slot = view.slot(choice as usize);
+        let home = sketch_slot_home(port);
+        for probe in 0..SKETCH_PROBES {
+            let slot = view.slot(((home + probe) & (SKETCH_SLOTS - 1)) as usize);
             // SAFETY: inside the mapping; volatile accesses.
             unsafe {
                 if (&raw const (*slot).port).read_volatile() == u32::from(port) + 1 {
+                    SketchView::take(&raw mut (*slot).sources);
+                    SketchView::take(&raw mut (*slot).targets);
+                    (&raw mut (*slot).port).write_volatile(0);
+                }
+            }
+        }
+    }
+
+    /// Frees every slot, discarding what they hold: for a reader (replay) that takes
+    /// the sketches often and keeps its own union, so any number of ports take turns.
+    pub fn release_sketch_slots(&self) {
+        let Some(view) = &self.sketches else {
+            return;
+        };
+        for index in 0..SKETCH_SLOTS as usize {
+            let slot = view.slot(index);
+            // SAFETY: inside the mapping; volatile accesses.
+            unsafe {
+                if (&raw const (*slot).port).read_volatile() != 0 {
                     SketchView::take(&raw mut (*slot).sources);
                     SketchView::take(&raw mut (*slot).targets);
                     (&raw mut (*slot).port).write_volatile(0);

@@ -258,10 +258,32 @@ fn report_serializes_to_the_documented_shape() {
             "classes",
             "packets",
             "ports",
+            "sketch_misses",
             "skipped_short_frames",
-            "surges"
+            "sources",
+            "surges",
+            "targets"
         ]
     );
+    // Keyed like "ports": every port with a SYN, at least one source and target each.
+    for key in ["sources", "targets"] {
+        let distinct = json[key].as_object().unwrap();
+        assert_eq!(
+            distinct.keys().collect::<Vec<_>>(),
+            json["ports"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .collect::<Vec<_>>()
+        );
+        for (port, n) in distinct {
+            let n = n.as_u64().unwrap();
+            assert!(
+                n >= 1 && n <= json["ports"][port].as_u64().unwrap(),
+                "{key} {port}: {n}"
+            );
+        }
+    }
     assert_eq!(json["packets"], capture.expected.packets);
     let ports = json["ports"].as_object().unwrap();
     assert_eq!(ports.len(), 4);
@@ -277,7 +299,20 @@ fn report_serializes_to_the_documented_shape() {
     let surge = surges[0].as_object().unwrap();
     let mut surge_keys: Vec<&str> = surge.keys().map(String::as_str).collect();
     surge_keys.sort_unstable();
-    assert_eq!(surge_keys, ["end", "peak_ratio", "port", "start", "syns"]);
+    assert_eq!(
+        surge_keys,
+        [
+            "end",
+            "peak_ratio",
+            "peak_sources",
+            "peak_targets",
+            "port",
+            "sources",
+            "start",
+            "syns",
+            "targets"
+        ]
+    );
     assert_eq!(surge["port"], 445);
     let start = surge["start"].as_str().unwrap();
     assert!(
@@ -359,6 +394,18 @@ fn a_surge_on_445_is_one_episode_on_capture_time() {
         "episode SYNs {} (surge {surge_syns})",
         episode.syns
     );
+    // Breadth of the episode: each distinct count is at least one and at most the SYNs,
+    // and the short-window peak at most the episode's union (up to the estimate's error).
+    for (union, peak) in [
+        (episode.sources, episode.peak_sources),
+        (episode.targets, episode.peak_targets),
+    ] {
+        assert!(union >= 1 && union <= episode.syns, "{episode:?}");
+        assert!(
+            peak >= 1 && peak as f64 <= union as f64 * 1.05,
+            "{episode:?}"
+        );
+    }
 }
 
 #[test]
@@ -744,4 +791,85 @@ fn odd_timestamps_do_not_stall_the_replay() {
         BTreeMap::from([(1, 1), (2, 1), (3, 1), (4, 1)])
     );
     assert!(report.surges.is_empty(), "{:?}", report.surges);
+}
+
+/// Distinct sources and targets over the whole capture, through the replay: exact
+/// for small counts, within 5% beyond (IPv4 and IPv6 mixed), and one source sending
+/// 100,000 SYNs is one source. Ports take turns in the kernel's slots: 1,000 ports
+/// (twice the slots) each get their own exact count.
+#[test]
+fn replay_counts_distinct_sources_and_targets() {
+    let dir = TempDir::new("distinct");
+    let v4 = |i: u64, base: u32| std::net::Ipv4Addr::from(base | (i % 65_536) as u32);
+    let v6 = |i: u64, net: u128| std::net::Ipv6Addr::from((net << 80) | u128::from(i));
+    for (n, repeat) in [
+        (1u64, 100_000u64),
+        (2, 1),
+        (10, 3),
+        (100, 1),
+        (1_000, 1),
+        (10_000, 1),
+        (100_000, 1),
+    ] {
+        let mut frames = Vec::new();
+        for k in 0..n * repeat {
+            let i = k % n;
+            let at = START + Duration::from_micros(k);
+            // Even: IPv4 (198.18/16 -> 198.19/16), odd: IPv6 (2001:db8:1:: -> 2001:db8:2::).
+            let frame = if i % 2 == 0 && i < 131_072 {
+                Frame::ipv4_tcp(
+                    v4(i / 2, 0xC612_0000),
+                    v4(i / 2, 0xC613_0000),
+                    40_000,
+                    445,
+                    tcp::SYN,
+                )
+            } else {
+                Frame::ipv6_tcp(
+                    v6(i, 0x2001_0db8_0001),
+                    v6(i, 0x2001_0db8_0002),
+                    40_000,
+                    445,
+                    tcp::SYN,
+                )
+            };
+            frames.push((at, frame.build()));
+        }
+        let path = dir.path(&format!("distinct-{n}.pcap"));
+        write_pcap(&path, &frames).unwrap();
+        let report = replay_ok(&path, None);
+        assert_eq!(report.ports[&445], n * repeat);
+        for (what, got) in [
+            ("sources", report.sources[&445]),
+            ("targets", report.targets[&445]),
+        ] {
+            let error = (got as f64 / n as f64 - 1.0).abs();
+            if n <= 10 {
+                assert_eq!(got, n, "{what}, n={n}");
+            } else {
+                assert!(error <= 0.05, "{what}, n={n}: {got} ({error:.4})");
+            }
+            println!("n={n:>6} {what}: {got} (error {error:.4})");
+        }
+    }
+    // 1,000 ports, port p hit by p % 7 + 1 sources: more ports than kernel slots.
+    let mut frames = Vec::new();
+    let mut k = 0;
+    for port in 1_000u16..2_000 {
+        for s in 0..u64::from(port % 7) + 1 {
+            k += 1;
+            let frame =
+                Frame::ipv4_tcp(v4(s, 0xC612_0000), [198, 19, 0, 1], 40_000, port, tcp::SYN);
+            frames.push((START + Duration::from_micros(k), frame.build()));
+        }
+    }
+    let path = dir.path("ports.pcap");
+    write_pcap(&path, &frames).unwrap();
+    let report = replay_ok(&path, None);
+    assert_eq!(report.sketch_misses, 0);
+    assert_eq!(report.sources.len(), 1_000);
+    for (&port, &n) in &report.sources {
+        assert_eq!(n, u64::from(port % 7) + 1, "port {port}");
+        assert_eq!(report.targets[&port], 1, "port {port}");
+    }
 }

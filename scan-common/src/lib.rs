@@ -175,9 +175,14 @@ pub const SKETCH_MAP: &str = "SCAN_SKETCHES";
 /// Read-only global (set at load time): non-zero turns the sketches on. Off, the
 /// verifier prunes the sketch code (a frozen `.rodata` constant), so it costs nothing.
 pub const SKETCH_SWITCH: &str = "SCAN_SKETCH_ON";
-/// Ports sketched at once. A port claims a free slot at its first SYN (two hashed
-/// choices); the agent frees the slots of ports idle for a whole short window.
+/// Ports sketched at once. A port claims a free slot at its first SYN, probing
+/// [`SKETCH_PROBES`] slots from its hashed home; the agent frees the slots of ports
+/// idle for a whole short window. A power of two.
 pub const SKETCH_SLOTS: u32 = 512;
+/// Slots probed (linearly, from the home slot) before a SYN is counted as a miss.
+/// Lookup stops at the port's tag or the first free slot, so a port may come to hold
+/// two slots after a free in its chain: readers merge slots by port.
+pub const SKETCH_PROBES: u32 = 8;
 /// HyperLogLog precision `p`: `2^p` registers, standard error `1.04 / sqrt(2^p)` = 1.6%.
 pub const SKETCH_PRECISION: u32 = 12;
 /// Registers per sketch (`2^SKETCH_PRECISION`), one `u8` each.
@@ -205,7 +210,9 @@ pub struct Sketch {
 pub struct SketchSlot {
     /// Destination port + 1; 0 is a free slot.
     pub port: u32,
-    pub _pad: u32,
+    /// SYNs of ports whose home is this slot that found no slot in their probes
+    /// (not sketched); cumulative, racy increments.
+    pub misses: u32,
     /// Distinct source addresses of the SYNs to this port.
     pub sources: Sketch,
     /// Distinct destination addresses of the SYNs to this port.
@@ -275,11 +282,10 @@ pub const fn fingerprint_register(fingerprint: u32) -> (usize, u8) {
     (index, rest.leading_zeros() as u8 + 1)
 }
 
-/// Slot choices of a port in [`SKETCH_MAP`] (two independent hashed positions).
+/// Home slot of a port in [`SKETCH_MAP`]; probe `i` is `(home + i) % SKETCH_SLOTS`.
 #[inline(always)]
-pub const fn sketch_slot_choices(port: u16) -> [u32; 2] {
-    let h = mix64(port as u64 | 0x5000_0000_0000_0000);
-    [(h as u32) % SKETCH_SLOTS, ((h >> 32) as u32) % SKETCH_SLOTS]
+pub const fn sketch_slot_home(port: u16) -> u32 {
+    (mix64(port as u64 | 0x5000_0000_0000_0000) as u32) & (SKETCH_SLOTS - 1)
 }
 
 #[cfg(test)]

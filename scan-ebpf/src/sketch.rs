@@ -10,8 +10,8 @@
 //! fingerprint appended by two CPUs at once may be lost or kept twice.
 use aya_ebpf::{bindings::BPF_F_MMAPABLE, macros::map, maps::Array};
 use scan_common::{
-    SKETCH_EXACT, SKETCH_SLOTS, Sketch, SketchSlot, hash_ipv4, hash_ipv6, sketch_fingerprint,
-    sketch_index, sketch_rank, sketch_slot_choices,
+    SKETCH_EXACT, SKETCH_PROBES, SKETCH_SLOTS, Sketch, SketchSlot, hash_ipv4, hash_ipv6,
+    sketch_fingerprint, sketch_index, sketch_rank, sketch_slot_home,
 };
 
 #[map]
@@ -34,7 +34,7 @@ pub fn enabled() -> bool {
 }
 
 /// Records one SYN to `port` in the port's slot, claiming a free one if it has none.
-/// A port whose two slot choices are both held by other ports is not sketched.
+/// A port whose probes all find other ports is not sketched (counted as a miss).
 #[inline(always)]
 pub fn record(port: u16, addresses: &Addresses) {
     let Some(slot) = slot_of(port) else {
@@ -58,31 +58,28 @@ pub fn record(port: u16, addresses: &Addresses) {
 #[inline(always)]
 fn slot_of(port: u16) -> Option<*mut SketchSlot> {
     let tag = port as u32 + 1;
-    let [first, second] = sketch_slot_choices(port);
-    let a = SCAN_SKETCHES.get_ptr_mut(first)?;
-    // SAFETY: map value pointer; a plain racy read of the tag.
-    let a_tag = unsafe { (*a).port };
-    if a_tag == tag {
-        return Some(a);
+    let home = sketch_slot_home(port);
+    for probe in 0..SKETCH_PROBES {
+        let slot = SCAN_SKETCHES.get_ptr_mut((home + probe) & (SKETCH_SLOTS - 1))?;
+        // SAFETY: map value pointer; racy plain accesses to the tag (module docs).
+        unsafe {
+            let found = (*slot).port;
+            if found == tag {
+                return Some(slot);
+            }
+            if found == 0 {
+                // Two CPUs claiming one free slot for different ports at once leave
+                // one port's first SYNs in the other's sketch.
+                (*slot).port = tag;
+                return Some(slot);
+            }
+        }
     }
-    let b = SCAN_SKETCHES.get_ptr_mut(second)?;
-    // SAFETY: as above.
-    let b_tag = unsafe { (*b).port };
-    if b_tag == tag {
-        return Some(b);
+    if let Some(slot) = SCAN_SKETCHES.get_ptr_mut(home) {
+        // SAFETY: as above.
+        unsafe { (*slot).misses = (*slot).misses.wrapping_add(1) };
     }
-    // Claim: two CPUs claiming one free slot for different ports at once leave one
-    // port's first SYNs in the other's sketch; the agent's idle reset clears it.
-    let free = if a_tag == 0 {
-        a
-    } else if b_tag == 0 {
-        b
-    } else {
-        return None;
-    };
-    // SAFETY: as above.
-    unsafe { (*free).port = tag };
-    Some(free)
+    None
 }
 
 /// # Safety
