@@ -83,7 +83,7 @@ pub struct PortView {
 /// Per-port memory across polls: recent rates (episodes are the detector's).
 /// Bounded: only ports exported at some poll are kept, and a port leaves once it is no
 /// longer exported and its whole history is zero.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Recent {
     capacity: usize,
     rates: HashMap<u16, VecDeque<f64>>,

@@ -40,7 +40,7 @@ pub struct BreadthStatus {
     pub targets_baseline: f64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct PortBreadth {
     /// The last interval sketches, oldest first: (sources, targets).
     intervals: VecDeque<(Distinct, Distinct)>,
@@ -48,7 +48,8 @@ struct PortBreadth {
 }
 
 /// Per-port distinct sources and targets over windows; see the module docs.
-#[derive(Debug)]
+/// `Clone` so that each poll can publish an immutable copy for HTTP.
+#[derive(Clone, Debug)]
 pub struct Breadth {
     window_intervals: usize,
     baseline_window: Duration,

@@ -1,29 +1,24 @@
-//! `scan-agent run`: attach, poll the counters into the detector, serve metrics,
-//! save state; on SIGINT/SIGTERM save state, detach (unless kept) and exit 0.
+//! `scan-agent run`: attach, poll the counters into the detector, publish each poll's
+//! view for the HTTP server (`web`), save state; on SIGINT/SIGTERM save state, detach
+//! (unless kept) and exit 0.
 use std::{
     sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{Context, Result, bail};
-use axum::{
-    Router,
-    extract::{Path, State},
-    http::{StatusCode, header},
-    response::{Html, IntoResponse},
-    routing::get,
-};
-use scan_common::PORTS;
+use scan_common::{ClassCounts, PORTS};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    api::{ApiInput, Recent},
+    api::Recent,
     breadth::Breadth,
     config::AgentConfig,
     detector::Detector,
     metrics::{Metrics, Snapshot},
     sensor::Sensor,
     state,
+    web::{self, ApiData, Published, View},
 };
 
 struct Shared {
@@ -37,10 +32,13 @@ struct Shared {
     ports: Vec<u64>,
     /// Rate history and episode starts for the JSON API.
     recent: Recent,
-    last_poll: Option<Instant>,
+    /// The last packet-class counters read (kept when a read fails).
+    classes: ClassCounts,
     last_error: Option<String>,
 }
 
+/// Only the poll task (polls and saves) takes this lock; HTTP renders from the
+/// published [`View`].
 type SharedState = Arc<Mutex<Shared>>;
 
 fn unix_now() -> Duration {
@@ -159,19 +157,20 @@ pub async fn run(mut config: AgentConfig) -> Result<()> {
         config,
         sensor,
         detector,
-        last_poll: None,
+        classes: ClassCounts::default(),
         last_error: None,
     }));
-    poll(&shared);
+    let published = Published::new(poll(&shared));
+    let counters = {
+        let s = lock(&shared);
+        web::ServerCounters {
+            evicted: s.metrics.http_evicted.clone(),
+            refused: s.metrics.http_refused.clone(),
+        }
+    };
 
-    let app = Router::new()
-        .route("/", get(index))
-        .route(&telemetry_path, get(metrics))
-        .route("/healthz", get(healthz))
-        .route("/api/v1/ports", get(api_ports))
-        .route("/api/v1/ports/{port}", get(api_port))
-        .with_state(shared.clone());
-    let mut servers = tokio::task::JoinSet::new();
+    let app = web::router(published.clone(), &telemetry_path);
+    let mut listeners = Vec::new();
     for address in listen {
         let listener = tokio::net::TcpListener::bind(address)
             .await
@@ -182,9 +181,9 @@ pub async fn run(mut config: AgentConfig) -> Result<()> {
                 )
             })?;
         log::info!("serving http://{address}{telemetry_path}");
-        let app = app.clone();
-        servers.spawn(serve(listener, app));
+        listeners.push((address, listener));
     }
+    let mut server = tokio::spawn(web::serve(listeners, app, web::Limits::default(), counters));
 
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -194,16 +193,15 @@ pub async fn run(mut config: AgentConfig) -> Result<()> {
     save_tick.tick().await;
     loop {
         tokio::select! {
-            _ = poll_tick.tick() => poll(&shared),
+            _ = poll_tick.tick() => published.publish(poll(&shared)),
             _ = save_tick.tick() => save(&shared),
             _ = sigint.recv() => { log::info!("SIGINT: stopping"); break; }
             _ = sigterm.recv() => { log::info!("SIGTERM: stopping"); break; }
-            result = servers.join_next() => bail!("HTTP server stopped: {result:?}"),
+            result = &mut server => bail!("HTTP server stopped: {result:?}"),
         }
     }
-    servers.abort_all();
+    server.abort();
     save(&shared);
-    // HTTP connection tasks may still hold the shared state, so detach through it.
     let mut s = lock(&shared);
     s.sensor.detach()?;
     log::info!(
@@ -217,40 +215,6 @@ pub async fn run(mut config: AgentConfig) -> Result<()> {
     Ok(())
 }
 
-/// Serves `app` on `listener`, one task per connection, so a failing (or panicking)
-/// request ends only its own connection. Unlike `axum::serve`, HTTP/1 half-close is on:
-/// a client that shuts its write side after sending the request still gets the answer
-/// (hyper's `half_close` is off by default, and `axum::serve` cannot turn it on).
-async fn serve(listener: tokio::net::TcpListener, app: Router) -> std::io::Result<()> {
-    use hyper_util::{
-        rt::{TokioIo, TokioTimer},
-        service::TowerToHyperService,
-    };
-    loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                // E.g. out of file descriptors: wait, keep serving.
-                log::warn!("HTTP accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let service = TowerToHyperService::new(app.clone());
-        tokio::spawn(async move {
-            let connection = hyper::server::conn::http1::Builder::new()
-                .half_close(true)
-                // With a timer, hyper drops a client that sends no complete request
-                // header within 30 s (slowloris).
-                .timer(TokioTimer::new())
-                .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = connection.await {
-                log::debug!("HTTP connection: {e}");
-            }
-        });
-    }
-}
-
 fn lock(shared: &SharedState) -> std::sync::MutexGuard<'_, Shared> {
     // A panic while holding the lock is a bug; the data is still usable.
     shared
@@ -258,8 +222,9 @@ fn lock(shared: &SharedState) -> std::sync::MutexGuard<'_, Shared> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Reads every port counter (mmap, no syscall) and steps the detector.
-fn poll(shared: &SharedState) {
+/// Reads every port counter (mmap, no syscall), steps the detector, renders the
+/// metrics and returns the view HTTP serves until the next poll.
+fn poll(shared: &SharedState) -> View {
     let mut guard = lock(shared);
     let s = &mut *guard;
     let timer = s.metrics.poll_duration.start_timer();
@@ -273,13 +238,75 @@ fn poll(shared: &SharedState) {
     }
     let exported = Metrics::exported_ports(&s.detector, &s.config.watch_ports, s.config.top_ports);
     s.recent.record(&s.detector, &exported, now.as_secs_f64());
+    match s.sensor.read_classes() {
+        Ok(classes) => {
+            s.classes = classes;
+            s.last_error = None;
+        }
+        Err(e) => {
+            s.metrics.poll_errors.inc();
+            log::error!("reading packet classes: {e}");
+            s.last_error = Some(e.to_string());
+        }
+    }
     timer.observe_duration();
-    s.last_poll = Some(Instant::now());
     s.metrics.last_poll.set(unix_now().as_secs_f64());
+    log_flagged(&s.detector);
+    let render_timer = s.metrics.render_duration.start_timer();
+    let text = s.metrics.render(&Snapshot {
+        ports: &s.ports,
+        classes: &s.classes,
+        detector: &s.detector,
+        breadth: &s.breadth,
+        attachments: s.sensor.attachments(),
+        watch_ports: &s.config.watch_ports,
+        top_ports: s.config.top_ports,
+        export_hold: s.config.export_hold,
+        now,
+    });
+    // Observed after the render: it shows in the next poll's exposition.
+    render_timer.observe_duration();
+    let attachments = s.sensor.attachments();
+    let gone: Vec<&str> = attachments
+        .iter()
+        .filter(|a| !a.interface_exists())
+        .map(|a| a.interface.as_str())
+        .collect();
+    let problem = if attachments.is_empty() {
+        Some("not attached to any interface".to_string())
+    } else if !gone.is_empty() {
+        Some(format!(
+            "interface gone, program no longer attached: {}",
+            gone.join(", ")
+        ))
+    } else {
+        s.last_error
+            .as_ref()
+            .map(|error| format!("last map read failed: {error}"))
+    };
+    View {
+        taken: Instant::now(),
+        interval: s.config.detector.interval,
+        metrics: text.into(),
+        problem,
+        attachments: View::describe_attachments(attachments),
+        telemetry_path: s.config.telemetry_path.clone(),
+        api: ApiData {
+            detector: s.detector.clone(),
+            breadth: s.breadth.clone(),
+            recent: s.recent.clone(),
+            ports: s.ports.clone(),
+            exported,
+            time: now.as_secs_f64(),
+        },
+    }
+}
+
+fn log_flagged(detector: &Detector) {
     if !log::log_enabled!(log::Level::Debug) {
         return;
     }
-    for flagged in s.detector.flagged_ports() {
+    for flagged in detector.flagged_ports() {
         log::debug!(
             "port {} flagged: ratio {:.1}, {:.2} SYN/s against a baseline of {:.2}",
             flagged.port,
@@ -300,204 +327,6 @@ fn save(shared: &SharedState) {
         lock(shared).metrics.state_save_errors.inc();
         log::error!("{e}");
     }
-}
-
-async fn metrics(State(shared): State<SharedState>) -> impl IntoResponse {
-    let mut guard = lock(&shared);
-    let s = &mut *guard;
-    // Observed when dropped, after the render: it shows in the next scrape.
-    let _timer = s.metrics.scrape_duration.start_timer();
-    // Fresh kernel values at every scrape: microseconds by mmap.
-    s.sensor.read_ports(&mut s.ports);
-    let classes = match s.sensor.read_classes() {
-        Ok(classes) => classes,
-        Err(e) => {
-            s.metrics.poll_errors.inc();
-            s.last_error = Some(e.to_string());
-            log::error!("reading packet classes: {e}");
-            return (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("reading packet classes: {e}\n"),
-            )
-                .into_response();
-        }
-    };
-    s.last_error = None;
-    let body = s.metrics.render(&Snapshot {
-        ports: &s.ports,
-        classes: &classes,
-        detector: &s.detector,
-        breadth: &s.breadth,
-        attachments: s.sensor.attachments(),
-        watch_ports: &s.config.watch_ports,
-        top_ports: s.config.top_ports,
-        export_hold: s.config.export_hold,
-        now: s.clock.now(),
-    });
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        body,
-    )
-        .into_response()
-}
-
-/// Renders one JSON API response from fresh kernel counters and the detector's view.
-fn api_json<T: serde::Serialize>(
-    shared: &SharedState,
-    render: impl FnOnce(&ApiInput<'_>) -> T,
-) -> axum::response::Response {
-    let mut guard = lock(shared);
-    let s = &mut *guard;
-    s.sensor.read_ports(&mut s.ports);
-    let exported = Metrics::exported_ports(&s.detector, &s.config.watch_ports, s.config.top_ports);
-    let input = ApiInput {
-        detector: &s.detector,
-        breadth: &s.breadth,
-        recent: &s.recent,
-        ports: &s.ports,
-        exported: &exported,
-        time: s.detector.last_step().unwrap_or_default().as_secs_f64(),
-    };
-    match serde_json::to_string(&render(&input)) {
-        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("encoding JSON: {e}\n"),
-        )
-            .into_response(),
-    }
-}
-
-async fn api_ports(State(shared): State<SharedState>) -> axum::response::Response {
-    api_json(&shared, |input| input.ports())
-}
-
-async fn api_port(
-    State(shared): State<SharedState>,
-    Path(port): Path<String>,
-) -> axum::response::Response {
-    match crate::api::parse_port(&port) {
-        Ok(port) => api_json(&shared, |input| input.port(port)),
-        Err(message) => (StatusCode::NOT_FOUND, format!("{message}\n")).into_response(),
-    }
-}
-
-async fn healthz(State(shared): State<SharedState>) -> impl IntoResponse {
-    let s = lock(&shared);
-    // Saturating: a config bug must never turn a health check into a panic.
-    let stale_after = s.config.detector.interval.saturating_mul(3);
-    let gone: Vec<&str> = s
-        .sensor
-        .attachments()
-        .iter()
-        .filter(|a| !a.interface_exists())
-        .map(|a| a.interface.as_str())
-        .collect();
-    let problem = if s.sensor.attachments().is_empty() {
-        Some("not attached to any interface".to_string())
-    } else if !gone.is_empty() {
-        Some(format!(
-            "interface gone, program no longer attached: {}",
-            gone.join(", ")
-        ))
-    } else if let Some(error) = &s.last_error {
-        Some(format!("last map read failed: {error}"))
-    } else {
-        match s.last_poll {
-            None => Some("no poll yet".to_string()),
-            Some(t) if t.elapsed() > stale_after => Some(format!(
-                "last poll {:.0}s ago (interval {})",
-                t.elapsed().as_secs_f64(),
-                humantime::format_duration(s.config.detector.interval)
-            )),
-            Some(_) => None,
-        }
-    };
-    match problem {
-        None => (StatusCode::OK, "ok\n".to_string()),
-        Some(reason) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("unhealthy: {reason}\n"),
-        ),
-    }
-}
-
-async fn index(State(shared): State<SharedState>) -> Html<String> {
-    let s = lock(&shared);
-    let path = &s.config.telemetry_path;
-    let interfaces: Vec<String> = s
-        .sensor
-        .attachments()
-        .iter()
-        .map(|a| format!("{} ({})", html_escape(&a.interface), a.mode))
-        .collect();
-    let mut rows = String::new();
-    for p in s.detector.top_ports(10) {
-        let breadth = s.breadth.status(p.port).map_or_else(
-            || "<td>-</td><td>-</td>".to_string(),
-            |b| {
-                format!(
-                    "<td>{:.0} (normal {:.0})</td><td>{:.0} (normal {:.0})</td>",
-                    b.sources, b.sources_baseline, b.targets, b.targets_baseline
-                )
-            },
-        );
-        let surge = p.episode_start.map_or_else(String::new, |start| {
-            format!(
-                "SURGE since {}",
-                crate::replay::rfc3339(Duration::from_secs(start.as_secs()))
-            )
-        });
-        rows.push_str(&format!(
-            "<tr><td>{}</td><td>{:.2}</td><td>{:.2}</td><td>{}</td><td>{:.2}</td>{breadth}<td>{surge}</td></tr>",
-            p.port,
-            p.rate,
-            p.expected,
-            p.learning.name(),
-            p.ratio,
-        ));
-    }
-    Html(format!(
-        "<!doctype html><title>scan-agent</title><h1>scan-agent {}</h1>\
-         <p>Attached: {}. Warm-up: {}.</p>\
-         <p><a href=\"{path}\">{path}</a> &middot; <a href=\"/healthz\">/healthz</a></p>\
-         <table border=1><tr><th>port</th><th>SYN/s</th><th>expected</th><th>expectation from</th><th>ratio</th><th>sources</th><th>targets</th><th></th></tr>{rows}</table>",
-        env!("CARGO_PKG_VERSION"),
-        if interfaces.is_empty() {
-            "none".into()
-        } else {
-            interfaces.join(", ")
-        },
-        if s.detector.warming_up() {
-            format!(
-                "{} left",
-                humantime::format_duration(Duration::from_secs(
-                    s.detector.warmup_remaining().as_secs()
-                ))
-            )
-        } else {
-            "done".into()
-        },
-    ))
-}
-
-/// Text for HTML: interface names may hold any byte but '/' and whitespace.
-fn html_escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '&' => out.push_str("&amp;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 /// Forwards the program's aya-log records (only sent with --debug-program).

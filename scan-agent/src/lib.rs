@@ -15,6 +15,7 @@ pub mod sensor;
 pub mod sketch;
 pub mod state;
 pub mod top;
+pub mod web;
 
 /// An error with every cause, each once: the operator sees the errno (e.g. "Read-only
 /// file system") and not only the outermost message, and a cause that its context

@@ -45,7 +45,11 @@ pub struct Metrics {
     ports_exported: IntGauge,
     ports_left_out: IntGauge,
     pub state_save_errors: IntCounter,
-    pub scrape_duration: Histogram,
+    pub render_duration: Histogram,
+    /// HTTP connections closed to make room under the connection cap.
+    pub http_evicted: IntCounter,
+    /// HTTP connections refused because every open one was busy with a request.
+    pub http_refused: IntCounter,
     /// Port -> detector time it was last in the watch list or the top set.
     held: HashMap<u16, Duration>,
 }
@@ -235,13 +239,21 @@ impl Metrics {
                 "scan_agent_state_save_errors_total",
                 "Failed writes of the state file",
             ))?,
-            scrape_duration: Histogram::with_opts(
+            render_duration: Histogram::with_opts(
                 HistogramOpts::new(
-                    "scan_agent_scrape_duration_seconds",
-                    "Time to render /metrics",
+                    "scan_agent_render_duration_seconds",
+                    "Time to render the exposition after a poll (served as is until the next)",
                 )
                 .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1]),
             )?,
+            http_evicted: IntCounter::with_opts(Opts::new(
+                "scan_agent_http_connections_evicted_total",
+                "HTTP connections closed (the longest idle first) to make room for a new one at the connection cap",
+            ))?,
+            http_refused: IntCounter::with_opts(Opts::new(
+                "scan_agent_http_connections_refused_total",
+                "HTTP connections refused at the connection cap because every open one was busy",
+            ))?,
             registry,
             held: HashMap::new(),
         };
@@ -292,7 +304,9 @@ impl Metrics {
         r.register(Box::new(m.ports_exported.clone()))?;
         r.register(Box::new(m.ports_left_out.clone()))?;
         r.register(Box::new(m.state_save_errors.clone()))?;
-        r.register(Box::new(m.scrape_duration.clone()))?;
+        r.register(Box::new(m.render_duration.clone()))?;
+        r.register(Box::new(m.http_evicted.clone()))?;
+        r.register(Box::new(m.http_refused.clone()))?;
         Ok(m)
     }
 

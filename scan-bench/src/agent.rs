@@ -1,6 +1,8 @@
 //! Part 4a: the real agent binary on a lab veth. RSS once it has seen SYNs on
 //! all 65,536 ports, its CPU over a window at the default interval while every
-//! port keeps receiving SYNs, and the time to scrape /metrics over HTTP.
+//! port keeps receiving SYNs, the time to scrape /metrics over HTTP, and HTTP pressure:
+//! scrapes while 1,000 idle connections are held open, and whether 200 scrapes/s delay
+//! the polls (the gaps between poll timestamps, against the same without load).
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -15,7 +17,14 @@ use crate::{cpu, proc, stats, trafgen};
 pub struct Settings {
     pub cpu_window: Duration,
     pub scrapes: usize,
+    /// How long 200 scrapes/s run (and the quiet comparison before them).
+    pub pressure: Duration,
 }
+
+/// Scrapes per second of the pressure run.
+pub const PRESSURE_RATE: u32 = 200;
+/// Idle connections held open during the idle-connection scrapes.
+pub const IDLE_CONNECTIONS: usize = 1000;
 
 pub struct AgentResults {
     pub binary: PathBuf,
@@ -28,6 +37,15 @@ pub struct AgentResults {
     pub background_pps: u64,
     pub scrape_ms: f64,
     pub scrape_bytes: usize,
+    /// Slowest of 5 scrapes with [`IDLE_CONNECTIONS`] idle connections open.
+    pub idle_scrape_ms_max: f64,
+    /// Scrapes per second achieved in the pressure run, and for how long.
+    pub pressure_rate: f64,
+    pub pressure_s: f64,
+    /// Longest gap between two polls without load and under pressure, seconds.
+    pub poll_gap_quiet_s: f64,
+    pub poll_gap_pressure_s: f64,
+    pub interval_s: f64,
 }
 
 /// Builds the agent binary (the bench itself is built by `cargo run`, the agent's
@@ -136,7 +154,17 @@ fn measure(settings: &Settings, lab: &Lab, dir: &Path, agent: &Agent) -> Result<
         bytes = agent.metrics()?.len();
         times.push(t.elapsed().as_secs_f64() * 1e3);
     }
+    let idle_scrape_ms_max = idle_scrapes(agent)?;
+    let (poll_gap_quiet_s, _, _) = scrape_for(agent, settings.pressure, 5)?;
+    let (poll_gap_pressure_s, scrapes, seconds) =
+        scrape_for(agent, settings.pressure, PRESSURE_RATE)?;
     Ok(AgentResults {
+        idle_scrape_ms_max,
+        pressure_rate: scrapes as f64 / seconds,
+        pressure_s: seconds,
+        poll_gap_quiet_s,
+        poll_gap_pressure_s,
+        interval_s: interval.as_secs_f64(),
         binary: PathBuf::new(),
         rss_mib: rss as f64 / 1024.0,
         hwm_mib: hwm as f64 / 1024.0,
@@ -148,4 +176,83 @@ fn measure(settings: &Settings, lab: &Lab, dir: &Path, agent: &Agent) -> Result<
         scrape_ms: stats::median(&times),
         scrape_bytes: bytes,
     })
+}
+
+/// The slowest of 5 scrapes while [`IDLE_CONNECTIONS`] connections that never send a
+/// byte are open (more than the agent's connection cap).
+fn idle_scrapes(agent: &Agent) -> Result<f64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on our own process with a valid struct.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        limit.rlim_cur = limit.rlim_max.min(4096);
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+    }
+    let idle = (0..IDLE_CONNECTIONS)
+        .map(|_| std::net::TcpStream::connect(agent.listen))
+        .collect::<std::io::Result<Vec<_>>>()
+        .context("opening the idle connections")?;
+    proc::sleep(Duration::from_millis(500))?;
+    let mut slowest: f64 = 0.0;
+    for _ in 0..5 {
+        let t = Instant::now();
+        agent
+            .metrics()
+            .context("scrape with idle connections open")?;
+        slowest = slowest.max(t.elapsed().as_secs_f64() * 1e3);
+    }
+    drop(idle);
+    Ok(slowest)
+}
+
+/// Scrapes at `rate` per second (4 threads) for `length`; returns the longest gap
+/// between consecutive poll timestamps seen, the scrapes done and the seconds taken.
+fn scrape_for(agent: &Agent, length: Duration, rate: u32) -> Result<(f64, u64, f64)> {
+    let started = Instant::now();
+    let threads = 4;
+    let period = Duration::from_secs_f64(f64::from(threads) / f64::from(rate));
+    let results: Vec<Result<(Vec<f64>, u64)>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|i| {
+                scope.spawn(move || -> Result<(Vec<f64>, u64)> {
+                    let mut stamps = Vec::new();
+                    let mut done = 0;
+                    let mut next = started + period * i / threads;
+                    while started.elapsed() < length {
+                        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+                        next += period;
+                        let text = agent.metrics()?;
+                        done += 1;
+                        if let Some(t) = sample(&text, "scan_agent_last_poll_timestamp_seconds", "")
+                        {
+                            stamps.push(t);
+                        }
+                    }
+                    Ok((stamps, done))
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join()
+                    .unwrap_or_else(|_| bail!("a scrape thread panicked"))
+            })
+            .collect()
+    });
+    let seconds = started.elapsed().as_secs_f64();
+    let mut stamps = Vec::new();
+    let mut done = 0;
+    for result in results {
+        let (s, d) = result?;
+        stamps.extend(s);
+        done += d;
+    }
+    stamps.sort_by(f64::total_cmp);
+    stamps.dedup();
+    let gap = stamps.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max);
+    Ok((gap, done, seconds))
 }

@@ -83,6 +83,7 @@ impl Plan {
                 agent: agent::Settings {
                     cpu_window: Duration::from_secs(10),
                     scrapes: 3,
+                    pressure: Duration::from_secs(6),
                 },
                 render_iterations: 10,
             }
@@ -106,6 +107,7 @@ impl Plan {
                 agent: agent::Settings {
                     cpu_window: Duration::from_secs(60),
                     scrapes: 21,
+                    pressure: Duration::from_secs(30),
                 },
                 render_iterations: 101,
             }

@@ -180,6 +180,13 @@ impl Results {
                 "background_pps": a.map(|a| a.background_pps),
                 "scrape_ms": num(a.map(|a| a.scrape_ms)),
                 "scrape_bytes": a.map(|a| a.scrape_bytes),
+                "idle_connections": crate::agent::IDLE_CONNECTIONS,
+                "idle_scrape_ms_max": num(a.map(|a| a.idle_scrape_ms_max)),
+                "pressure_rate": num(a.map(|a| a.pressure_rate)),
+                "pressure_s": num(a.map(|a| a.pressure_s)),
+                "poll_gap_quiet_s": num(a.map(|a| a.poll_gap_quiet_s)),
+                "poll_gap_pressure_s": num(a.map(|a| a.poll_gap_pressure_s)),
+                "interval_s": num(a.map(|a| a.interval_s)),
             }),
         );
         s.insert(
@@ -495,6 +502,21 @@ impl Results {
                     w,
                     "| GET /metrics over loopback HTTP | {:.2} ms | {} bytes, default watch list + top 20 |",
                     a.scrape_ms, a.scrape_bytes
+                );
+                let _ = writeln!(
+                    w,
+                    "| GET /metrics with {} idle connections open | {:.2} ms (slowest of 5) | connection cap 512: the longest idle make room |",
+                    crate::agent::IDLE_CONNECTIONS,
+                    a.idle_scrape_ms_max
+                );
+                let _ = writeln!(
+                    w,
+                    "| Longest gap between polls under {:.0} scrapes/s | {:.2} s | {:.0} s of load; {:.2} s without load; interval {:.0} s |",
+                    a.pressure_rate,
+                    a.poll_gap_pressure_s,
+                    a.pressure_s,
+                    a.poll_gap_quiet_s,
+                    a.interval_s
                 );
                 let _ = writeln!(w);
             }

@@ -91,6 +91,38 @@ impl Agent {
         Ok(body)
     }
 
+    /// Waits until the agent has published a poll that began after this call (HTTP
+    /// serves the last poll's view, so counts sent before the call show only then): two
+    /// new values of `scan_agent_last_poll_timestamp_seconds`, as the first may have
+    /// read the counters just before the call.
+    pub fn wait_poll(&self) -> Result<()> {
+        let stamp = |text: &str| {
+            http::sample(text, "scan_agent_last_poll_timestamp_seconds", "").unwrap_or(0.0)
+        };
+        let started = Instant::now();
+        let mut last = stamp(&self.metrics()?);
+        for _ in 0..2 {
+            loop {
+                let now = stamp(&self.metrics()?);
+                if now > last {
+                    last = now;
+                    break;
+                }
+                if started.elapsed() > Duration::from_secs(30) {
+                    bail!("no new poll within 30 s; agent log:\n{}", self.log_text());
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(())
+    }
+
+    /// `/metrics` from a poll that began after this call (see [`Self::wait_poll`]).
+    pub fn metrics_after_poll(&self) -> Result<String> {
+        self.wait_poll()?;
+        self.metrics()
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }

@@ -490,6 +490,8 @@ struct OpenEpisode {
 }
 
 /// Per-port surge detector. See the module documentation for the maths.
+/// `Clone` so that each poll can publish an immutable copy for HTTP to render from.
+#[derive(Clone)]
 pub struct Detector {
     config: DetectorConfig,
     /// Time of the last accepted reading (the reference).

@@ -1,0 +1,238 @@
+//! The last poll's immutable view, and the pages rendered from it.
+//!
+//! The poll loop builds one [`View`] after every poll and publishes it with one atomic
+//! pointer swap ([`Published`]); HTTP handlers load the current one and render from it.
+//! No lock is shared between the poll loop and HTTP, and no request reads the kernel:
+//! a client can neither slow the sensor down nor make it do more work.
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+
+use crate::{
+    api::{ApiInput, PortView, PortsResponse, Recent},
+    breadth::Breadth,
+    detector::{Detector, PortStatus},
+    sensor::Attachment,
+};
+
+/// What every page is rendered from: one poll's results, never changed once published.
+pub struct View {
+    /// When the poll that made this view finished.
+    pub taken: Instant,
+    /// The poll interval (a view older than three of them is stale).
+    pub interval: Duration,
+    /// The text exposition, rendered by the poll.
+    pub metrics: Bytes,
+    /// What is wrong with the sensor at this poll (not attached, interface gone, a failed
+    /// map read); `None` when healthy.
+    pub problem: Option<String>,
+    /// `interface (mode)` for each attachment.
+    pub attachments: Vec<String>,
+    pub telemetry_path: String,
+    pub api: ApiData,
+}
+
+/// The detector's view and the kernel counters at the poll, for the JSON API and the
+/// index page.
+pub struct ApiData {
+    pub detector: Detector,
+    pub breadth: Breadth,
+    pub recent: Recent,
+    pub ports: Vec<u64>,
+    pub exported: Vec<PortStatus>,
+    /// Detector time of the poll, UNIX seconds.
+    pub time: f64,
+}
+
+impl ApiData {
+    fn input(&self) -> ApiInput<'_> {
+        ApiInput {
+            detector: &self.detector,
+            breadth: &self.breadth,
+            recent: &self.recent,
+            ports: &self.ports,
+            exported: &self.exported,
+            time: self.time,
+        }
+    }
+
+    pub fn ports(&self) -> PortsResponse {
+        self.input().ports()
+    }
+
+    pub fn port(&self, port: u16) -> PortView {
+        self.input().port(port)
+    }
+}
+
+/// The current view, swapped atomically by the poll loop and read by HTTP.
+#[derive(Clone)]
+pub struct Published(Arc<ArcSwap<View>>);
+
+impl Published {
+    pub fn new(first: View) -> Self {
+        Self(Arc::new(ArcSwap::from_pointee(first)))
+    }
+
+    pub fn publish(&self, view: View) {
+        self.0.store(Arc::new(view));
+    }
+
+    pub fn load(&self) -> Arc<View> {
+        self.0.load_full()
+    }
+}
+
+impl View {
+    /// `attachments` as shown on the index page.
+    pub fn describe_attachments(attachments: &[Attachment]) -> Vec<String> {
+        attachments
+            .iter()
+            .map(|a| format!("{} ({})", a.interface, a.mode))
+            .collect()
+    }
+
+    /// Why the agent is unhealthy now, or `None`: this view's problem, or that the
+    /// view is older than three poll intervals (the poll loop is stuck).
+    pub fn health(&self) -> Option<String> {
+        if let Some(problem) = &self.problem {
+            return Some(problem.clone());
+        }
+        // Saturating: a config bug must never turn a health check into a panic.
+        let stale_after = self.interval.saturating_mul(3);
+        let age = self.taken.elapsed();
+        (age > stale_after).then(|| {
+            format!(
+                "last poll {:.0}s ago (interval {})",
+                age.as_secs_f64(),
+                humantime::format_duration(self.interval)
+            )
+        })
+    }
+
+    /// The index page: attachments, warm-up and the top ports; every name escaped.
+    pub fn index_html(&self) -> String {
+        let detector = &self.api.detector;
+        let mut rows = String::new();
+        for p in detector.top_ports(10) {
+            let breadth = self.api.breadth.status(p.port).map_or_else(
+                || "<td>-</td><td>-</td>".to_string(),
+                |b| {
+                    format!(
+                        "<td>{:.0} (normal {:.0})</td><td>{:.0} (normal {:.0})</td>",
+                        b.sources, b.sources_baseline, b.targets, b.targets_baseline
+                    )
+                },
+            );
+            let surge = p.episode_start.map_or_else(String::new, |start| {
+                format!(
+                    "SURGE since {}",
+                    crate::replay::rfc3339(Duration::from_secs(start.as_secs()))
+                )
+            });
+            rows.push_str(&format!(
+                "<tr><td>{}</td><td>{:.2}</td><td>{:.2}</td><td>{}</td><td>{:.2}</td>{breadth}<td>{surge}</td></tr>",
+                p.port,
+                p.rate,
+                p.expected,
+                p.learning.name(),
+                p.ratio,
+            ));
+        }
+        let attached = if self.attachments.is_empty() {
+            "none".to_string()
+        } else {
+            html_escape(&self.attachments.join(", "))
+        };
+        let warmup = if detector.warming_up() {
+            format!(
+                "{} left",
+                humantime::format_duration(Duration::from_secs(
+                    detector.warmup_remaining().as_secs()
+                ))
+            )
+        } else {
+            "done".into()
+        };
+        let path = html_escape(&self.telemetry_path);
+        format!(
+            "<!doctype html><title>scan-agent</title><h1>scan-agent {}</h1>\
+             <p>Attached: {attached}. Warm-up: {warmup}.</p>\
+             <p><a href=\"{path}\">{path}</a> &middot; <a href=\"/healthz\">/healthz</a> \
+             &middot; <a href=\"/api/v1/ports\">/api/v1/ports</a></p>\
+             <table border=1><tr><th>port</th><th>SYN/s</th><th>expected</th>\
+             <th>expectation from</th><th>ratio</th><th>sources</th><th>targets</th><th></th>\
+             </tr>{rows}</table>",
+            env!("CARGO_PKG_VERSION"),
+        )
+    }
+}
+
+/// Text for HTML: interface names may hold any byte but '/' and whitespace.
+pub fn html_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detector::DetectorConfig;
+
+    fn view(attachments: Vec<String>, problem: Option<String>) -> View {
+        let config = DetectorConfig::default();
+        View {
+            taken: Instant::now(),
+            interval: config.interval,
+            metrics: Bytes::new(),
+            problem,
+            attachments,
+            telemetry_path: "/metrics".into(),
+            api: ApiData {
+                recent: Recent::new(config.interval),
+                breadth: Breadth::new(&config),
+                detector: Detector::new(config),
+                ports: vec![0; 65536],
+                exported: vec![],
+                time: 0.0,
+            },
+        }
+    }
+
+    #[test]
+    fn interface_names_are_escaped_on_the_index_page() {
+        let page = view(vec!["<script>x</script> (skb)".into()], None).index_html();
+        assert!(!page.contains("<script>"), "{page}");
+        assert!(
+            page.contains("&lt;script&gt;x&lt;/script&gt; (skb)"),
+            "{page}"
+        );
+    }
+
+    #[test]
+    fn health_is_the_problem_or_staleness() {
+        assert_eq!(view(vec![], None).health(), None);
+        assert_eq!(
+            view(vec![], Some("gone".into())).health().as_deref(),
+            Some("gone")
+        );
+        let mut old = view(vec![], None);
+        old.interval = Duration::from_millis(1);
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(old.health().unwrap().starts_with("last poll"));
+    }
+}
