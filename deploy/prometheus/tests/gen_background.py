@@ -219,7 +219,7 @@ def main():
     w("              port: \"445\"")
     w("            exp_annotations:")
     w("              summary: 'SYN surge to TCP port 445 on router1:9745: 9.9x normal'")
-    w("              description: 'TCP port 445 on router1:9745 receives 80 SYN/s against a learned baseline of 8.00 SYN/s (surge ratio 9.9). Scanning of one port far above its normal level has preceded worm outbreaks.'")
+    w("              description: 'TCP port 445 on router1:9745 receives 80 SYN/s against a learned baseline of 8.00 SYN/s (surge ratio 9.9), from (unknown) distinct sources to (unknown) distinct targets over the short window. Scanning of one port far above its normal level has preceded worm outbreaks.'")
     w("              runbook: \"https://runbooks.example.org/scan-agent#portscansurge (replace with your copy of deploy/README.md, section PortScanSurge)\"")
     text = "\n".join(out) + "\n"
 
