@@ -6,8 +6,9 @@ use std::collections::{HashMap, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    breadth::Breadth,
+    breadth::BreadthView,
     detector::{Detector, PortStatus},
+    prefixes::{PrefixShare, PrefixView},
 };
 
 /// Version of the response layout; bumped when a field changes meaning or goes away
@@ -74,6 +75,10 @@ pub struct PortView {
     /// Learned normal of `targets`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub targets_baseline: Option<f64>,
+    /// While the port is flagged: the source prefixes (/24, /48) with the most sampled
+    /// SYNs since it was, most first, at most ten.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub top_prefixes: Vec<PrefixShare>,
     /// SYN/s at the last polls, oldest first, one per `interval_seconds`, up to
     /// [`HISTORY_SECONDS`] back (shorter after a start or when the port just appeared).
     #[serde(default)]
@@ -134,6 +139,7 @@ impl Recent {
             sources_baseline: None,
             targets: None,
             targets_baseline: None,
+            top_prefixes: Vec::new(),
             history: self
                 .rates
                 .get(&status.port)
@@ -146,7 +152,8 @@ impl Recent {
 /// What the API renders from.
 pub struct ApiInput<'a> {
     pub detector: &'a Detector,
-    pub breadth: &'a Breadth,
+    pub breadth: &'a BreadthView,
+    pub prefixes: &'a PrefixView,
     pub recent: &'a Recent,
     /// Kernel cumulative SYNs per port (index = port).
     pub ports: &'a [u64],
@@ -162,12 +169,13 @@ impl ApiInput<'_> {
 
     fn view(&self, status: &PortStatus) -> PortView {
         let mut view = self.recent.view(status, self.syn_total(status.port));
-        if let Some(b) = self.breadth.status(status.port) {
+        if let Some(b) = self.breadth.get(&status.port) {
             view.sources = Some(b.sources);
             view.sources_baseline = Some(b.sources_baseline);
             view.targets = Some(b.targets);
             view.targets_baseline = Some(b.targets_baseline);
         }
+        view.top_prefixes = self.prefixes.get(&status.port).cloned().unwrap_or_default();
         view
     }
 

@@ -40,6 +40,9 @@ pub struct BreadthStatus {
     pub targets_baseline: f64,
 }
 
+/// Tracked ports' statuses (see [`Breadth::view`]).
+pub type BreadthView = HashMap<u16, BreadthStatus>;
+
 #[derive(Clone, Debug, Default)]
 struct PortBreadth {
     /// The last interval sketches, oldest first: (sources, targets).
@@ -146,6 +149,15 @@ impl Breadth {
             targets.merge(t);
         }
         Some((sources, targets))
+    }
+
+    /// Every tracked port's status: what the poll publishes for HTTP (small, unlike
+    /// the interval sketches).
+    pub fn view(&self) -> BreadthView {
+        self.ports
+            .iter()
+            .map(|(&port, p)| (port, p.status))
+            .collect()
     }
 
     /// Ports tracked (with a window or a baseline).

@@ -16,6 +16,7 @@ use crate::{
     config::AgentConfig,
     detector::Detector,
     metrics::{Metrics, Snapshot},
+    prefixes::{Prefixes, SAMPLES_PER_SECOND},
     sensor::Sensor,
     state,
     web::{self, ApiData, Published, View},
@@ -28,6 +29,10 @@ struct Shared {
     detector: Detector,
     /// Distinct sources and targets per port, from the kernel sketches.
     breadth: Breadth,
+    /// Top source prefixes of the flagged ports, from the kernel's samples.
+    prefixes: Prefixes,
+    /// Reused buffer for the samples drained at each poll.
+    samples: Vec<scan_common::SourceSample>,
     metrics: Metrics,
     ports: Vec<u64>,
     /// Rate history and episode starts for the JSON API.
@@ -153,6 +158,8 @@ pub async fn run(mut config: AgentConfig) -> Result<()> {
         ports: vec![0; PORTS as usize],
         recent: Recent::new(interval),
         breadth: Breadth::new(&config.detector),
+        prefixes: Prefixes::default(),
+        samples: Vec::new(),
         clock: DetectorClock::new(),
         config,
         sensor,
@@ -236,6 +243,15 @@ fn poll(shared: &SharedState) -> View {
     for idle in s.breadth.step(now, taken) {
         s.sensor.free_sketch_slot(idle);
     }
+    // Sources sampled since the last poll (for the ports flagged then), and the budget
+    // (the rate cap) of the ports flagged now.
+    let flagged: Vec<u16> = s.detector.flagged_ports().iter().map(|p| p.port).collect();
+    s.samples.clear();
+    s.sensor.drain_samples(&mut s.samples);
+    s.prefixes.record(&s.samples, &flagged);
+    let budget = SAMPLES_PER_SECOND * s.config.detector.interval.as_secs_f64();
+    s.sensor
+        .set_sample_budgets(&flagged, budget.clamp(1.0, f64::from(u32::MAX)) as u32);
     let exported = Metrics::exported_ports(&s.detector, &s.config.watch_ports, s.config.top_ports);
     s.recent.record(&s.detector, &exported, now.as_secs_f64());
     match s.sensor.read_classes() {
@@ -293,7 +309,8 @@ fn poll(shared: &SharedState) -> View {
         telemetry_path: s.config.telemetry_path.clone(),
         api: ApiData {
             detector: s.detector.clone(),
-            breadth: s.breadth.clone(),
+            breadth: s.breadth.view(),
+            prefixes: s.prefixes.view(),
             recent: s.recent.clone(),
             ports: s.ports.clone(),
             exported,

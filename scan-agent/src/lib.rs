@@ -10,6 +10,7 @@ pub mod detector;
 pub mod docs;
 pub mod input;
 pub mod metrics;
+pub mod prefixes;
 pub mod replay;
 pub mod sensor;
 pub mod sketch;

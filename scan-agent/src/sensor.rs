@@ -10,7 +10,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, Map, MapData, MapInfo, MapType, PerCpuArray},
+    maps::{Array, Map, MapData, MapInfo, MapType, PerCpuArray, RingBuf},
     programs::{
         ProgramError, TestRun as _, TestRunOptions, Xdp, XdpMode,
         links::{FdLink, LinkError, PinnedLink},
@@ -19,8 +19,8 @@ use aya::{
 };
 use scan_common::{
     CLASSES_MAP, CONFIG_MAP, ClassCounts, PORT_SYNS_MAP, PORTS, PROGRAM_NAME, PacketClass,
-    ProgramConfig, SKETCH_MAP, SKETCH_PROBES, SKETCH_SLOTS, SKETCH_SWITCH, Sketch, SketchSlot,
-    sketch_slot_home,
+    ProgramConfig, SAMPLES_MAP, SKETCH_MAP, SKETCH_PROBES, SKETCH_SLOTS, SKETCH_SWITCH, Sketch,
+    SketchSlot, SourceSample, sketch_slot_home,
 };
 
 use crate::sketch::Distinct;
@@ -352,6 +352,8 @@ pub struct Sensor {
     ebpf: Ebpf,
     ports: PortCounterView,
     sketches: Option<SketchView>,
+    /// Sampled SYN sources of flagged ports (with the sketches on).
+    samples: Option<RingBuf<MapData>>,
     classes: PerCpuArray<MapData, u64>,
     config: Array<MapData, ProgramConfig>,
     pin_dir: Option<PathBuf>,
@@ -543,10 +545,21 @@ impl Sensor {
 
         let ports_map = take_map_data(&mut ebpf, PORT_SYNS_MAP)?;
         let ports = PortCounterView::new(ports_map, port_entries(cpus) as usize)?;
-        let sketches = if sketches {
-            Some(SketchView::new(take_map_data(&mut ebpf, SKETCH_MAP)?)?)
+        let (sketches, samples) = if sketches {
+            let samples = ebpf
+                .take_map(SAMPLES_MAP)
+                .ok_or(SensorError::MissingMap(SAMPLES_MAP))?
+                .try_into()
+                .map_err(|source| SensorError::Map {
+                    name: SAMPLES_MAP,
+                    source: Box::new(source),
+                })?;
+            (
+                Some(SketchView::new(take_map_data(&mut ebpf, SKETCH_MAP)?)?),
+                Some(samples),
+            )
         } else {
-            None
+            (None, None)
         };
         let classes = ebpf
             .take_map(CLASSES_MAP)
@@ -568,6 +581,7 @@ impl Sensor {
             ebpf,
             ports,
             sketches,
+            samples,
             classes,
             config,
             pin_dir: pin_dir.map(Path::to_path_buf),
@@ -788,6 +802,43 @@ impl Sensor {
                     sources,
                     targets,
                 }),
+            }
+        }
+    }
+
+    /// Lets each of `ports` send up to `budget` SYN sources to the sample ring until
+    /// the next call; every other port sends none. Only ports holding a sketch slot
+    /// can be sampled (a flagged port has one: it received SYNs).
+    pub fn set_sample_budgets(&self, ports: &[u16], budget: u32) {
+        let Some(view) = &self.sketches else {
+            return;
+        };
+        for index in 0..SKETCH_SLOTS as usize {
+            let slot = view.slot(index);
+            // SAFETY: inside the mapping; volatile accesses.
+            unsafe {
+                let tag = (&raw const (*slot).port).read_volatile();
+                let sampled = tag != 0 && ports.contains(&((tag - 1) as u16));
+                let want = if sampled { budget } else { 0 };
+                let current = &raw mut (*slot).sample_budget;
+                if current.read_volatile() != want {
+                    current.write_volatile(want);
+                }
+            }
+        }
+    }
+
+    /// Appends the SYN sources sampled since the last call (see
+    /// [`Sensor::set_sample_budgets`]).
+    pub fn drain_samples(&mut self, out: &mut Vec<SourceSample>) {
+        let Some(ring) = &mut self.samples else {
+            return;
+        };
+        while let Some(item) = ring.next() {
+            if item.len() >= size_of::<SourceSample>() {
+                // SAFETY: the program writes whole `SourceSample`s (plain integers);
+                // the read is unaligned-safe.
+                out.push(unsafe { item.as_ptr().cast::<SourceSample>().read_unaligned() });
             }
         }
     }

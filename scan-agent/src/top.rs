@@ -580,6 +580,7 @@ mod tests {
             sources_baseline: None,
             targets: None,
             targets_baseline: None,
+            top_prefixes: Vec::new(),
             history: vec![0.0, rate / 2.0, rate],
         }
     }

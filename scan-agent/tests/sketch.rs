@@ -229,3 +229,65 @@ fn sketches_off_count_syns_and_sketch_nothing() {
     sensor.take_sketches(&mut out);
     assert!(out.is_empty());
 }
+
+#[test]
+fn flagged_ports_send_their_sources_up_to_the_budget() {
+    let mut sensor = common::load_sensor();
+    let syn = |source: [u8; 4], port: u16| {
+        Frame::ipv4_tcp(source, [198, 19, 0, 1], 40_000, port, tcp::SYN).build()
+    };
+    let syn6 = |host: u16, port: u16| {
+        Frame::ipv6_tcp(
+            Ipv6Addr::new(0x2001, 0xdb8, 7, 0, 0, 0, 0, host),
+            Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 1),
+            40_000,
+            port,
+            tcp::SYN,
+        )
+        .build()
+    };
+    // Both ports claim their slots; nothing is flagged yet: no samples.
+    sensor.test_run(&syn([198, 18, 0, 1], 445), 1).unwrap();
+    sensor.test_run(&syn([198, 18, 0, 1], 80), 1).unwrap();
+    let mut samples = Vec::new();
+    sensor.drain_samples(&mut samples);
+    assert!(samples.is_empty(), "{samples:?}");
+
+    sensor.set_sample_budgets(&[445], 5);
+    for host in 1..=3u8 {
+        sensor.test_run(&syn([198, 18, 7, host], 445), 1).unwrap();
+        sensor.test_run(&syn([198, 18, 8, host], 80), 1).unwrap();
+    }
+    for host in 1..=4u16 {
+        sensor.test_run(&syn6(host, 445), 1).unwrap();
+    }
+    sensor.drain_samples(&mut samples);
+    let got: Vec<(u16, u16, Vec<u8>)> = samples
+        .iter()
+        .map(|s| {
+            let len = if s.family == 4 { 4 } else { 16 };
+            (s.port, s.family, s.address[..len].to_vec())
+        })
+        .collect();
+    let v6 = |host: u16| {
+        Ipv6Addr::new(0x2001, 0xdb8, 7, 0, 0, 0, 0, host)
+            .octets()
+            .to_vec()
+    };
+    assert_eq!(
+        got,
+        [
+            (445, 4, vec![198, 18, 7, 1]),
+            (445, 4, vec![198, 18, 7, 2]),
+            (445, 4, vec![198, 18, 7, 3]),
+            (445, 6, v6(1)),
+            (445, 6, v6(2)),
+        ]
+    );
+    // Unflagged again: nothing more.
+    sensor.set_sample_budgets(&[], 5);
+    sensor.test_run(&syn([198, 18, 7, 9], 445), 1).unwrap();
+    samples.clear();
+    sensor.drain_samples(&mut samples);
+    assert!(samples.is_empty(), "{samples:?}");
+}

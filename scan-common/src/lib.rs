@@ -213,10 +213,31 @@ pub struct SketchSlot {
     /// SYNs of ports whose home is this slot that found no slot in their probes
     /// (not sketched); cumulative, racy increments.
     pub misses: u32,
+    /// SYN sources this port may still send to [`SAMPLES_MAP`]: the agent sets it at
+    /// every poll for flagged ports (the rate cap) and to 0 for the others; the
+    /// program counts it down (racy: CPUs together may send a few more).
+    pub sample_budget: u32,
+    pub _pad: u32,
     /// Distinct source addresses of the SYNs to this port.
     pub sources: Sketch,
     /// Distinct destination addresses of the SYNs to this port.
     pub targets: Sketch,
+}
+
+/// Sampled SYN sources of flagged ports: a `RINGBUF` of [`SourceSample`].
+pub const SAMPLES_MAP: &str = "SCAN_SAMPLES";
+/// Size of [`SAMPLES_MAP`] in bytes (a power-of-two number of pages): 16,384 samples.
+pub const SAMPLES_BYTES: u32 = 1 << 19;
+
+/// One sampled SYN of a flagged port: its destination port and source address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SourceSample {
+    pub port: u16,
+    /// 4 or 6.
+    pub family: u16,
+    /// The source address in network byte order (IPv4 in the first 4 bytes).
+    pub address: [u8; 16],
 }
 
 // The kernel lays array values out at an 8-byte stride; the mmap view relies on

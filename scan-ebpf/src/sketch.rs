@@ -8,11 +8,18 @@
 //! raise only ever lowers an estimate by less than one register's share (see
 //! BENCHMARKS.md for the measured error). The exact list is racy the same way: a
 //! fingerprint appended by two CPUs at once may be lost or kept twice.
-use aya_ebpf::{bindings::BPF_F_MMAPABLE, macros::map, maps::Array};
-use scan_common::{
-    SKETCH_EXACT, SKETCH_PROBES, SKETCH_SLOTS, Sketch, SketchSlot, hash_ipv4, hash_ipv6,
-    sketch_fingerprint, sketch_index, sketch_rank, sketch_slot_home,
+use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
+    macros::map,
+    maps::{Array, RingBuf},
 };
+use scan_common::{
+    SAMPLES_BYTES, SKETCH_EXACT, SKETCH_PROBES, SKETCH_SLOTS, Sketch, SketchSlot, SourceSample,
+    hash_ipv4, hash_ipv6, sketch_fingerprint, sketch_index, sketch_rank, sketch_slot_home,
+};
+
+#[map]
+static SCAN_SAMPLES: RingBuf = RingBuf::with_byte_size(SAMPLES_BYTES, 0);
 
 #[map]
 static SCAN_SKETCHES: Array<SketchSlot> = Array::with_max_entries(SKETCH_SLOTS, BPF_F_MMAPABLE);
@@ -52,7 +59,40 @@ pub fn record(port: u16, addresses: &Addresses) {
     unsafe {
         insert(&raw mut (*slot).sources, source);
         insert(&raw mut (*slot).targets, target);
+        // Zero for every port the agent has not flagged: one load and a branch.
+        let budget = (*slot).sample_budget;
+        if budget != 0 {
+            (*slot).sample_budget = budget - 1;
+            sample(port, addresses);
+        }
     }
+}
+
+/// Sends a flagged port's SYN source to the agent (dropped if the ring is full).
+#[inline(always)]
+fn sample(port: u16, addresses: &Addresses) {
+    let Some(mut entry) = SCAN_SAMPLES.reserve::<SourceSample>(0) else {
+        return;
+    };
+    let (family, address) = match addresses {
+        Addresses::V4 { source, .. } => {
+            let mut address = [0u8; 16];
+            address[..4].copy_from_slice(&source.to_be_bytes());
+            (4, address)
+        }
+        Addresses::V6 { source, .. } => {
+            let mut address = [0u8; 16];
+            address[..8].copy_from_slice(&source[0].to_be_bytes());
+            address[8..].copy_from_slice(&source[1].to_be_bytes());
+            (6, address)
+        }
+    };
+    entry.write(SourceSample {
+        port,
+        family,
+        address,
+    });
+    entry.submit(0);
 }
 
 #[inline(always)]

@@ -14,8 +14,9 @@ use bytes::Bytes;
 
 use crate::{
     api::{ApiInput, PortView, PortsResponse, Recent},
-    breadth::Breadth,
+    breadth::BreadthView,
     detector::{Detector, PortStatus},
+    prefixes::PrefixView,
     sensor::Attachment,
 };
 
@@ -40,7 +41,9 @@ pub struct View {
 /// index page.
 pub struct ApiData {
     pub detector: Detector,
-    pub breadth: Breadth,
+    pub breadth: BreadthView,
+    /// Top source prefixes of the flagged ports.
+    pub prefixes: PrefixView,
     pub recent: Recent,
     pub ports: Vec<u64>,
     pub exported: Vec<PortStatus>,
@@ -53,6 +56,7 @@ impl ApiData {
         ApiInput {
             detector: &self.detector,
             breadth: &self.breadth,
+            prefixes: &self.prefixes,
             recent: &self.recent,
             ports: &self.ports,
             exported: &self.exported,
@@ -119,7 +123,7 @@ impl View {
         let detector = &self.api.detector;
         let mut rows = String::new();
         for p in detector.top_ports(10) {
-            let breadth = self.api.breadth.status(p.port).map_or_else(
+            let breadth = self.api.breadth.get(&p.port).map_or_else(
                 || "<td>-</td><td>-</td>".to_string(),
                 |b| {
                     format!(
@@ -129,9 +133,24 @@ impl View {
                 },
             );
             let surge = p.episode_start.map_or_else(String::new, |start| {
+                let prefixes: Vec<String> = self
+                    .api
+                    .prefixes
+                    .get(&p.port)
+                    .map(|top| {
+                        top.iter()
+                            .map(|s| format!("{} {:.0}%", s.prefix, 100.0 * s.share))
+                            .collect()
+                    })
+                    .unwrap_or_default();
                 format!(
-                    "SURGE since {}",
-                    crate::replay::rfc3339(Duration::from_secs(start.as_secs()))
+                    "SURGE since {}{}",
+                    crate::replay::rfc3339(Duration::from_secs(start.as_secs())),
+                    if prefixes.is_empty() {
+                        String::new()
+                    } else {
+                        format!("<br>from {}", html_escape(&prefixes.join(", ")))
+                    }
                 )
             });
             rows.push_str(&format!(
@@ -204,7 +223,8 @@ mod tests {
             telemetry_path: "/metrics".into(),
             api: ApiData {
                 recent: Recent::new(config.interval),
-                breadth: Breadth::new(&config),
+                breadth: Default::default(),
+                prefixes: Default::default(),
                 detector: Detector::new(config),
                 ports: vec![0; 65536],
                 exported: vec![],
