@@ -46,10 +46,13 @@ py() { python3 -B "$@"; }
 # --- scripts --------------------------------------------------------------------------
 shell_syntax() {
   local f
-  for f in deploy/check.sh deploy/prometheus/test-scale.sh deploy/systemd/sandbox-test.sh; do
+  for f in deploy/check.sh deploy/prometheus/test-scale.sh deploy/systemd/sandbox-test.sh deploy/debian/package-test.sh; do
     bash -n "$f" || return 1
   done
-  echo "bash -n: 3 scripts"
+  for f in deploy/debian/postinst deploy/debian/prerm deploy/debian/postrm; do
+    sh -n "$f" || return 1
+  done
+  echo "bash -n: 4 scripts; sh -n: 3 maintainer scripts"
 }
 
 # --- Prometheus rules -----------------------------------------------------------------
@@ -119,6 +122,12 @@ prom_config_federation() {
   need promtool || return 1
   promtool check config deploy/prometheus/federation.yml >/dev/null
   echo "valid, with its rule file scan-agent.rules.yml"
+}
+prom_config_remote_write() {
+  need promtool || return 1
+  promtool check config --agent deploy/prometheus/fleet/agent-mode.yml >/dev/null
+  promtool check config deploy/prometheus/fleet/central.yml >/dev/null
+  echo "agent-mode.yml valid in agent mode; central.yml valid with the rule file"
 }
 am_config() {
   need amtool || return 1
@@ -224,6 +233,7 @@ check "test-scale: refuses lines it cannot rewrite"    scale_refuses
 check "promtool check config prometheus.yml"           prom_config
 check "promtool check config (fleet file_sd example)"  prom_config_fleet
 check "promtool check config federation.yml"           prom_config_federation
+check "promtool check config fleet/ (remote-write)"    prom_config_remote_write
 check "amtool check-config"                            am_config
 check "alertmanager routes by severity"                am_routes
 check "dashboard JSON and metric names"                dashboard

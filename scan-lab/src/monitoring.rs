@@ -1,5 +1,6 @@
-//! Real Prometheus and Alertmanager (Debian packages) on loopback, configured to
-//! scrape one agent with the shipped rules.
+//! Real Prometheus and Alertmanager (Debian packages) on loopback: one Prometheus that
+//! scrapes one agent with the shipped rules ([`Monitoring`]), or a fleet on remote-write
+//! built from the shipped deploy/prometheus/fleet/ configurations ([`Fleet`]).
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -109,11 +110,7 @@ impl Monitoring {
 
     /// Alerts Alertmanager holds now (API v2).
     pub fn alerts(&self) -> Result<Vec<serde_json::Value>> {
-        let (status, body) = http::get(self.alertmanager, "/api/v2/alerts")?;
-        if status != 200 {
-            bail!("alertmanager answered {status}: {body}");
-        }
-        Ok(serde_json::from_str(&body)?)
+        alertmanager_alerts(self.alertmanager)
     }
 
     /// The active alert named `name` whose labels include `labels`, if any.
@@ -122,31 +119,270 @@ impl Monitoring {
         name: &str,
         labels: &[(&str, &str)],
     ) -> Result<Option<serde_json::Value>> {
-        Ok(self.alerts()?.into_iter().find(|a| {
-            let l = &a["labels"];
-            a["status"]["state"] == "active"
-                && l["alertname"] == name
-                && labels.iter().all(|(k, v)| l[*k] == *v)
-        }))
+        find_alert(self.alertmanager, name, labels)
+    }
+}
+
+fn alertmanager_alerts(alertmanager: SocketAddr) -> Result<Vec<serde_json::Value>> {
+    let (status, body) = http::get(alertmanager, "/api/v2/alerts")?;
+    if status != 200 {
+        bail!("alertmanager answered {status}: {body}");
+    }
+    Ok(serde_json::from_str(&body)?)
+}
+
+fn find_alert(
+    alertmanager: SocketAddr,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Result<Option<serde_json::Value>> {
+    Ok(alertmanager_alerts(alertmanager)?.into_iter().find(|a| {
+        let l = &a["labels"];
+        a["status"]["state"] == "active"
+            && l["alertname"] == name
+            && labels.iter().all(|(k, v)| l[*k] == *v)
+    }))
+}
+
+/// Copies the shipped file `from` to `to`, replacing each `(old, new)`; every `old` must
+/// occur, so that a changed shipped file fails the test instead of going untested.
+fn adapt(from: &Path, to: &Path, replace: &[(&str, String)]) -> Result<()> {
+    let mut text =
+        std::fs::read_to_string(from).with_context(|| format!("reading {}", from.display()))?;
+    for (old, new) in replace {
+        if !text.contains(old) {
+            bail!(
+                "{} no longer contains {old:?}: update scan-lab's Fleet",
+                from.display()
+            );
+        }
+        text = text.replace(old, new);
+    }
+    Ok(std::fs::write(to, text)?)
+}
+
+fn spawn(dir: &Path, name: &str, command: &mut Command) -> Result<Child> {
+    let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
+    command
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| {
+            format!("starting {name} (Debian packages prometheus, prometheus-alertmanager)")
+        })
+}
+
+/// A fleet on remote-write, from the shipped deploy/prometheus/fleet/ files: one Prometheus
+/// in agent mode per router (agent-mode.yml) scraping that router's agent and remote-writing
+/// to one central Prometheus (central.yml, remote-write receiver, the given rules), which
+/// alerts to one Alertmanager.
+pub struct Fleet {
+    children: Vec<Child>,
+    pub central: SocketAddr,
+    pub alertmanager: SocketAddr,
+    pub dir: PathBuf,
+}
+
+impl Fleet {
+    /// `agents`: each router's agent address and name (its `instance`). `fleet_dir` holds
+    /// the shipped configurations; `interval` is the scrape, evaluation and remote-write
+    /// batch interval.
+    pub fn start(
+        agents: &[(SocketAddr, String)],
+        fleet_dir: &Path,
+        rules: &Path,
+        dir: &Path,
+        interval: &str,
+    ) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let central: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let alertmanager: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let rules = std::fs::canonicalize(rules)
+            .with_context(|| format!("rule file {}", rules.display()))?;
+        let mut fleet = Self {
+            children: Vec::new(),
+            central,
+            alertmanager,
+            dir: dir.into(),
+        };
+        std::fs::write(
+            dir.join("alertmanager.yml"),
+            "route:\n  receiver: lab\n  group_by: [alertname, port, instance]\n  \
+             group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\nreceivers:\n  - name: lab\n",
+        )?;
+        fleet.children.push(spawn(
+            dir,
+            "alertmanager",
+            Command::new("prometheus-alertmanager")
+                .arg(format!(
+                    "--config.file={}",
+                    dir.join("alertmanager.yml").display()
+                ))
+                .arg(format!("--storage.path={}", dir.join("am-data").display()))
+                .arg(format!("--web.listen-address={alertmanager}"))
+                .arg("--cluster.listen-address="),
+        )?);
+        adapt(
+            &fleet_dir.join("central.yml"),
+            &dir.join("central.yml"),
+            &[
+                (
+                    "evaluation_interval: 30s",
+                    format!("evaluation_interval: {interval}"),
+                ),
+                ("../scan-agent.rules.yml", rules.display().to_string()),
+                ("127.0.0.1:9093", alertmanager.to_string()),
+            ],
+        )?;
+        fleet.children.push(spawn(
+            dir,
+            "central",
+            Command::new("prometheus")
+                .arg(format!(
+                    "--config.file={}",
+                    dir.join("central.yml").display()
+                ))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.join("central-data").display()
+                ))
+                .arg(format!("--web.listen-address={central}"))
+                .arg("--web.enable-remote-write-receiver"),
+        )?);
+        let mut ready = vec![alertmanager, central];
+        for (i, (agent, name)) in agents.iter().enumerate() {
+            let listen: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+            let config = dir.join(format!("agent-mode-{i}.yml"));
+            adapt(
+                &fleet_dir.join("agent-mode.yml"),
+                &config,
+                &[
+                    (
+                        "scrape_interval: 15s",
+                        format!("scrape_interval: {interval}"),
+                    ),
+                    ("scrape_timeout: 5s", format!("scrape_timeout: {interval}")),
+                    ("127.0.0.1:9745", agent.to_string()),
+                    ("router-1.example.net", name.clone()),
+                    (
+                        "http://prometheus-central.example.net:9090/api/v1/write",
+                        format!(
+                            "http://{central}/api/v1/write\n    queue_config:\n      batch_send_deadline: {interval}"
+                        ),
+                    ),
+                ],
+            )?;
+            fleet.children.push(spawn(
+                dir,
+                &format!("agent-mode-{i}"),
+                Command::new("prometheus")
+                    .arg("--enable-feature=agent")
+                    .arg(format!("--config.file={}", config.display()))
+                    .arg(format!(
+                        "--storage.agent.path={}",
+                        dir.join(format!("agent-data-{i}")).display()
+                    ))
+                    .arg(format!("--web.listen-address={listen}")),
+            )?);
+            ready.push(listen);
+        }
+        let started = Instant::now();
+        for addr in ready {
+            while !matches!(http::get(addr, "/-/ready"), Ok((200, _))) {
+                if fleet
+                    .children
+                    .iter_mut()
+                    .any(|c| c.try_wait().ok().flatten().is_some())
+                {
+                    bail!("a monitoring server exited; {}", fleet.log_tails());
+                }
+                if started.elapsed() > Duration::from_secs(60) {
+                    bail!("{addr} not ready after 60 s; {}", fleet.log_tails());
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        Ok(fleet)
+    }
+
+    /// The active Alertmanager alert named `name` whose labels include `labels`, if any.
+    pub fn find_alert(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+    ) -> Result<Option<serde_json::Value>> {
+        find_alert(self.alertmanager, name, labels)
+    }
+
+    /// The last lines of every server's log, for a failure message.
+    pub fn log_tails(&self) -> String {
+        let mut out = String::new();
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return out;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "log") {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                out.push_str(&format!("\n--- {}:\n", path.display()));
+                for line in &lines[lines.len().saturating_sub(5)..] {
+                    out.push_str(line);
+                    out.push('\n');
+                }
+            }
+        }
+        out
+    }
+
+    /// An instant query on the central Prometheus: the result vector.
+    pub fn query(&self, promql: &str) -> Result<Vec<serde_json::Value>> {
+        let mut encoded = String::new();
+        for b in promql.bytes() {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                encoded.push(b as char);
+            } else {
+                encoded.push_str(&format!("%{b:02X}"));
+            }
+        }
+        let (status, body) = http::get(self.central, &format!("/api/v1/query?query={encoded}"))?;
+        if status != 200 {
+            bail!("central Prometheus answered {status} to {promql}: {body}");
+        }
+        let value: serde_json::Value = serde_json::from_str(&body)?;
+        Ok(value["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default())
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        stop_all(&mut self.children);
+    }
+}
+
+fn stop_all(children: &mut [Child]) {
+    for child in children.iter_mut() {
+        // SAFETY: kill on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    }
+    for child in children.iter_mut() {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
 
 impl Drop for Monitoring {
     fn drop(&mut self) {
-        for child in &mut self.children {
-            // SAFETY: kill on our own child's pid.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        }
-        for child in &mut self.children {
-            let started = Instant::now();
-            while started.elapsed() < Duration::from_secs(10) {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        stop_all(&mut self.children);
     }
 }

@@ -1,4 +1,5 @@
-//! Project tasks: `cargo xtask setup|run|test|fuzz|bench`.
+//! Project tasks: `cargo xtask setup|run|test|package|fuzz|bench`.
+mod package;
 mod setup;
 
 use std::process::{Command, ExitStatus};
@@ -29,6 +30,15 @@ enum Task {
     },
     /// Set up, then run every check and test (what CI runs).
     Test,
+    /// Build the Debian package (cargo-deb) into target/package/ and check it with lintian.
+    Package {
+        /// Package version instead of Cargo.toml's (e.g. 0.1.0-2 for an upgrade test).
+        #[arg(long)]
+        deb_version: Option<String>,
+    },
+    /// Build the package twice (two versions) and install, upgrade, remove and purge it
+    /// under a throwaway systemd (deploy/debian/package-test.sh; root).
+    PackageTest,
     /// Benchmarks side by side with their baselines; writes target/bench/summary.json
     /// and the table in BENCHMARKS.md.
     Bench {
@@ -56,6 +66,15 @@ fn main() -> Result<()> {
         } => {
             setup::setup()?;
             run_agent(with_prometheus, &agent_args)
+        }
+        Task::Package { deb_version } => {
+            setup::setup()?;
+            package::package(deb_version.as_deref()).map(drop)
+        }
+        Task::PackageTest => {
+            setup::setup()?;
+            require_root("the package test runs a nested systemd in namespaces")?;
+            package::test_package()
         }
         Task::Test => {
             setup::setup()?;
@@ -128,6 +147,14 @@ fn test() -> Result<()> {
     let mut unit = cmd("bash");
     unit.args(["deploy/systemd/sandbox-test.sh", "target/debug/scan-agent"]);
     steps.push(("systemd unit under a sandboxed systemd", unit));
+    // The Debian package: built twice (lintian-checked), installed, upgraded with
+    // keep_attached under load, removed and purged in the same kind of throwaway systemd.
+    let mut package = cmd(&std::env::current_exe()?.to_string_lossy());
+    package.arg("package-test");
+    steps.push((
+        "Debian package: build, lintian, install/upgrade/remove/purge",
+        package,
+    ));
     // A smoke run of every benchmark part: it must work; its timings are not judged.
     let mut bench = cmd("cargo");
     bench.args(["run", "--release", "-p", "scan-bench", "--", "--quick"]);

@@ -56,6 +56,7 @@ pub fn setup() -> Result<()> {
         .llvm_major()
         .with_context(|| format!("{} does not report its LLVM version", compiler.describe()))?;
     install_bpf_linker(llvm_major)?;
+    install_cargo_deb()?;
     mount_bpffs()?;
     println!(
         "setup: ready in {:.1}s (eBPF compiler: {}, LLVM {llvm_major})",
@@ -154,6 +155,23 @@ fn install_bpf_linker(llvm_major: u32) -> Result<()> {
         ])
         .env("PATH", path))
     .context("building bpf-linker; is llvm-NN-dev installed for the LLVM major above?")
+}
+
+/// cargo-deb for `cargo xtask package`, at the version known to build on Rust 1.95.
+fn install_cargo_deb() -> Result<()> {
+    let version = crate::package::CARGO_DEB_VERSION;
+    let found = Command::new("cargo")
+        .args(["deb", "--version"])
+        .stderr(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    if found.split_whitespace().any(|w| w == version) {
+        return Ok(());
+    }
+    println!("setup: installing cargo-deb {version}");
+    run(cmd("cargo").args(["install", "--locked", "cargo-deb", "--version", version]))
+        .context("installing cargo-deb")
 }
 
 fn mount_bpffs() -> Result<()> {
