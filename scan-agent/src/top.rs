@@ -196,18 +196,23 @@ impl Client {
 struct TableRow {
     port: u16,
     flagged: bool,
-    cells: [String; 6],
+    cells: [String; COLUMNS],
 }
 
-const HEADERS: [&str; 6] = [
+const COLUMNS: usize = 7;
+/// NORMAL is the detector's expectation (what the ratio divides by); SRCS the distinct
+/// sources over the short window, where the agent has a sketch for the port.
+const HEADERS: [&str; COLUMNS] = [
     "PORT",
     "SYN/s",
     "NORMAL",
     "RATIO",
+    "SRCS",
     "EPISODE",
     "LAST MINUTES",
 ];
-const WIDTHS: [u16; 5] = [6, 9, 9, 9, 8];
+/// Widths of the right-aligned columns; the sparkline takes the rest.
+const WIDTHS: [u16; COLUMNS - 1] = [6, 9, 9, 8, 6, 8];
 
 /// The rows shown: filtered, sorted, formatted; sparklines `spark_width` wide.
 fn table_rows(
@@ -241,8 +246,9 @@ fn table_rows(
             cells: [
                 format!("{}{}", p.port, if p.flagged { "!" } else { "" }),
                 number(p.rate),
-                number(p.baseline),
+                number(p.expected),
                 number(p.ratio),
+                p.sources.map_or_else(|| "-".into(), |n| format!("{n:.0}")),
                 p.episode_start
                     .map_or_else(|| "-".into(), |start| age(data.time - start)),
                 sparkline(&p.history, spark_width, ascii),
@@ -315,12 +321,12 @@ fn render_plain(
 ) -> String {
     let mut out = header_line(data, url);
     out.push('\n');
-    let row = |cells: [&str; 6]| {
+    let row = |cells: [&str; COLUMNS]| {
         let mut line = String::new();
         for (i, width) in WIDTHS.iter().enumerate() {
             line.push_str(&format!("{:>w$} ", cells[i], w = usize::from(*width)));
         }
-        line.push_str(cells[5]);
+        line.push_str(cells[COLUMNS - 1]);
         line.trim_end().to_string() + "\n"
     };
     out.push_str(&row(HEADERS));
@@ -332,6 +338,7 @@ fn render_plain(
             &r.cells[3],
             &r.cells[4],
             &r.cells[5],
+            &r.cells[6],
         ]));
     }
     out
@@ -458,7 +465,7 @@ impl App {
                     Style::default()
                 };
                 Row::new(r.cells.into_iter().enumerate().map(|(i, c)| {
-                    if i < 5 {
+                    if i < COLUMNS - 1 {
                         Cell::from(Line::from(c).right_aligned())
                     } else {
                         Cell::from(c)
@@ -470,7 +477,7 @@ impl App {
         let mut widths: Vec<Constraint> = WIDTHS.iter().map(|&w| Constraint::Length(w)).collect();
         widths.push(Constraint::Min(8));
         let header = Row::new(HEADERS.iter().enumerate().map(|(i, h)| {
-            if i < 5 {
+            if i < COLUMNS - 1 {
                 Cell::from(Line::from(*h).right_aligned())
             } else {
                 Cell::from(*h)
@@ -586,6 +593,8 @@ mod tests {
     }
 
     fn data() -> PortsResponse {
+        let mut surging = port(445, 60.0, 50.0, Some(940.0));
+        surging.sources = Some(37.4);
         PortsResponse {
             version: 1,
             agent_version: "0.1.0".into(),
@@ -598,7 +607,7 @@ mod tests {
             ports_left_out: 0,
             ports: vec![
                 port(22, 4.0, 1.0, None),
-                port(445, 60.0, 50.0, Some(940.0)),
+                surging,
                 port(3389, 80.0, 4.0, Some(990.0)),
             ],
         }
@@ -626,7 +635,7 @@ mod tests {
         let rows = table_rows(&data(), SortKey::Ratio, None, 10, true);
         assert_eq!(
             rows[0].cells,
-            ["445!", "60.0", "1.20", "50.0", "1m00s", "_=#"].map(String::from)
+            ["445!", "60.0", "1.20", "50.0", "37", "1m00s", "_=#"].map(String::from)
         );
         let plain = render_plain(&data(), "http://x", SortKey::Ratio, None);
         assert!(plain.lines().all(|l| l.chars().count() <= 80), "{plain}");
