@@ -177,7 +177,7 @@ if boot "$here"; then
     mac=$(ns ip -o link show v0 | grep -o 'link/ether [0-9a-f:]*' | cut -d' ' -f2)
     ns python3 /run/sdtest/syn.py v1 "$mac" 445 100
     sleep 1
-    attached=$(metric 'scan_agent_attached{interface="v0",mode="native"}')
+    attached=$(metric 'scan_agent_attached{hook="xdp",interface="v0",mode="native"}')
     syns=$(metric 'scan_syn_packets_total{port="445"}')
     if [[ $attached == 1 && $syns == 100 ]]; then
       result OK "shipped unit: attached to v0 (native), 100 SYNs to port 445 counted exactly"

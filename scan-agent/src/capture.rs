@@ -15,9 +15,11 @@
 //!   capture cut short, or a record whose length field is corrupt); the frames before it
 //!   have been yielded;
 //! - impossible field values are [`CaptureError::Corrupt`];
-//! - a link type other than Ethernet (`LINKTYPE_ETHERNET`, 1) is
+//! - a link type other than Ethernet (`LINKTYPE_ETHERNET`, 1) or raw IP
+//!   (`LINKTYPE_RAW` 101, `LINKTYPE_IPV4` 228, `LINKTYPE_IPV6` 229) is
 //!   [`CaptureError::LinkType`], naming it: for pcap when the file is opened, for pcapng
-//!   at the first packet of a non-Ethernet interface.
+//!   at the first packet of such an interface (or of an interface whose link kind
+//!   differs from the first packet's: one replay runs one parser entry point).
 //!
 //! Leniency, as libpcap: a pcap record whose captured length exceeds the snapshot
 //! length or whose original length is smaller is accepted (some writers do that), but
@@ -30,6 +32,7 @@
 //! a device or a directory is refused before anything is read.
 //!
 //! Writing captures is test support and lives in the dev crate (`scan_lab::pcap`).
+use scan_common::LinkKind;
 use std::{
     io::{self, Read},
     path::{Path, PathBuf},
@@ -85,8 +88,9 @@ pub enum CaptureError {
     Corrupt { path: PathBuf, detail: String },
     #[error(
         "capture {} has link type {name} ({code}){context}; only Ethernet captures \
-         (LINKTYPE_ETHERNET, 1) can be replayed through the XDP program: capture on an \
-         Ethernet interface (`tcpdump -i eth0`), not on `any` (LINUX_SLL) or a tunnel",
+         (LINKTYPE_ETHERNET, 1) and raw IP captures (LINKTYPE_RAW 101, IPV4 228, IPV6 229) \
+         can be replayed through the program, one link kind per capture: capture on one \
+         interface (`tcpdump -i eth0` or `-i ppp0`), not on `any` (LINUX_SLL)",
         path.display()
     )]
     LinkType {
@@ -112,6 +116,8 @@ pub struct CaptureReader {
     packets: u64,
     /// After an error, nothing more is read.
     done: bool,
+    /// What the frames start with: known at open for pcap, at the first packet for pcapng.
+    kind: Option<LinkKind>,
 }
 
 /// Where the bytes come from: a file, standard input, or memory; read once, in order,
@@ -124,6 +130,15 @@ enum Inner {
         reader: PcapNgReader<Source>,
         last: Duration,
     },
+}
+
+/// What the frames of a link type start with, if the program can parse it.
+fn link_kind(link: DataLink) -> Option<LinkKind> {
+    match link {
+        DataLink::ETHERNET => Some(LinkKind::Ethernet),
+        DataLink::RAW | DataLink::IPV4 | DataLink::IPV6 => Some(LinkKind::RawIp),
+        _ => None,
+    }
 }
 
 /// A link type as libpcap names it, e.g. `LINKTYPE_RAW`.
@@ -191,18 +206,20 @@ impl CaptureReader {
         // The magic goes back in front of the rest: no seek, so pipes work.
         let file: Source = Box::new(io::Cursor::new(magic).chain(source));
         let word = u32::from_be_bytes(magic);
+        let mut kind = None;
         let inner = if PCAP_MAGICS.contains(&word) {
             let reader = PcapReader::new(file)
                 .map_err(|e| pcap_error(&path_buf, e, "the 24-byte pcap file header"))?;
             let link = reader.header().datalink;
-            if link != DataLink::ETHERNET {
+            let Some(link_kind) = link_kind(link) else {
                 return Err(CaptureError::LinkType {
                     path: path_buf,
                     name: link_name(link),
                     code: link.into(),
                     context: String::new(),
                 });
-            }
+            };
+            kind = Some(link_kind);
             Inner::Pcap(reader)
         } else if word == PCAPNG_MAGIC {
             let reader = PcapNgReader::new(file)
@@ -234,7 +251,13 @@ impl CaptureReader {
             inner,
             packets: 0,
             done: false,
+            kind,
         })
+    }
+
+    /// What the frames start with; `None` for a pcapng file before its first packet.
+    pub fn link_kind(&self) -> Option<LinkKind> {
+        self.kind
     }
 
     /// pcap or pcapng.
@@ -257,7 +280,9 @@ impl CaptureReader {
         }
         let next = match &mut self.inner {
             Inner::Pcap(reader) => next_pcap(&self.path, reader, self.packets),
-            Inner::PcapNg { reader, last } => next_pcapng(&self.path, reader, last, self.packets),
+            Inner::PcapNg { reader, last } => {
+                next_pcapng(&self.path, reader, last, &mut self.kind, self.packets)
+            }
         };
         match &next {
             Some(Ok(_)) => self.packets += 1,
@@ -397,6 +422,7 @@ fn next_pcapng(
     path: &Path,
     reader: &mut PcapNgReader<Source>,
     last: &mut Duration,
+    kind: &mut Option<LinkKind>,
     index: u64,
 ) -> Option<Result<(Duration, Vec<u8>), CaptureError>> {
     let corrupt = |detail: String| CaptureError::Corrupt {
@@ -471,7 +497,8 @@ fn next_pcapng(
                  describes"
             ))));
         };
-        if interface.linktype != DataLink::ETHERNET {
+        let this_kind = link_kind(interface.linktype);
+        if this_kind.is_none() || kind.is_some_and(|k| Some(k) != this_kind) {
             return Some(Err(CaptureError::LinkType {
                 path: path.to_path_buf(),
                 name: link_name(interface.linktype),
@@ -479,6 +506,7 @@ fn next_pcapng(
                 context: format!(" on interface {interface_id} (packet {packet})"),
             }));
         }
+        *kind = this_kind;
         let timestamp = match raw_time {
             Some(raw) => pcapng_time(raw, interface),
             None => {

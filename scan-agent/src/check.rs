@@ -4,7 +4,10 @@ use std::{fmt::Write as _, path::Path};
 use crate::{
     config::CheckArgs,
     daemon::default_route_interface,
-    sensor::{ModeChoice, Sensor, on_bpffs},
+    sensor::{
+        AttachRequest, HookChoice, LinkKind, ModeChoice, Sensor, link_kind, link_type_name,
+        on_bpffs,
+    },
 };
 
 /// One line of the report.
@@ -165,22 +168,43 @@ fn check_interface(interface: &str, try_attach: Option<ModeChoice>) -> Finding {
         })
         .unwrap_or_else(|| "unknown driver".into());
     let state = std::fs::read_to_string(sys.join("operstate")).unwrap_or_default();
+    let link = match link_kind(interface) {
+        Ok((arphrd, kind)) => format!(
+            "link type {} ({arphrd}), parsed from the {}",
+            link_type_name(arphrd),
+            match kind {
+                LinkKind::Ethernet => "Ethernet header (VLAN tags, PPPoE sessions)",
+                LinkKind::RawIp => "IP header (no link-layer header)",
+            }
+        ),
+        Err(e) => {
+            return Finding {
+                ok: false,
+                what,
+                detail: format!("{driver}: {e}"),
+            };
+        }
+    };
     let Some(mode) = try_attach else {
         return Finding {
             ok: true,
             what,
             detail: format!(
-                "{driver}, {}; SKB mode works on any interface, native needs driver support \
-                 (test it with --try-attach native)",
+                "{driver}, {}, {link}; SKB mode works on any interface, native needs driver \
+                 support (test it with --try-attach native)",
                 state.trim()
             ),
         };
+    };
+    let request = AttachRequest {
+        hook: HookChoice::Xdp,
+        xdp_mode: mode,
     };
     let result = Sensor::load(None)
         .map_err(|e| e.to_string())
         .and_then(|mut sensor| {
             sensor
-                .attach(interface, mode, false)
+                .attach(interface, request, false)
                 .map_err(|e| e.to_string())
         });
     match result {
@@ -188,7 +212,7 @@ fn check_interface(interface: &str, try_attach: Option<ModeChoice>) -> Finding {
             ok: true,
             what,
             detail: format!(
-                "{driver}, {}; takes XDP in {} mode (attached, then detached)",
+                "{driver}, {}, {link}; takes XDP in {} mode (attached, then detached)",
                 state.trim(),
                 a.mode
             ),

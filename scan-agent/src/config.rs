@@ -12,7 +12,7 @@ use serde::Deserialize;
 use crate::{
     detector::{ConfigError as DetectorConfigError, DetectorConfig},
     input::{self, InputError},
-    sensor::ModeChoice,
+    sensor::{HookChoice, ModeChoice},
 };
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9745";
@@ -122,6 +122,15 @@ pub struct RunArgs {
     /// auto: native (driver) XDP, falling back to SKB (generic) mode [default: auto]
     #[arg(long, value_enum)]
     pub xdp_mode: Option<ModeChoice>,
+    /// auto: XDP where the hook is free, TCX ingress where another XDP program
+    /// (not a libxdp dispatcher) holds it; xdp: XDP only; tc: TCX ingress only
+    /// (Linux >= 6.6) [default: auto]
+    #[arg(long, value_enum)]
+    pub attach: Option<HookChoice>,
+    /// One port map per interface instead of one shared by all (costs
+    /// possible CPUs x 512 KiB of kernel memory per interface)
+    #[arg(long)]
+    pub per_interface_ports: bool,
     /// Address of the HTTP server for /metrics, /healthz, / and /api/v1; repeat for
     /// several (`--listen` is an alias) [default: 127.0.0.1:9745]
     #[arg(
@@ -234,6 +243,8 @@ fn parse_port(text: &str) -> Result<u16, String> {
 pub struct FileConfig {
     iface: Option<Vec<String>>,
     xdp_mode: Option<ModeChoice>,
+    attach: Option<HookChoice>,
+    per_interface_ports: Option<bool>,
     #[serde(alias = "listen")]
     web_listen_address: Option<Vec<SocketAddr>>,
     web_telemetry_path: Option<String>,
@@ -314,6 +325,8 @@ mod humantime_serde_opt {
 pub struct AgentConfig {
     pub interfaces: Vec<String>,
     pub xdp_mode: ModeChoice,
+    pub attach: HookChoice,
+    pub per_interface_ports: bool,
     /// Where the HTTP server listens (at least one address).
     pub listen: Vec<SocketAddr>,
     pub telemetry_path: String,
@@ -537,6 +550,9 @@ impl RunArgs {
         let config = AgentConfig {
             interfaces,
             xdp_mode: self.xdp_mode.or(file.xdp_mode).unwrap_or_default(),
+            attach: self.attach.or(file.attach).unwrap_or_default(),
+            per_interface_ports: self.per_interface_ports
+                || file.per_interface_ports.unwrap_or(false),
             listen: if self.listen.is_empty() {
                 file.web_listen_address.clone().unwrap_or_else(|| {
                     vec![

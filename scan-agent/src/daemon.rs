@@ -17,7 +17,7 @@ use crate::{
     detector::Detector,
     metrics::{Metrics, Snapshot},
     prefixes::{Prefixes, SAMPLES_PER_SECOND},
-    sensor::Sensor,
+    sensor::{AttachRequest, LinkKind, Sensor},
     state,
     web::{self, ApiData, Published, View},
 };
@@ -38,7 +38,8 @@ struct Shared {
     /// Rate history and episode starts for the JSON API.
     recent: Recent,
     /// The last packet-class counters read (kept when a read fails).
-    classes: ClassCounts,
+    /// Class counters per attached interface.
+    classes: Vec<(String, ClassCounts)>,
     last_error: Option<String>,
 }
 
@@ -123,19 +124,26 @@ pub async fn run(mut config: AgentConfig) -> Result<()> {
         }
     };
     let mut sensor = Sensor::load(Some(&config.pin_path))?;
-    if let Some(n) = sensor.verified_instructions() {
-        log::info!("XDP program loaded: the verifier processed {n} instructions");
-    }
-    match sensor.logger() {
-        Ok(logger) => forward_program_logs(logger),
-        Err(e) => log::warn!("program logs will not be forwarded: {e}"),
-    }
-    sensor.set_debug(config.debug_program)?;
+    sensor.set_debug(config.debug_program);
+    sensor.set_per_interface_ports(config.per_interface_ports);
+    let request = AttachRequest {
+        hook: config.attach,
+        xdp_mode: config.xdp_mode,
+    };
     for interface in &config.interfaces {
-        let a = sensor.attach(interface, config.xdp_mode, config.keep_attached)?;
+        let a = sensor.attach(interface, request, config.keep_attached)?;
         log::info!(
-            "attached to {} in {} mode{}{}",
+            "attached to {} ({} link: parsed from the {} header) at {} in {} mode{}{}",
             a.interface,
+            match a.kind {
+                LinkKind::Ethernet => "Ethernet",
+                LinkKind::RawIp => "L3",
+            },
+            match a.kind {
+                LinkKind::Ethernet => "Ethernet",
+                LinkKind::RawIp => "IP",
+            },
+            a.hook_name(),
             a.mode,
             if a.adopted {
                 " (adopted the link kept by the previous run)"
@@ -148,6 +156,12 @@ pub async fn run(mut config: AgentConfig) -> Result<()> {
                 ""
             },
         );
+    }
+    if let Some(n) = sensor.verified_instructions() {
+        log::info!("program loaded: the verifier processed {n} instructions");
+    }
+    for logger in sensor.loggers() {
+        forward_program_logs(logger);
     }
     let listen = config.listen.clone();
     let telemetry_path = config.telemetry_path.clone();
@@ -164,7 +178,7 @@ pub async fn run(mut config: AgentConfig) -> Result<()> {
         config,
         sensor,
         detector,
-        classes: ClassCounts::default(),
+        classes: Vec::new(),
         last_error: None,
     }));
     let published = Published::new(poll(&shared));
@@ -254,7 +268,7 @@ fn poll(shared: &SharedState) -> View {
         .set_sample_budgets(&flagged, budget.clamp(1.0, f64::from(u32::MAX)) as u32);
     let exported = Metrics::exported_ports(&s.detector, &s.config.watch_ports, s.config.top_ports);
     s.recent.record(&s.detector, &exported, now.as_secs_f64());
-    match s.sensor.read_classes() {
+    match s.sensor.read_interface_classes() {
         Ok(classes) => {
             s.classes = classes;
             s.last_error = None;

@@ -17,6 +17,7 @@ pub mod sketch;
 pub mod state;
 pub mod top;
 pub mod web;
+pub mod xdp_hook;
 
 /// An error with every cause, each once: the operator sees the errno (e.g. "Read-only
 /// file system") and not only the outermost message, and a cause that its context

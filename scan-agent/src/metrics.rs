@@ -57,7 +57,8 @@ pub struct Metrics {
 /// What one scrape renders: fresh kernel counters plus the detector's view.
 pub struct Snapshot<'a> {
     pub ports: &'a [u64],
-    pub classes: &'a ClassCounts,
+    /// Class counters per attached interface.
+    pub classes: &'a [(String, ClassCounts)],
     pub detector: &'a Detector,
     /// Distinct sources and targets per port (absent for a port without a sketch).
     pub breadth: &'a Breadth,
@@ -72,8 +73,9 @@ pub struct Snapshot<'a> {
 /// Packet classes counted once per packet: they sum to the packets seen.
 const OUTCOMES: [PacketClass; 7] = PacketClass::OUTCOMES;
 /// Packet classes counted on the way through (any number per packet).
-const FLAGS: [PacketClass; 4] = [
+const FLAGS: [PacketClass; 5] = [
     PacketClass::Vlan,
+    PacketClass::Pppoe,
     PacketClass::Ipv4,
     PacketClass::Ipv6,
     PacketClass::Syn,
@@ -180,23 +182,24 @@ impl Metrics {
             packets: IntCounterVec::new(
                 Opts::new(
                     "scan_packets_total",
-                    "Packets seen by the XDP program, by outcome (exactly one per packet: the outcomes sum to the packets seen)",
+                    "Packets seen by the program on this interface, by outcome (exactly one per packet: the outcomes sum to the packets seen)",
                 ),
-                &["outcome"],
+                &["interface", "outcome"],
             )?,
             packet_flags: IntCounterVec::new(
                 Opts::new(
                     "scan_packet_flags_total",
-                    "Packets that carried a VLAN tag, were IPv4 or IPv6, or were a TCP SYN (counted in scan_syn_packets_total by port)",
+                    "Packets on this interface that carried a VLAN tag, were in a PPPoE session, were IPv4 or IPv6, or were a TCP SYN (counted in scan_syn_packets_total by port, over every interface)",
                 ),
-                &["flag"],
+                &["interface", "flag"],
             )?,
             attached: IntGaugeVec::new(
                 Opts::new(
                     "scan_agent_attached",
-                    "1 for each interface the program is attached to, with its XDP mode",
+                    "1 for each interface the program is attached to, with its hook (xdp, \
+                     tcx) and mode (native, skb, tcx)",
                 ),
-                &["interface", "mode"],
+                &["interface", "mode", "hook"],
             )?,
             poll_duration: Histogram::with_opts(
                 HistogramOpts::new(
@@ -402,21 +405,23 @@ impl Metrics {
         self.sketched_ports
             .set(snapshot.breadth.tracked_ports() as i64);
         self.packets.reset();
-        for class in OUTCOMES {
-            self.packets
-                .with_label_values(&[class.name()])
-                .inc_by(snapshot.classes.get(class));
-        }
         self.packet_flags.reset();
-        for class in FLAGS {
-            self.packet_flags
-                .with_label_values(&[class.name()])
-                .inc_by(snapshot.classes.get(class));
+        for (interface, classes) in snapshot.classes {
+            for class in OUTCOMES {
+                self.packets
+                    .with_label_values(&[interface.as_str(), class.name()])
+                    .inc_by(classes.get(class));
+            }
+            for class in FLAGS {
+                self.packet_flags
+                    .with_label_values(&[interface.as_str(), class.name()])
+                    .inc_by(classes.get(class));
+            }
         }
         self.attached.reset();
         for a in snapshot.attachments {
             self.attached
-                .with_label_values(&[a.interface.as_str(), a.mode.name()])
+                .with_label_values(&[a.interface.as_str(), a.mode.name(), a.hook_name()])
                 .set(a.interface_exists().into());
         }
         self.threshold.set(detector.config().surge_threshold);
@@ -469,7 +474,7 @@ mod tests {
         classes.0[PacketClass::Syn as usize] = 5;
         metrics.render(&Snapshot {
             ports: &vec![0; PORTS as usize],
-            classes: &classes,
+            classes: &[("eth0".to_string(), classes)],
             detector,
             breadth,
             attachments: &[],
@@ -497,11 +502,12 @@ mod tests {
             .filter(|l| l.starts_with("scan_packets_total{"))
             .collect();
         assert_eq!(outcomes.len(), OUTCOMES.len(), "{text}");
-        assert!(text.contains("scan_packets_total{outcome=\"tcp\"} 7"));
-        assert!(text.contains("scan_packets_total{outcome=\"non_ip\"} 3"));
+        assert!(text.contains("scan_packets_total{interface=\"eth0\",outcome=\"tcp\"} 7"));
+        assert!(text.contains("scan_packets_total{interface=\"eth0\",outcome=\"non_ip\"} 3"));
         assert!(!text.contains("outcome=\"seen\""), "{text}");
-        assert!(text.contains("scan_packet_flags_total{flag=\"syn\"} 5"));
-        assert!(text.contains("scan_packet_flags_total{flag=\"ipv4\"} 7"));
+        assert!(text.contains("scan_packet_flags_total{flag=\"syn\",interface=\"eth0\"} 5"));
+        assert!(text.contains("scan_packet_flags_total{flag=\"ipv4\",interface=\"eth0\"} 7"));
+        assert!(text.contains("scan_packet_flags_total{flag=\"pppoe\",interface=\"eth0\"} 0"));
         assert!(!text.contains("all_ports"), "{text}");
         assert!(
             text.contains("scan_agent_build_info{aya_version=\""),

@@ -44,7 +44,7 @@ use crate::{
     breadth::Breadth,
     capture::{CaptureError, CaptureReader},
     detector::{Detector, DetectorConfig},
-    sensor::{PortSketches, Sensor, SensorError},
+    sensor::{Hook, LinkKind, PortSketches, Sensor, SensorError},
     sketch::Distinct,
 };
 
@@ -427,7 +427,12 @@ pub fn replay(path: &Path, detector: Option<DetectorConfig>) -> Result<ReplayRep
     }
     // Open the capture first: a bad file is reported even where BPF is not available.
     let mut reader = CaptureReader::open(path)?;
-    let sensor = Sensor::load(None).map_err(|source| ReplayError::Load {
+    // pcapng says its link kind at the first packet (an empty capture replays as
+    // Ethernet), so the first frame is read before the program is loaded; the input
+    // may be a pipe, read once.
+    let first = reader.next_frame().transpose()?;
+    let kind = reader.link_kind().unwrap_or(LinkKind::Ethernet);
+    let sensor = Sensor::unattached(Hook::Xdp, kind).map_err(|source| ReplayError::Load {
         path: path.to_path_buf(),
         source: Box::new(source),
     })?;
@@ -435,7 +440,11 @@ pub fn replay(path: &Path, detector: Option<DetectorConfig>) -> Result<ReplayRep
     let mut sketches = Sketches::default();
     let mut packets = 0u64;
     let mut skipped_short_frames = 0u64;
-    while let Some(next) = reader.next_frame() {
+    let frames = first
+        .map(Ok)
+        .into_iter()
+        .chain(std::iter::from_fn(|| reader.next_frame()));
+    for next in frames {
         let (timestamp, frame) = next?;
         packets += 1;
         if let Some(clock) = &mut clock {

@@ -1,6 +1,12 @@
-//! The kernel side as the agent sees it: loads the embedded XDP program, pins and
-//! reuses its maps, attaches it to interfaces (adopting a link kept from an earlier
-//! run), and reads the counters.
+//! The kernel side as the agent sees it: loads the embedded program once per
+//! interface (entry point chosen by hook and link type), pins and reuses its maps,
+//! attaches it (XDP alone, as a libxdp dispatcher component, or TCX; adopting a
+//! link kept from an earlier run), and reads the counters.
+//!
+//! One load per interface: each load has its own class-counter map, so the
+//! counters are per interface with one constant-key lookup per packet (no
+//! ifindex-to-slot lookup), and the link kind is the entry point, not a branch.
+//! The port map is shared through its pin unless `--per-interface-ports`.
 use std::{
     fs, io,
     os::fd::AsFd as _,
@@ -10,20 +16,23 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, Map, MapData, MapInfo, MapType, PerCpuArray, RingBuf},
+    maps::{Map, MapData, MapInfo, MapType, PerCpuArray, RingBuf},
     programs::{
-        ProgramError, TestRun as _, TestRunOptions, Xdp, XdpMode,
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType, TestRun as _, TestRunOptions, Xdp,
+        XdpMode,
         links::{FdLink, LinkError, PinnedLink},
-        xdp::XdpLink,
+        tc::{SchedClassifierLink, SchedClassifierLinkId, TcAttachOptions},
+        xdp::{XdpLink, XdpLinkId},
     },
 };
 use scan_common::{
-    CLASSES_MAP, CONFIG_MAP, ClassCounts, PORT_SYNS_MAP, PORTS, PROGRAM_NAME, PacketClass,
-    ProgramConfig, SAMPLES_MAP, SKETCH_MAP, SKETCH_PROBES, SKETCH_SLOTS, SKETCH_SWITCH, Sketch,
-    SketchSlot, SourceSample, sketch_slot_home,
+    CLASSES_MAP, ClassCounters, ClassCounts, DEBUG_GLOBAL, PORT_SYNS_MAP, PORTS, SAMPLES_BYTES,
+    SAMPLES_MAP, SKETCH_MAP, SKETCH_PROBES, SKETCH_SLOTS, SKETCH_SWITCH, Sketch, SketchSlot,
+    SourceSample, program_name, sketch_slot_home,
 };
 
-use crate::sketch::Distinct;
+use crate::{sketch::Distinct, xdp_hook};
+pub use scan_common::{Hook, LinkKind};
 
 /// The XDP program, built by `build.rs` from `scan-ebpf` and embedded.
 pub static PROGRAM_OBJECT: &[u8] =
@@ -76,7 +85,7 @@ pub enum SensorError {
         crate::error_chain(.0.as_ref())
     )]
     Load(Box<aya::EbpfError>),
-    #[error("the kernel rejected the XDP program: {0:#}")]
+    #[error("the kernel rejected the program: {0:#}")]
     Verifier(Box<ProgramError>),
     #[error("map {0} is missing from the embedded object (a build problem)")]
     MissingMap(&'static str),
@@ -88,6 +97,36 @@ pub enum SensorError {
     #[error("mmap of {0} failed: {1}")]
     Mmap(&'static str, io::Error),
     #[error(
+        "{interface}'s XDP hook is held by another program (id {prog_id}, {name}) that is not a \
+         libxdp dispatcher: scan-agent never replaces it. Use --attach tc (TCX ingress, \
+         Linux >= 6.6) or --attach auto, or load that program through libxdp (xdp-loader) so \
+         both can share the hook"
+    )]
+    ForeignXdp {
+        interface: String,
+        prog_id: u32,
+        name: String,
+    },
+    #[error(
+        "{interface} has link type {arphrd} (see /sys/class/net/{interface}/type), which the \
+         parser does not know: it reads Ethernet (1, loopback 772) and raw IP links (none \
+         65534, ppp 512, tunnels 768/769/776/778/823, rawip 519)"
+    )]
+    UnsupportedLink { interface: String, arphrd: u32 },
+    #[error("cannot read the XDP hook of {interface} through netlink: {source}")]
+    Netlink {
+        interface: String,
+        source: io::Error,
+    },
+    #[error(
+        "cannot attach to {interface} at TCX ingress: {source:#}. TCX needs Linux >= 6.6; \
+         on older kernels use --attach xdp"
+    )]
+    AttachTc {
+        interface: String,
+        source: Box<ProgramError>,
+    },
+    #[error(
         "cannot attach to {interface} in {mode} mode: {source:#}. Does the interface exist \
          (`ip link`)? Does its driver support that mode? Try --xdp-mode skb"
     )]
@@ -98,7 +137,7 @@ pub enum SensorError {
     },
     #[error(
         "cannot keep the program attached to {interface}: {reason}. This needs bpf_link \
-         support for XDP (Linux >= 5.9); run without --keep-attached"
+         support (Linux >= 5.9 for XDP, >= 6.6 for TCX); run without --keep-attached"
     )]
     KeepAttached { interface: String, reason: String },
     #[error("cannot detach from {interface}: {source}")]
@@ -114,10 +153,17 @@ pub enum SensorError {
          /sys/fs/bpf/scan-agent)"
     )]
     DetachNotBpffs(PathBuf),
+    #[error(
+        "several interfaces share the counters through pinned maps: give a --pin-path on a \
+         bpffs to attach to {0} as well"
+    )]
+    SharedMapsNeedPins(String),
     #[error("pinned link {path}: {reason}")]
     PinnedLink { path: PathBuf, reason: String },
     #[error("test run failed: {0:#}")]
     TestRun(Box<ProgramError>),
+    #[error("no program is loaded for test runs (a bug: use Sensor::unattached)")]
+    NoTestProgram,
 }
 
 /// How the program is attached to an interface.
@@ -128,6 +174,8 @@ pub enum AttachMode {
     Native,
     /// Generic XDP (XDP_FLAGS_SKB_MODE): after the sk_buff is built; works everywhere.
     Skb,
+    /// TCX ingress (`sched_cls` through a `bpf_link`, Linux >= 6.6).
+    Tcx,
 }
 
 impl AttachMode {
@@ -135,13 +183,21 @@ impl AttachMode {
         match self {
             Self::Native => "native",
             Self::Skb => "skb",
+            Self::Tcx => "tcx",
         }
     }
 
     fn xdp_mode(self) -> XdpMode {
         match self {
             Self::Native => XdpMode::Driver,
-            Self::Skb => XdpMode::Skb,
+            Self::Skb | Self::Tcx => XdpMode::Skb,
+        }
+    }
+
+    fn hook(self) -> Hook {
+        match self {
+            Self::Native | Self::Skb => Hook::Xdp,
+            Self::Tcx => Hook::Tc,
         }
     }
 
@@ -149,6 +205,7 @@ impl AttachMode {
         match name {
             "native" => Some(Self::Native),
             "skb" => Some(Self::Skb),
+            "tcx" => Some(Self::Tcx),
             _ => None,
         }
     }
@@ -171,16 +228,47 @@ pub enum ModeChoice {
     Skb,
 }
 
+/// What `--attach` asks for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HookChoice {
+    /// XDP where the hook is free (or holds a libxdp dispatcher), TCX ingress where
+    /// another program holds the XDP hook.
+    #[default]
+    Auto,
+    /// XDP only; an error if another program (not a dispatcher) holds the hook.
+    Xdp,
+    /// TCX ingress only (Linux >= 6.6).
+    Tc,
+}
+
+/// How to attach: the hook, the XDP mode and whether to share the XDP hook.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AttachRequest {
+    pub hook: HookChoice,
+    pub xdp_mode: ModeChoice,
+}
+
 /// An interface the program is attached to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Attachment {
     pub interface: String,
     pub mode: AttachMode,
+    /// What the frames start with on this interface.
+    pub kind: LinkKind,
     /// Whether the link was adopted from a pin left by an earlier run.
     pub adopted: bool,
 }
 
 impl Attachment {
+    /// The `hook` label of `scan_agent_attached`.
+    pub fn hook_name(&self) -> &'static str {
+        match self.mode {
+            AttachMode::Native | AttachMode::Skb => "xdp",
+            AttachMode::Tcx => "tcx",
+        }
+    }
+
     /// False once the interface is gone (the kernel then drops the link with it).
     pub fn interface_exists(&self) -> bool {
         Path::new("/sys/class/net").join(&self.interface).exists()
@@ -228,8 +316,13 @@ impl PortCounterView {
 
     /// Sums the CPU slices into `out[port]`; no syscall.
     fn sum_into(&self, out: &mut [u64]) {
+        out[..PORTS as usize].fill(0);
+        self.add_into(out);
+    }
+
+    /// Adds the CPU slices into `out[port]`.
+    fn add_into(&self, out: &mut [u64]) {
         let ports = PORTS as usize;
-        out[..ports].fill(0);
         for slice in 0..self.entries / ports {
             let start = slice * ports;
             for (port, total) in out[..ports].iter_mut().enumerate() {
@@ -347,19 +440,104 @@ pub struct PortSketches {
     pub targets: Distinct,
 }
 
-/// The loaded program and its maps.
-pub struct Sensor {
+/// The link a loaded instance holds.
+enum OwnedLink {
+    Xdp(XdpLinkId),
+    Tc(SchedClassifierLinkId),
+}
+
+/// One load of the program: one entry point, its own class counters.
+struct Instance {
+    /// `None` for a program loaded only for test runs.
+    interface: Option<String>,
     ebpf: Ebpf,
-    ports: PortCounterView,
-    sketches: Option<SketchView>,
-    /// Sampled SYN sources of flagged ports (with the sketches on).
-    samples: Option<RingBuf<MapData>>,
-    classes: PerCpuArray<MapData, u64>,
-    config: Array<MapData, ProgramConfig>,
+    hook: Hook,
+    kind: LinkKind,
+    classes: PerCpuArray<MapData, ClassCounters>,
+    /// `None` when the port map is the shared pinned one, already mapped by an
+    /// earlier instance.
+    ports: Option<PortCounterView>,
+    /// The link this process owns and detaches at stop (not kept ones).
+    owned: Option<OwnedLink>,
+}
+
+/// The loaded program instances and their maps.
+pub struct Sensor {
+    cpus: usize,
     pin_dir: Option<PathBuf>,
+    debug: bool,
+    /// Whether the programs keep the distinct-address sketches.
+    sketches_on: bool,
+    /// The sketch map, shared by every load (through its pin).
+    sketches: Option<SketchView>,
+    /// Sampled SYN sources of flagged ports (with the sketches on), shared by every
+    /// load (through its pin) like the sketches.
+    samples: Option<RingBuf<MapData>>,
+    per_interface_ports: bool,
+    instances: Vec<Instance>,
     attachments: Vec<Attachment>,
-    /// Links this process owns (not kept): detached by [`Sensor::detach`] or at exit.
-    owned_links: Vec<(String, aya::programs::xdp::XdpLinkId)>,
+}
+
+/// Reads an interface's link type (ARPHRD_*) and says how its frames start.
+pub fn link_kind(interface: &str) -> Result<(u32, LinkKind), SensorError> {
+    let path = Path::new("/sys/class/net").join(interface).join("type");
+    let arphrd: u32 = fs::read_to_string(&path)
+        .map_err(|_| SensorError::NoInterface(interface.to_string()))?
+        .trim()
+        .parse()
+        .map_err(|_| SensorError::UnsupportedLink {
+            interface: interface.to_string(),
+            arphrd: u32::MAX,
+        })?;
+    let kind = match arphrd {
+        // ARPHRD_ETHER, ARPHRD_LOOPBACK (an all-zero Ethernet header).
+        1 | 772 => LinkKind::Ethernet,
+        // ARPHRD_NONE (tun, wireguard), PPP, RAWIP, TUNNEL, TUNNEL6, SIT, IPGRE, IP6GRE.
+        65534 | 512 | 519 | 768 | 769 | 776 | 778 | 823 => LinkKind::RawIp,
+        _ => {
+            return Err(SensorError::UnsupportedLink {
+                interface: interface.to_string(),
+                arphrd,
+            });
+        }
+    };
+    Ok((arphrd, kind))
+}
+
+/// Human name of a link type, for `check`.
+pub fn link_type_name(arphrd: u32) -> &'static str {
+    match arphrd {
+        1 => "ethernet",
+        772 => "loopback",
+        65534 => "none (tun, wireguard)",
+        512 => "ppp",
+        519 => "rawip",
+        768 => "ipip",
+        769 => "ip6tnl",
+        776 => "sit",
+        778 => "gre",
+        823 => "ip6gre",
+        _ => "unknown",
+    }
+}
+
+fn ifindex(interface: &str) -> Result<u32, SensorError> {
+    let name = std::ffi::CString::new(interface)
+        .map_err(|_| SensorError::NoInterface(interface.to_string()))?;
+    // SAFETY: NUL-terminated string, no other precondition.
+    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
+        0 => Err(SensorError::NoInterface(interface.to_string())),
+        index => Ok(index),
+    }
+}
+
+/// Name of the program with id `id`, for messages.
+fn program_name_by_id(id: u32) -> String {
+    aya::programs::loaded_programs()
+        .flatten()
+        .find(|p| p.id() == id)
+        .and_then(|p| p.name_as_str().map(str::to_string))
+        .unwrap_or_else(|| "unknown name".into())
 }
 
 /// Whether `path` (or its deepest existing ancestor) is on a bpffs mount.
@@ -416,6 +594,7 @@ pub fn possible_cpus() -> Result<usize, SensorError> {
 }
 
 struct ExpectedMap {
+    /// The map's name in the object (pins of per-interface maps add `-<interface>`).
     name: &'static str,
     map_type: MapType,
     key_size: u32,
@@ -424,41 +603,56 @@ struct ExpectedMap {
     flags: u32,
 }
 
-fn expected_maps(cpus: usize) -> [ExpectedMap; 4] {
-    [
-        ExpectedMap {
+/// What a pinned map named `name` must look like, if it is one of ours.
+fn expected_map(name: &str, cpus: usize) -> Option<ExpectedMap> {
+    let ours = |base: &str| name == base || name.starts_with(&format!("{base}-"));
+    if name == SAMPLES_MAP {
+        Some(ExpectedMap {
+            name: SAMPLES_MAP,
+            map_type: MapType::RingBuf,
+            key_size: 0,
+            value_size: 0,
+            max_entries: SAMPLES_BYTES,
+            flags: 0,
+        })
+    } else if name == SKETCH_MAP {
+        Some(ExpectedMap {
             name: SKETCH_MAP,
             map_type: MapType::Array,
             key_size: 4,
             value_size: size_of::<SketchSlot>() as u32,
             max_entries: SKETCH_SLOTS,
             flags: BPF_F_MMAPABLE,
-        },
-        ExpectedMap {
+        })
+    } else if ours(PORT_SYNS_MAP) {
+        Some(ExpectedMap {
             name: PORT_SYNS_MAP,
             map_type: MapType::Array,
             key_size: 4,
             value_size: 8,
             max_entries: port_entries(cpus),
             flags: BPF_F_MMAPABLE,
-        },
-        ExpectedMap {
+        })
+    } else if ours(CLASSES_MAP) {
+        Some(ExpectedMap {
             name: CLASSES_MAP,
             map_type: MapType::PerCpuArray,
             key_size: 4,
-            value_size: 8,
-            max_entries: PacketClass::COUNT,
-            flags: 0,
-        },
-        ExpectedMap {
-            name: CONFIG_MAP,
-            map_type: MapType::Array,
-            key_size: 4,
-            value_size: size_of::<ProgramConfig>() as u32,
+            value_size: size_of::<ClassCounters>() as u32,
             max_entries: 1,
             flags: 0,
-        },
-    ]
+        })
+    } else {
+        None
+    }
+}
+
+/// Pin name of a map of `interface` (shared maps have no interface part).
+fn map_pin_name(map: &str, interface: Option<&str>) -> String {
+    match interface {
+        Some(interface) => format!("{map}-{interface}"),
+        None => map.to_string(),
+    }
 }
 
 fn port_entries(cpus: usize) -> u32 {
@@ -468,11 +662,22 @@ fn port_entries(cpus: usize) -> u32 {
 /// Checks every pinned map in `dir` against what this program expects, so a pin
 /// left by another version or CPU count is an error, never a silent reuse or reset.
 fn validate_pins(dir: &Path, cpus: usize) -> Result<(), SensorError> {
-    for expected in expected_maps(cpus) {
-        let path = dir.join(expected.name);
-        if !path.exists() {
-            continue;
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(SensorError::PinDir {
+                path: dir.to_path_buf(),
+                source,
+            });
         }
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(expected) = expected_map(&name, cpus) else {
+            continue;
+        };
+        let path = entry.path();
         let info = MapInfo::from_pin(&path).map_err(|source| SensorError::PinRead {
             path: path.clone(),
             source: source.into(),
@@ -511,20 +716,17 @@ fn validate_pins(dir: &Path, cpus: usize) -> Result<(), SensorError> {
 }
 
 impl Sensor {
-    /// Loads the program. With `pin_dir`, its maps are pinned there (or reused from
-    /// there after validation) so counts outlive the agent; without, they are private.
+    /// Prepares loading. With `pin_dir`, maps are pinned there (or reused from
+    /// there after validation) so counts outlive the agent; without, they are
+    /// private to each load.
     pub fn load(pin_dir: Option<&Path>) -> Result<Self, SensorError> {
         Self::load_with(pin_dir, true)
     }
 
-    /// [`Sensor::load`], choosing whether the program keeps the distinct-address
+    /// [`Sensor::load`], choosing whether the programs keep the distinct-address
     /// sketches (off, the verifier removes their code: the benchmark's baseline).
     pub fn load_with(pin_dir: Option<&Path>, sketches: bool) -> Result<Self, SensorError> {
         let cpus = possible_cpus()?;
-        let mut loader = EbpfLoader::new();
-        loader.map_max_entries(PORT_SYNS_MAP, port_entries(cpus));
-        let switch = u32::from(sketches);
-        loader.override_global(SKETCH_SWITCH, &switch, true);
         if let Some(dir) = pin_dir {
             ensure_bpffs(dir)?;
             fs::create_dir_all(dir).map_err(|source| SensorError::PinDir {
@@ -532,35 +734,119 @@ impl Sensor {
                 source,
             })?;
             validate_pins(dir, cpus)?;
-            for name in [PORT_SYNS_MAP, CLASSES_MAP, CONFIG_MAP, SKETCH_MAP] {
-                loader.map_pin_path(name, dir.join(name));
-            }
+        }
+        Ok(Self {
+            cpus,
+            pin_dir: pin_dir.map(Path::to_path_buf),
+            debug: false,
+            sketches_on: sketches,
+            sketches: None,
+            samples: None,
+            per_interface_ports: false,
+            instances: Vec::new(),
+            attachments: Vec::new(),
+        })
+    }
+
+    /// A sensor with one program loaded for `hook` and `kind`, attached nowhere,
+    /// with private maps: for test runs (program tests, replay, benchmarks).
+    pub fn unattached(hook: Hook, kind: LinkKind) -> Result<Self, SensorError> {
+        Self::unattached_with(hook, kind, true)
+    }
+
+    /// One program loaded for `hook` and `kind` with its maps pinned in `pin_dir`
+    /// (the shared names), attached nowhere: for tests of the pins.
+    pub fn unattached_pinned(
+        pin_dir: &Path,
+        hook: Hook,
+        kind: LinkKind,
+    ) -> Result<Self, SensorError> {
+        let mut sensor = Self::load(Some(pin_dir))?;
+        let instance = sensor.load_instance(None, hook, kind)?;
+        sensor.instances.push(instance);
+        Ok(sensor)
+    }
+
+    /// [`Sensor::unattached`], choosing whether the program keeps the sketches.
+    pub fn unattached_with(
+        hook: Hook,
+        kind: LinkKind,
+        sketches: bool,
+    ) -> Result<Self, SensorError> {
+        let mut sensor = Self::load_with(None, sketches)?;
+        let instance = sensor.load_instance(None, hook, kind)?;
+        sensor.instances.push(instance);
+        Ok(sensor)
+    }
+
+    /// Per-packet debug logging for the programs loaded from now on (a load-time
+    /// constant of the program).
+    pub fn set_debug(&mut self, on: bool) {
+        self.debug = on;
+    }
+
+    /// One port map per interface for the interfaces attached from now on.
+    pub fn set_per_interface_ports(&mut self, on: bool) {
+        self.per_interface_ports = on;
+    }
+
+    fn load_instance(
+        &mut self,
+        interface: Option<&str>,
+        hook: Hook,
+        kind: LinkKind,
+    ) -> Result<Instance, SensorError> {
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(PORT_SYNS_MAP, port_entries(self.cpus));
+        let debug = u32::from(self.debug);
+        loader.override_global(DEBUG_GLOBAL, &debug, true);
+        let switch = u32::from(self.sketches_on);
+        loader.override_global(SKETCH_SWITCH, &switch, true);
+        let ports_interface = interface.filter(|_| self.per_interface_ports);
+        if let Some(dir) = &self.pin_dir {
+            loader.map_pin_path(
+                PORT_SYNS_MAP,
+                dir.join(map_pin_name(PORT_SYNS_MAP, ports_interface)),
+            );
+            loader.map_pin_path(CLASSES_MAP, dir.join(map_pin_name(CLASSES_MAP, interface)));
+            loader.map_pin_path(SKETCH_MAP, dir.join(SKETCH_MAP));
+            loader.map_pin_path(SAMPLES_MAP, dir.join(SAMPLES_MAP));
         }
         let mut ebpf = loader
             .load(PROGRAM_OBJECT)
             .map_err(|e| SensorError::Load(Box::new(e)))?;
-        program_mut(&mut ebpf)
-            .load()
-            .map_err(|e| SensorError::Verifier(Box::new(e)))?;
-
-        let ports_map = take_map_data(&mut ebpf, PORT_SYNS_MAP)?;
-        let ports = PortCounterView::new(ports_map, port_entries(cpus) as usize)?;
-        let (sketches, samples) = if sketches {
-            let samples = ebpf
-                .take_map(SAMPLES_MAP)
-                .ok_or(SensorError::MissingMap(SAMPLES_MAP))?
-                .try_into()
-                .map_err(|source| SensorError::Map {
-                    name: SAMPLES_MAP,
-                    source: Box::new(source),
-                })?;
-            (
-                Some(SketchView::new(take_map_data(&mut ebpf, SKETCH_MAP)?)?),
-                Some(samples),
-            )
-        } else {
-            (None, None)
+        let name = program_name(hook, kind);
+        let loaded = match hook {
+            Hook::Xdp => xdp_mut(&mut ebpf, name).load(),
+            Hook::Tc => tc_mut(&mut ebpf, name).load(),
         };
+        loaded.map_err(|e| SensorError::Verifier(Box::new(e)))?;
+
+        let shared_ports_mapped = self.pin_dir.is_some()
+            && ports_interface.is_none()
+            && self.instances.iter().any(|i| i.ports.is_some());
+        let ports_map = take_map_data(&mut ebpf, PORT_SYNS_MAP)?;
+        let ports = if shared_ports_mapped {
+            None
+        } else {
+            Some(PortCounterView::new(
+                ports_map,
+                port_entries(self.cpus) as usize,
+            )?)
+        };
+        // The first load maps the sketches; the others share that map through its pin.
+        if self.sketches_on && self.sketches.is_none() {
+            self.sketches = Some(SketchView::new(take_map_data(&mut ebpf, SKETCH_MAP)?)?);
+            self.samples = Some(
+                ebpf.take_map(SAMPLES_MAP)
+                    .ok_or(SensorError::MissingMap(SAMPLES_MAP))?
+                    .try_into()
+                    .map_err(|source| SensorError::Map {
+                        name: SAMPLES_MAP,
+                        source: Box::new(source),
+                    })?,
+            );
+        }
         let classes = ebpf
             .take_map(CLASSES_MAP)
             .ok_or(SensorError::MissingMap(CLASSES_MAP))?
@@ -569,126 +855,132 @@ impl Sensor {
                 name: CLASSES_MAP,
                 source: Box::new(source),
             })?;
-        let config = ebpf
-            .take_map(CONFIG_MAP)
-            .ok_or(SensorError::MissingMap(CONFIG_MAP))?
-            .try_into()
-            .map_err(|source| SensorError::Map {
-                name: CONFIG_MAP,
-                source: Box::new(source),
-            })?;
-        Ok(Self {
+        Ok(Instance {
+            interface: interface.map(str::to_string),
             ebpf,
-            ports,
-            sketches,
-            samples,
+            hook,
+            kind,
             classes,
-            config,
-            pin_dir: pin_dir.map(Path::to_path_buf),
-            attachments: Vec::new(),
-            owned_links: Vec::new(),
+            ports,
+            owned: None,
         })
     }
 
-    /// Instructions the verifier processed for the loaded program, if the kernel says.
+    /// Instructions the verifier processed for the first loaded program, if the kernel says.
     pub fn verified_instructions(&self) -> Option<u32> {
-        program(&self.ebpf)
-            .info()
-            .ok()?
-            .verified_instruction_count()
+        let instance = self.instances.first()?;
+        let name = program_name(instance.hook, instance.kind);
+        let info = match instance.hook {
+            Hook::Xdp => xdp(&instance.ebpf, name).info(),
+            Hook::Tc => tc(&instance.ebpf, name).info(),
+        };
+        info.ok()?.verified_instruction_count()
     }
 
-    /// Forwards the program's aya-log records to this process's `log` logger.
-    pub fn logger(&mut self) -> Result<aya_log::EbpfLogger<&'static dyn log::Log>, aya_log::Error> {
-        aya_log::EbpfLogger::init(&mut self.ebpf)
+    /// Forwards the aya-log records of every loaded program to this process's
+    /// `log` logger (only the programs loaded with debug on write any).
+    pub fn loggers(&mut self) -> Vec<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        let mut loggers = Vec::new();
+        for instance in &mut self.instances {
+            match aya_log::EbpfLogger::init(&mut instance.ebpf) {
+                Ok(logger) => loggers.push(logger),
+                Err(e) => log::warn!("program logs will not be forwarded: {e}"),
+            }
+        }
+        loggers
     }
 
-    /// Turns the program's per-packet debug logging on or off.
-    pub fn set_debug(&mut self, on: bool) -> Result<(), SensorError> {
-        self.config
-            .set(0, ProgramConfig { debug: on.into() }, 0)
-            .map_err(|source| SensorError::Map {
-                name: CONFIG_MAP,
-                source: Box::new(source),
-            })
-    }
-
-    /// Attaches to `interface`. A link pinned by an earlier run with
-    /// `--keep-attached` is adopted: the new program replaces the old one in place
-    /// (`bpf_link_update`), so no packet goes uncounted. With `keep`, the link is
-    /// pinned so the program stays attached after this process exits.
+    /// Attaches to `interface`: the entry point follows its link type; the hook
+    /// follows `request` and who holds the XDP hook. A link pinned by an earlier
+    /// run with `--keep-attached` is adopted: the new program replaces the old one
+    /// in place (`bpf_link_update`), so no packet goes uncounted. With `keep`, the
+    /// link is pinned so the program stays attached after this process exits.
     pub fn attach(
         &mut self,
         interface: &str,
-        choice: ModeChoice,
+        request: AttachRequest,
         keep: bool,
     ) -> Result<Attachment, SensorError> {
         if !Path::new("/sys/class/net").join(interface).exists() {
             return Err(SensorError::NoInterface(interface.to_string()));
         }
-        let adopted = self.adopt_pinned_link(interface)?;
-        let was_adopted = adopted.is_some();
-        let (link_id, mode) = match adopted {
-            Some(found) => found,
+        let (_, kind) = link_kind(interface)?;
+        if self.pin_dir.is_none() && !self.instances.is_empty() {
+            return Err(SensorError::SharedMapsNeedPins(interface.to_string()));
+        }
+        let (mut instance, mode, link, adopted) = match self.adopt_pinned_link(interface, kind)? {
+            Some((instance, mode, link)) => (instance, mode, link, true),
             None => {
-                let modes: &[AttachMode] = match choice {
-                    ModeChoice::Auto => &[AttachMode::Native, AttachMode::Skb],
-                    ModeChoice::Native => &[AttachMode::Native],
-                    ModeChoice::Skb => &[AttachMode::Skb],
-                };
-                let mut last_error = None;
-                let mut attached = None;
-                for &mode in modes {
-                    match program_mut(&mut self.ebpf).attach(interface, mode.xdp_mode()) {
-                        Ok(id) => {
-                            attached = Some((id, mode));
-                            break;
-                        }
-                        Err(source) => {
-                            if choice == ModeChoice::Auto && mode == AttachMode::Native {
-                                log::warn!(
-                                    "native XDP on {interface} refused ({source}); falling \
-                                     back to SKB (generic) mode"
-                                );
-                            }
-                            last_error = Some(SensorError::Attach {
-                                interface: interface.to_string(),
-                                mode,
-                                source: Box::new(source),
-                            });
-                        }
+                let hook = self.choose_hook(interface, request.hook)?;
+                let mut instance = self.load_instance(Some(interface), hook, kind)?;
+                let (mode, link) = match hook {
+                    Hook::Xdp => {
+                        let (id, mode) = attach_xdp(&mut instance, interface, request.xdp_mode)?;
+                        (mode, OwnedLink::Xdp(id))
                     }
-                }
-                match (attached, last_error) {
-                    (Some(found), _) => found,
-                    (None, Some(error)) => return Err(error),
-                    (None, None) => unreachable!("at least one mode is tried"),
-                }
+                    Hook::Tc => (
+                        AttachMode::Tcx,
+                        OwnedLink::Tc(attach_tcx(&mut instance, interface)?),
+                    ),
+                };
+                (instance, mode, link, false)
             }
         };
         if keep {
-            self.pin_link(interface, mode, link_id)?;
+            self.pin_link(&mut instance, interface, mode, link)?;
         } else {
-            self.owned_links.push((interface.to_string(), link_id));
+            instance.owned = Some(link);
         }
+        self.instances.push(instance);
         let attachment = Attachment {
             interface: interface.to_string(),
             mode,
-            adopted: was_adopted,
+            kind,
+            adopted,
         };
         self.attachments.push(attachment.clone());
         Ok(attachment)
     }
 
+    /// XDP or TCX for `interface`: never takes an XDP hook another program holds.
+    fn choose_hook(&self, interface: &str, choice: HookChoice) -> Result<Hook, SensorError> {
+        if choice == HookChoice::Tc {
+            return Ok(Hook::Tc);
+        }
+        let index = ifindex(interface)?;
+        let holder = xdp_hook::query(index).map_err(|source| SensorError::Netlink {
+            interface: interface.to_string(),
+            source,
+        })?;
+        let Some(holder) = holder else {
+            return Ok(Hook::Xdp);
+        };
+        let name = program_name_by_id(holder.prog_id);
+        if choice == HookChoice::Auto {
+            log::warn!(
+                "{interface}: the XDP hook is held by another program (id {}, {name}) that is \
+                 not a libxdp dispatcher; attaching at TCX ingress instead, beside it",
+                holder.prog_id
+            );
+            return Ok(Hook::Tc);
+        }
+        Err(SensorError::ForeignXdp {
+            interface: interface.to_string(),
+            prog_id: holder.prog_id,
+            name,
+        })
+    }
+
     fn adopt_pinned_link(
         &mut self,
         interface: &str,
-    ) -> Result<Option<(aya::programs::xdp::XdpLinkId, AttachMode)>, SensorError> {
-        let Some(dir) = &self.pin_dir else {
+        kind: LinkKind,
+    ) -> Result<Option<(Instance, AttachMode, OwnedLink)>, SensorError> {
+        let Some(dir) = self.pin_dir.clone() else {
             return Ok(None);
         };
-        for mode in [AttachMode::Native, AttachMode::Skb] {
-            let path = link_pin_path(dir, interface, mode);
+        for mode in [AttachMode::Native, AttachMode::Skb, AttachMode::Tcx] {
+            let path = link_pin_path(&dir, interface, mode);
             if !path.exists() {
                 continue;
             }
@@ -702,20 +994,38 @@ impl Sensor {
             let pinned = PinnedLink::from_pin(&path).map_err(|e| link_error(e.to_string()))?;
             // Unpinning hands us the only reference; we re-pin below if asked to keep it.
             let fd_link: FdLink = pinned.unpin().map_err(|e| link_error(e.to_string()))?;
-            let xdp_link = XdpLink::try_from(fd_link).map_err(|e| link_error(e.to_string()))?;
-            let id = program_mut(&mut self.ebpf)
-                .attach_to_link(xdp_link)
-                .map_err(|e| link_error(format!("cannot replace its program: {e}")))?;
-            return Ok(Some((id, mode)));
+            let mut instance = self.load_instance(Some(interface), mode.hook(), kind)?;
+            let name = program_name(mode.hook(), kind);
+            let link = match mode.hook() {
+                Hook::Xdp => {
+                    let link = XdpLink::try_from(fd_link).map_err(|e| link_error(e.to_string()))?;
+                    OwnedLink::Xdp(
+                        xdp_mut(&mut instance.ebpf, name)
+                            .attach_to_link(link)
+                            .map_err(|e| link_error(format!("cannot replace its program: {e}")))?,
+                    )
+                }
+                Hook::Tc => {
+                    let link = SchedClassifierLink::try_from(fd_link)
+                        .map_err(|e| link_error(e.to_string()))?;
+                    OwnedLink::Tc(
+                        tc_mut(&mut instance.ebpf, name)
+                            .attach_to_link(link)
+                            .map_err(|e| link_error(format!("cannot replace its program: {e}")))?,
+                    )
+                }
+            };
+            return Ok(Some((instance, mode, link)));
         }
         Ok(None)
     }
 
     fn pin_link(
-        &mut self,
+        &self,
+        instance: &mut Instance,
         interface: &str,
         mode: AttachMode,
-        link_id: aya::programs::xdp::XdpLinkId,
+        link: OwnedLink,
     ) -> Result<(), SensorError> {
         let keep_error = |reason: String| SensorError::KeepAttached {
             interface: interface.to_string(),
@@ -725,13 +1035,25 @@ impl Sensor {
             .pin_dir
             .clone()
             .ok_or_else(|| keep_error("no --pin-path".into()))?;
-        let program = program_mut(&mut self.ebpf);
-        let link = program
-            .take_link(link_id)
-            .map_err(|e| keep_error(e.to_string()))?;
-        let fd_link = FdLink::try_from(link).map_err(|e: LinkError| {
-            keep_error(format!("attached through netlink, not bpf_link ({e})"))
-        })?;
+        let name = program_name(instance.hook, instance.kind);
+        let fd_link = match link {
+            OwnedLink::Xdp(id) => {
+                let link = xdp_mut(&mut instance.ebpf, name)
+                    .take_link(id)
+                    .map_err(|e| keep_error(e.to_string()))?;
+                FdLink::try_from(link).map_err(|e: LinkError| {
+                    keep_error(format!("attached through netlink, not bpf_link ({e})"))
+                })?
+            }
+            OwnedLink::Tc(id) => {
+                let link = tc_mut(&mut instance.ebpf, name)
+                    .take_link(id)
+                    .map_err(|e| keep_error(e.to_string()))?;
+                FdLink::try_from(link).map_err(|e: LinkError| {
+                    keep_error(format!("attached through netlink, not bpf_link ({e})"))
+                })?
+            }
+        };
         let path = link_pin_path(&dir, interface, mode);
         let pinned = fd_link.pin(&path).map_err(|e| keep_error(e.to_string()))?;
         // Dropping the PinnedLink closes our fd; the pin keeps the link alive.
@@ -741,13 +1063,20 @@ impl Sensor {
 
     /// Detaches every link this process owns; kept (pinned) links stay attached.
     pub fn detach(&mut self) -> Result<(), SensorError> {
-        for (interface, link_id) in std::mem::take(&mut self.owned_links) {
-            program_mut(&mut self.ebpf)
-                .detach(link_id)
-                .map_err(|source| SensorError::Detach {
-                    interface: interface.clone(),
-                    source: Box::new(source),
-                })?;
+        for instance in &mut self.instances {
+            let Some(link) = instance.owned.take() else {
+                continue;
+            };
+            let interface = instance.interface.clone().unwrap_or_default();
+            let name = program_name(instance.hook, instance.kind);
+            let result = match link {
+                OwnedLink::Xdp(id) => xdp_mut(&mut instance.ebpf, name).detach(id),
+                OwnedLink::Tc(id) => tc_mut(&mut instance.ebpf, name).detach(id),
+            };
+            result.map_err(|source| SensorError::Detach {
+                interface: interface.clone(),
+                source: Box::new(source),
+            })?;
             self.attachments.retain(|a| a.interface != interface);
         }
         Ok(())
@@ -757,14 +1086,21 @@ impl Sensor {
         &self.attachments
     }
 
-    /// Per-port SYN totals summed over CPUs into `out` (length >= 65,536).
+    /// Per-port SYN totals, summed over CPUs and port maps, into `out` (length >= 65,536).
     pub fn read_ports(&self, out: &mut [u64]) {
-        self.ports.sum_into(out);
+        let mut views = self.instances.iter().filter_map(|i| i.ports.as_ref());
+        match views.next() {
+            Some(first) => first.sum_into(out),
+            None => out[..PORTS as usize].fill(0),
+        }
+        for view in views {
+            view.add_into(out);
+        }
     }
 
     /// Whether the program was loaded with the sketches on.
     pub fn sketches_on(&self) -> bool {
-        self.sketches.is_some()
+        self.sketches_on
     }
 
     /// Appends the sketches of every port that has a slot and saw a SYN since the
@@ -908,28 +1244,35 @@ impl Sensor {
             .count()
     }
 
-    /// Packet-class totals summed over CPUs.
+    /// Packet-class totals summed over CPUs and interfaces.
     pub fn read_classes(&self) -> Result<ClassCounts, SensorError> {
         let mut counts = ClassCounts::default();
-        for class in PacketClass::ALL {
-            let values =
-                self.classes
-                    .get(&class.index(), 0)
-                    .map_err(|source| SensorError::Map {
-                        name: CLASSES_MAP,
-                        source: Box::new(source),
-                    })?;
-            counts.0[class as usize] = values.iter().copied().fold(0, u64::wrapping_add);
+        for instance in &self.instances {
+            counts.add(&read_instance_classes(instance)?.0);
         }
         Ok(counts)
     }
 
-    /// Runs the program once per `repeat` on `frame` through `BPF_PROG_TEST_RUN`.
+    /// Packet-class totals per attached interface, summed over CPUs.
+    pub fn read_interface_classes(&self) -> Result<Vec<(String, ClassCounts)>, SensorError> {
+        self.instances
+            .iter()
+            .filter_map(|i| i.interface.as_ref().map(|name| (name, i)))
+            .map(|(name, i)| Ok((name.clone(), read_instance_classes(i)?)))
+            .collect()
+    }
+
+    /// Runs the test-run program once per `repeat` on `frame` through `BPF_PROG_TEST_RUN`.
     pub fn test_run(
         &self,
         frame: &[u8],
         repeat: u32,
     ) -> Result<aya::programs::TestRunResult, SensorError> {
+        let instance = self
+            .instances
+            .iter()
+            .find(|i| i.interface.is_none())
+            .ok_or(SensorError::NoTestProgram)?;
         // The kernel refuses (EINVAL) input shorter than an Ethernet header; no
         // driver delivers such a frame either.
         let options = TestRunOptions {
@@ -937,22 +1280,108 @@ impl Sensor {
             repeat,
             ..Default::default()
         };
-        program(&self.ebpf)
-            .test_run(options)
-            .map_err(|e| SensorError::TestRun(Box::new(e)))
+        let name = program_name(instance.hook, instance.kind);
+        match instance.hook {
+            Hook::Xdp => xdp(&instance.ebpf, name).test_run(options),
+            Hook::Tc => tc(&instance.ebpf, name).test_run(options),
+        }
+        .map_err(|e| SensorError::TestRun(Box::new(e)))
     }
 }
 
-fn program(ebpf: &Ebpf) -> &Xdp {
-    ebpf.program(PROGRAM_NAME)
-        .and_then(|p| p.try_into().ok())
-        .expect("the embedded object has the XDP program (checked at build)")
+fn read_instance_classes(instance: &Instance) -> Result<ClassCounts, SensorError> {
+    let values = instance
+        .classes
+        .get(&0, 0)
+        .map_err(|source| SensorError::Map {
+            name: CLASSES_MAP,
+            source: Box::new(source),
+        })?;
+    let mut counts = ClassCounts::default();
+    for cpu in values.iter() {
+        counts.add(&cpu.counts);
+    }
+    Ok(counts)
 }
 
-fn program_mut(ebpf: &mut Ebpf) -> &mut Xdp {
-    ebpf.program_mut(PROGRAM_NAME)
+/// XDP alone on the hook, through a `bpf_link`.
+fn attach_xdp(
+    instance: &mut Instance,
+    interface: &str,
+    choice: ModeChoice,
+) -> Result<(XdpLinkId, AttachMode), SensorError> {
+    let name = program_name(instance.hook, instance.kind);
+    let modes: &[AttachMode] = match choice {
+        ModeChoice::Auto => &[AttachMode::Native, AttachMode::Skb],
+        ModeChoice::Native => &[AttachMode::Native],
+        ModeChoice::Skb => &[AttachMode::Skb],
+    };
+    let mut last_error = None;
+    for &mode in modes {
+        match xdp_mut(&mut instance.ebpf, name).attach(interface, mode.xdp_mode()) {
+            Ok(id) => return Ok((id, mode)),
+            Err(source) => {
+                if choice == ModeChoice::Auto && mode == AttachMode::Native {
+                    log::warn!(
+                        "native XDP on {interface} refused ({source}); falling back to SKB \
+                         (generic) mode"
+                    );
+                }
+                last_error = Some(SensorError::Attach {
+                    interface: interface.to_string(),
+                    mode,
+                    source: Box::new(source),
+                });
+            }
+        }
+    }
+    Err(last_error.expect("at least one mode is tried"))
+}
+
+/// TCX ingress, first in the chain: a TCX program that returns TC_ACT_OK ends the
+/// chain, so a sensor placed after it would miss what it accepts; ours returns
+/// TCX_NEXT (TC_ACT_UNSPEC), so the programs after it see every packet as if it
+/// were not there. TCX runs before classic tc filters (clsact), so those see the
+/// packets after us too.
+fn attach_tcx(
+    instance: &mut Instance,
+    interface: &str,
+) -> Result<SchedClassifierLinkId, SensorError> {
+    let name = program_name(instance.hook, instance.kind);
+    tc_mut(&mut instance.ebpf, name)
+        .attach_with_options(
+            interface,
+            TcAttachType::Ingress,
+            TcAttachOptions::TcxOrder(LinkOrder::first()),
+        )
+        .map_err(|source| SensorError::AttachTc {
+            interface: interface.to_string(),
+            source: Box::new(source),
+        })
+}
+
+fn xdp<'a>(ebpf: &'a Ebpf, name: &str) -> &'a Xdp {
+    ebpf.program(name)
         .and_then(|p| p.try_into().ok())
-        .expect("the embedded object has the XDP program (checked at build)")
+        .expect("the embedded object has the XDP programs (checked at build)")
+}
+
+fn xdp_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> &'a mut Xdp {
+    ebpf.program_mut(name)
+        .and_then(|p| p.try_into().ok())
+        .expect("the embedded object has the XDP programs (checked at build)")
+}
+
+fn tc<'a>(ebpf: &'a Ebpf, name: &str) -> &'a SchedClassifier {
+    ebpf.program(name)
+        .and_then(|p| p.try_into().ok())
+        .expect("the embedded object has the TC programs (checked at build)")
+}
+
+fn tc_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> &'a mut SchedClassifier {
+    ebpf.program_mut(name)
+        .and_then(|p| p.try_into().ok())
+        .expect("the embedded object has the TC programs (checked at build)")
 }
 
 fn take_map_data(ebpf: &mut Ebpf, name: &'static str) -> Result<MapData, SensorError> {
@@ -1019,9 +1448,10 @@ fn is_our_map_pin(path: &Path, expected: &ExpectedMap) -> bool {
 }
 
 /// Removes every kept link (detaching the program) and every pinned map of this
-/// program in `dir`, then `dir` if that left it empty. Only a directory on a bpffs is
-/// touched, and in it only pins of this program's names and types: anything else is
-/// left, with a warning. Returns what was removed, for the operator.
+/// program in `dir` (shared and per-interface ones), then `dir` if that left it
+/// empty. Only a directory on a bpffs is touched, and in it only pins of this
+/// program's names and types: anything else is left, with a warning. Returns what
+/// was removed, for the operator.
 pub fn detach_all(dir: &Path) -> Result<Vec<String>, SensorError> {
     let mut removed = Vec::new();
     let io_error = |path: &Path, e: &dyn std::fmt::Display| SensorError::PinnedLink {
@@ -1046,13 +1476,18 @@ pub fn detach_all(dir: &Path) -> Result<Vec<String>, SensorError> {
         drop(pinned.unpin().map_err(|e| io_error(&path, &e))?);
         removed.push(format!("link on {interface} ({mode})"));
     }
-    // Names and types do not depend on the CPU count.
-    for expected in expected_maps(1) {
+    // Shared and per-interface map pins; names and types do not depend on the CPU count.
+    let mut map_pins: Vec<(PathBuf, ExpectedMap)> = fs::read_dir(dir)
+        .map_err(|e| io_error(dir, &e))?
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            expected_map(&name, 1).map(|expected| (entry.path(), expected))
+        })
+        .collect();
+    map_pins.sort_by(|a, b| a.0.cmp(&b.0));
+    for (path, expected) in map_pins {
         let name = expected.name;
-        let path = dir.join(name);
-        if fs::symlink_metadata(&path).is_err() {
-            continue;
-        }
         if !is_our_map_pin(&path, &expected) {
             log::warn!(
                 "left {}: not a pinned {name} map of scan-agent",

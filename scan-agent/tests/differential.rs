@@ -1,6 +1,8 @@
-//! Differential tests: random and mutated frames through the real XDP program and
+//! Differential tests: random and mutated frames through the real program and
 //! through a reference classifier built on etherparse; they must agree exactly on the
-//! outcome class, the flag classes (vlan, ipv4, ipv6) and the SYN port of every frame.
+//! outcome class, the flag classes (vlan, pppoe, ipv4, ipv6) and the SYN port of every
+//! frame. Ethernet frames (with VLAN tags and PPPoE sessions) and raw IP packets (L3
+//! links), through the XDP and the TC entry points.
 //!
 //! Reproducible: the seed is printed; `SCAN_FUZZ_SEED=<seed>` replays a run and
 //! `SCAN_FUZZ_FRAMES=<n>` sets the number of frames (default 200,000; `cargo xtask fuzz
@@ -40,7 +42,7 @@ use etherparse::{
     Ipv6FragmentHeaderSlice, Ipv6HeaderSlice, Ipv6RawExtHeaderSlice, SingleVlanHeaderSlice,
     TcpHeaderSlice, err,
 };
-use scan_agent::sensor::Sensor;
+use scan_agent::sensor::{Hook, LinkKind, Sensor};
 use scan_common::{ClassCounts, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, PORTS, PacketClass};
 use scan_lab::{
     frames::{Frame, Ipv6Ext, Rng, ether_type, ip_proto, tcp},
@@ -49,6 +51,12 @@ use scan_lab::{
 };
 
 const XDP_PASS: u32 = 2;
+/// TC_ACT_UNSPEC (-1): TCX_NEXT.
+const TC_ACT_UNSPEC: u32 = u32::MAX;
+const ETH_P_PPP_SES: u16 = 0x8864;
+const ETH_P_PPP_DISC: u16 = 0x8863;
+const PPP_IP: u16 = 0x0021;
+const PPP_IPV6: u16 = 0x0057;
 /// SYN frames per port-counter read: K(3K-1)/2 = 1,520 runs (about 4 ms) and one read
 /// (about 2 ms) for 32 SYNs.
 const SYN_BATCH: usize = 32;
@@ -65,6 +73,7 @@ enum Verdict {
     Run {
         outcome: PacketClass,
         vlan: bool,
+        pppoe: bool,
         ipv4: bool,
         ipv6: bool,
         syn_port: Option<u16>,
@@ -89,12 +98,18 @@ impl Verdict {
             Self::Run {
                 outcome,
                 vlan,
+                pppoe,
                 ipv4,
                 ipv6,
                 syn_port,
             } => {
                 let mut text = outcome.name().to_string();
-                for (on, name) in [(vlan, "vlan"), (ipv4, "ipv4"), (ipv6, "ipv6")] {
+                for (on, name) in [
+                    (vlan, "vlan"),
+                    (pppoe, "pppoe"),
+                    (ipv4, "ipv4"),
+                    (ipv6, "ipv6"),
+                ] {
                     if *on {
                         text.push_str(" +");
                         text.push_str(name);
@@ -123,6 +138,7 @@ impl Verdict {
         if let Self::Run {
             outcome,
             vlan,
+            pppoe,
             ipv4,
             ipv6,
             syn_port,
@@ -132,6 +148,7 @@ impl Verdict {
             set(PacketClass::Seen, true);
             set(outcome, true);
             set(PacketClass::Vlan, vlan);
+            set(PacketClass::Pppoe, pppoe);
             set(PacketClass::Ipv4, ipv4);
             set(PacketClass::Ipv6, ipv6);
             set(PacketClass::Syn, syn_port.is_some());
@@ -149,22 +166,40 @@ impl Verdict {
 #[derive(Default)]
 struct Flags {
     vlan: bool,
+    pppoe: bool,
     ipv4: bool,
     ipv6: bool,
     syn_port: Option<u16>,
 }
 
-fn reference(frame: &[u8]) -> Verdict {
-    // Not a parsing rule but the kernel's: BPF_PROG_TEST_RUN refuses input shorter than
-    // an Ethernet header (and no driver delivers one).
+/// Not a parsing rule but the kernel's: BPF_PROG_TEST_RUN refuses input shorter than
+/// an Ethernet header (and no driver delivers one); for sched_cls it also refuses an
+/// IPv4 (IPv6) EtherType at bytes 12..14 without a whole IPv4 (IPv6) header after it,
+/// whatever the program's link kind (measured on 6.18).
+fn kernel_refuses(hook: Hook, frame: &[u8]) -> bool {
     if frame.len() < 14 {
+        return true;
+    }
+    match (hook, u16::from_be_bytes([frame[12], frame[13]])) {
+        (Hook::Tc, 0x0800) => frame.len() < 14 + 20,
+        (Hook::Tc, 0x86DD) => frame.len() < 14 + 40,
+        _ => false,
+    }
+}
+
+fn reference(hook: Hook, kind: LinkKind, frame: &[u8]) -> Verdict {
+    if kernel_refuses(hook, frame) {
         return Verdict::Refused;
     }
     let mut flags = Flags::default();
-    let outcome = ethernet(frame, &mut flags);
+    let outcome = match kind {
+        LinkKind::Ethernet => ethernet(frame, &mut flags),
+        LinkKind::RawIp => raw_ip(frame, &mut flags),
+    };
     Verdict::Run {
         outcome,
         vlan: flags.vlan,
+        pppoe: flags.pppoe,
         ipv4: flags.ipv4,
         ipv6: flags.ipv6,
         syn_port: flags.syn_port,
@@ -201,6 +236,52 @@ fn ethernet(frame: &[u8], flags: &mut Flags) -> PacketClass {
         EtherType::IPV6 => {
             flags.ipv6 = true;
             ipv6(rest, flags)
+        }
+        EtherType(ETH_P_PPP_SES) => {
+            flags.pppoe = true;
+            pppoe_session(rest, flags)
+        }
+        _ => PacketClass::NonIp,
+    }
+}
+
+/// Hand rule (etherparse has no PPPoE): RFC 2516's 6-byte session header, version
+/// and type 1 (0x11), code 0, then RFC 1661's 2-byte PPP protocol: 0x0021 IPv4,
+/// 0x0057 IPv6, anything else (LCP, IPCP, ...) is not IP.
+fn pppoe_session(data: &[u8], flags: &mut Flags) -> PacketClass {
+    let Some(header) = data.get(..8) else {
+        return PacketClass::Truncated;
+    };
+    if header[0] != 0x11 || header[1] != 0 {
+        return PacketClass::BadHeader;
+    }
+    match u16::from_be_bytes([header[6], header[7]]) {
+        PPP_IP => {
+            flags.ipv4 = true;
+            ipv4(&data[8..], flags)
+        }
+        PPP_IPV6 => {
+            flags.ipv6 = true;
+            ipv6(&data[8..], flags)
+        }
+        _ => PacketClass::NonIp,
+    }
+}
+
+/// An L3 link's packet: the version nibble says IPv4 or IPv6. Hand rule: shorter
+/// than the smallest IP header (20 bytes) is truncated whatever the version says.
+fn raw_ip(data: &[u8], flags: &mut Flags) -> PacketClass {
+    if data.len() < 20 {
+        return PacketClass::Truncated;
+    }
+    match data[0] >> 4 {
+        4 => {
+            flags.ipv4 = true;
+            ipv4(data, flags)
+        }
+        6 => {
+            flags.ipv6 = true;
+            ipv6(data, flags)
         }
         _ => PacketClass::NonIp,
     }
@@ -314,12 +395,14 @@ fn tcp(data: &[u8], flags: &mut Flags) -> PacketClass {
 // flipped bytes, cut lengths, and some plain noise.
 // ---------------------------------------------------------------------------------------
 
-const ETHER_TYPES: [u16; 9] = [
+const ETHER_TYPES: [u16; 11] = [
     ether_type::IPV4,
     ether_type::IPV6,
     ether_type::VLAN,
     ether_type::QINQ,
     ether_type::ARP,
+    ETH_P_PPP_SES,
+    ETH_P_PPP_DISC,
     0x9100,
     0x88CC,
     0x8847,
@@ -494,6 +577,15 @@ fn random_spec(rng: &mut Rng) -> Frame {
             frame = frame.protocol(*rng.pick(&PROTOCOLS));
         }
     }
+    if rng.chance(0.15) {
+        frame = frame.pppoe(rng.u16());
+        if rng.chance(0.1) {
+            frame = frame.ppp_protocol(*rng.pick(&[PPP_IP, PPP_IPV6, 0xC021, 0x8021, 0x0021]));
+        }
+        if rng.chance(0.05) {
+            frame = frame.pppoe_ver_type(rng.u8());
+        }
+    }
     let tags = match rng.below(100) {
         0..=59 => 0,
         60..=79 => 1,
@@ -536,6 +628,27 @@ fn mutate(mut bytes: Vec<u8>, rng: &mut Rng) -> Vec<u8> {
         bytes.extend(rng.bytes(extra));
     }
     bytes
+}
+
+/// A random packet as an L3 link carries it: the IP packet of a built frame (no
+/// tags, no PPPoE), sometimes mutated or cut, sometimes noise.
+fn random_ip_packet(rng: &mut Rng) -> Vec<u8> {
+    let mut spec = random_spec(rng);
+    spec.vlans.clear();
+    spec.pppoe = None;
+    let bytes = spec.build_ip();
+    match rng.below(100) {
+        0..=39 => bytes,
+        40..=79 => mutate(bytes, rng),
+        80..=94 => {
+            let len = rng.below(bytes.len() as u64 + 1) as usize;
+            bytes[..len].to_vec()
+        }
+        _ => {
+            let len = rng.below(80) as usize;
+            rng.bytes(len)
+        }
+    }
 }
 
 fn random_frame(rng: &mut Rng) -> Vec<u8> {
@@ -584,12 +697,16 @@ fn delta(after: &ClassCounts, before: &ClassCounts) -> ClassCounts {
 }
 
 /// Runs `frame` `repeat` times; `None` if the kernel refused it with EINVAL.
-fn run(sensor: &Sensor, frame: &[u8], repeat: u32) -> Option<()> {
+fn run(sensor: &Sensor, hook: Hook, frame: &[u8], repeat: u32) -> Option<()> {
     match sensor.test_run(frame, repeat) {
         Ok(result) => {
+            let pass = match hook {
+                Hook::Xdp => XDP_PASS,
+                Hook::Tc => TC_ACT_UNSPEC,
+            };
             assert_eq!(
                 result.return_value,
-                XDP_PASS,
+                pass,
                 "verdict for frame {}",
                 hex(frame)
             );
@@ -601,9 +718,9 @@ fn run(sensor: &Sensor, frame: &[u8], repeat: u32) -> Option<()> {
 }
 
 /// What the program did with `frame`, measured alone, both maps read around it.
-fn observe(sensor: &Sensor, frame: &[u8]) -> Verdict {
+fn observe(sensor: &Sensor, hook: Hook, frame: &[u8]) -> Verdict {
     let (classes_before, ports_before) = (read_classes(sensor), read_ports(sensor));
-    let ran = run(sensor, frame, 1);
+    let ran = run(sensor, hook, frame, 1);
     let (classes_after, ports_after) = (read_classes(sensor), read_ports(sensor));
     let d = delta(&classes_after, &classes_before);
     let moved: Vec<u16> = (0..PORTS as usize)
@@ -648,6 +765,7 @@ fn observe(sensor: &Sensor, frame: &[u8]) -> Verdict {
     Verdict::Run {
         outcome: outcomes[0],
         vlan: d.get(PacketClass::Vlan) != 0,
+        pppoe: d.get(PacketClass::Pppoe) != 0,
         ipv4: d.get(PacketClass::Ipv4) != 0,
         ipv6: d.get(PacketClass::Ipv6) != 0,
         syn_port: moved.first().copied(),
@@ -700,6 +818,7 @@ fn decode(d: &ClassCounts, weight: u64) -> Option<Verdict> {
     Some(Verdict::Run {
         outcome,
         vlan: d.get(PacketClass::Vlan) != 0,
+        pppoe: d.get(PacketClass::Pppoe) != 0,
         ipv4: d.get(PacketClass::Ipv4) != 0,
         ipv6: d.get(PacketClass::Ipv6) != 0,
         // A placeholder until the port counters say which port.
@@ -721,6 +840,8 @@ struct Stray {
 /// Drives the program over a stream of frames and checks each against the reference.
 struct Checker<'a> {
     sensor: &'a Sensor,
+    hook: Hook,
+    kind: LinkKind,
     classes: ClassCounts,
     ports: Vec<u64>,
     /// SYN frames of the current batch, to distinct ports: (index, frame, expected
@@ -736,9 +857,11 @@ struct Checker<'a> {
 }
 
 impl<'a> Checker<'a> {
-    fn new(sensor: &'a Sensor) -> Self {
+    fn new(sensor: &'a Sensor, hook: Hook, kind: LinkKind) -> Self {
         Self {
             sensor,
+            hook,
+            kind,
             classes: read_classes(sensor),
             ports: read_ports(sensor),
             batch: Vec::new(),
@@ -769,7 +892,7 @@ impl<'a> Checker<'a> {
     }
 
     fn check(&mut self, index: u64, frame: &[u8]) {
-        let expected = reference(frame);
+        let expected = reference(self.hook, self.kind, frame);
         self.frames += 1;
         let key = match expected {
             Verdict::Refused => "refused",
@@ -779,6 +902,9 @@ impl<'a> Checker<'a> {
             Verdict::Run { outcome, .. } => outcome.name(),
         };
         *self.outcomes.entry(key).or_default() += 1;
+        if let Verdict::Run { pppoe: true, .. } = expected {
+            *self.outcomes.entry("pppoe").or_default() += 1;
+        }
         if let Some(port) = expected.syn_port()
             && (self.batch.len() == SYN_BATCH
                 || self.batch.iter().any(|b| b.2.syn_port() == Some(port)))
@@ -792,7 +918,7 @@ impl<'a> Checker<'a> {
         };
         let mut ran = false;
         for _ in 0..weight {
-            ran = run(self.sensor, frame, 1).is_some();
+            ran = run(self.sensor, self.hook, frame, 1).is_some();
         }
         let classes = read_classes(self.sensor);
         let d = delta(&classes, &self.classes);
@@ -828,7 +954,7 @@ impl<'a> Checker<'a> {
             // Deltas of no single verdict: settle and measure it alone.
             None => {
                 self.settle(None);
-                let actual = observe(self.sensor, frame);
+                let actual = observe(self.sensor, self.hook, frame);
                 self.record(index, frame, expected, actual);
                 self.resync();
             }
@@ -861,12 +987,14 @@ impl<'a> Checker<'a> {
                     Verdict::Run {
                         outcome,
                         vlan,
+                        pppoe,
                         ipv4,
                         ipv6,
                         ..
                     } => Verdict::Run {
                         outcome,
                         vlan,
+                        pppoe,
                         ipv4,
                         ipv6,
                         syn_port: Some(port),
@@ -880,13 +1008,13 @@ impl<'a> Checker<'a> {
                 let before = self.mismatch_count;
                 let (first, last) = (batch.first().map(|b| b.0), batch.last().map(|b| b.0));
                 for (index, frame, expected) in batch {
-                    let actual = observe(self.sensor, &frame);
+                    let actual = observe(self.sensor, self.hook, &frame);
                     if actual != expected {
                         self.record(index, &frame, expected, actual);
                     }
                 }
                 if let Some(stray) = stray {
-                    let actual = observe(self.sensor, &stray.frame);
+                    let actual = observe(self.sensor, self.hook, &stray.frame);
                     self.record(stray.index, &stray.frame, stray.expected, actual);
                 }
                 if self.mismatch_count == before {
@@ -991,25 +1119,45 @@ fn report(checker: &Checker, seed: u64, what: &str) {
     );
 }
 
-#[test]
-fn random_and_mutated_frames_agree_with_the_reference() {
+/// Outcomes (and the pppoe flag) every long enough run must exercise (per mille of
+/// the frames at least).
+const ETHERNET_OUTCOMES: [&str; 10] = [
+    "pppoe",
+    "refused",
+    "syn",
+    "tcp",
+    "non_tcp",
+    "non_ip",
+    "truncated",
+    "bad_header",
+    "later_fragment",
+    "header_limit",
+];
+
+fn fuzz(
+    hook: Hook,
+    kind: LinkKind,
+    default_frames: u64,
+    generate: fn(&mut Rng) -> Vec<u8>,
+    outcomes: &[&str],
+) {
     let seed = env_u64("SCAN_FUZZ_SEED").unwrap_or_else(|| {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
         now.as_nanos() as u64 ^ u64::from(std::process::id()).rotate_left(32)
     });
-    let count = env_u64("SCAN_FUZZ_FRAMES").unwrap_or(DEFAULT_FRAMES);
+    let count = env_u64("SCAN_FUZZ_FRAMES").unwrap_or(default_frames);
     println!(
-        "differential: seed {seed:#x} (replay it with SCAN_FUZZ_SEED={seed:#x} or `cargo xtask \
-         fuzz --seed {seed}`), {count} frames"
+        "differential ({hook:?} {kind:?}): seed {seed:#x} (replay it with \
+         SCAN_FUZZ_SEED={seed:#x} or `cargo xtask fuzz --seed {seed}`), {count} frames"
     );
-    let sensor = common::load_sensor();
+    let sensor = common::load_entry(hook, kind);
     let mut rng = Rng::new(seed);
-    let mut checker = Checker::new(&sensor);
+    let mut checker = Checker::new(&sensor, hook, kind);
     let started = Instant::now();
     for index in 0..count {
-        let frame = random_frame(&mut rng);
+        let frame = generate(&mut rng);
         checker.check(index, &frame);
     }
     checker.finish();
@@ -1025,20 +1173,14 @@ fn random_and_mutated_frames_agree_with_the_reference() {
     totals
         .check_invariants()
         .expect("class invariants after the run");
-    report(&checker, seed, "random and mutated frames");
+    report(
+        &checker,
+        seed,
+        &format!("random and mutated frames, {hook:?} {kind:?}"),
+    );
     // Every outcome must have been exercised, or the generator has gone blind.
     if count >= 50_000 {
-        for name in [
-            "refused",
-            "syn",
-            "tcp",
-            "non_tcp",
-            "non_ip",
-            "truncated",
-            "bad_header",
-            "later_fragment",
-            "header_limit",
-        ] {
+        for name in outcomes {
             let n = checker.outcomes.get(name).copied().unwrap_or(0);
             assert!(
                 n * 1000 >= count,
@@ -1048,11 +1190,66 @@ fn random_and_mutated_frames_agree_with_the_reference() {
     }
 }
 
+#[test]
+fn random_and_mutated_frames_agree_with_the_reference() {
+    fuzz(
+        Hook::Xdp,
+        LinkKind::Ethernet,
+        DEFAULT_FRAMES,
+        random_frame,
+        &ETHERNET_OUTCOMES,
+    );
+}
+
+/// The TC entry point on the same kind of frames (fewer: the parser is the same code).
+#[test]
+fn random_frames_through_tc_agree_with_the_reference() {
+    fuzz(
+        Hook::Tc,
+        LinkKind::Ethernet,
+        DEFAULT_FRAMES / 4,
+        random_frame,
+        &ETHERNET_OUTCOMES,
+    );
+}
+
+/// Raw IP packets (L3 links) through both entry points.
+#[test]
+fn random_ip_packets_agree_with_the_reference() {
+    let outcomes = [
+        "refused",
+        "syn",
+        "tcp",
+        "non_tcp",
+        "non_ip",
+        "truncated",
+        "bad_header",
+        "later_fragment",
+    ];
+    for hook in [Hook::Xdp, Hook::Tc] {
+        fuzz(
+            hook,
+            LinkKind::RawIp,
+            DEFAULT_FRAMES / 4,
+            random_ip_packet,
+            &outcomes,
+        );
+    }
+}
+
 /// Every frame of the program tests' kinds, cut at every length: small, exhaustive, fast.
 #[test]
 fn every_prefix_of_valid_frames_agrees_with_the_reference() {
-    let sensor = common::load_sensor();
-    let mut checker = Checker::new(&sensor);
+    for hook in [Hook::Xdp, Hook::Tc] {
+        for kind in [LinkKind::Ethernet, LinkKind::RawIp] {
+            prefixes(hook, kind);
+        }
+    }
+}
+
+fn prefixes(hook: Hook, kind: LinkKind) {
+    let sensor = common::load_entry(hook, kind);
+    let mut checker = Checker::new(&sensor, hook, kind);
     let a6 = [0x2001, 0xdb8, 1, 0, 0, 0, 0, 1];
     let b6 = [0x2001, 0xdb8, 2, 0, 0, 0, 0, 1];
     let frames = [
@@ -1085,16 +1282,36 @@ fn every_prefix_of_valid_frames_agrees_with_the_reference() {
         (0..=MAX_IPV6_EXT_HEADERS).fold(Frame::ipv6_tcp(a6, b6, 1, 445, tcp::SYN), |f, _| {
             f.ext(Ipv6Ext::DestinationOptions { len: 8 })
         }),
+        Frame::ipv4_tcp([198, 18, 0, 1], [198, 19, 0, 1], 1, 445, tcp::SYN)
+            .tcp_options(tcp::syn_options())
+            .pppoe(0x1234)
+            .vlan(ether_type::VLAN, 2),
+        Frame::ipv6_tcp(a6, b6, 1, 445, tcp::SYN)
+            .ext(Ipv6Ext::HopByHop { len: 8 })
+            .pppoe(1)
+            .vlan(ether_type::QINQ, 1)
+            .vlan(ether_type::VLAN, 2),
+        Frame::ipv4_udp([198, 18, 0, 1], [198, 19, 0, 1], 1, 53).pppoe(7),
     ];
     let mut index = 0;
     for frame in &frames {
-        let bytes = frame.build();
+        let bytes = match kind {
+            LinkKind::Ethernet => frame.build(),
+            LinkKind::RawIp => frame.build_ip(),
+        };
         for len in 0..=bytes.len() {
             checker.check(index, &bytes[..len]);
             index += 1;
         }
     }
     checker.finish();
-    println!("prefixes: {} frames checked", checker.frames);
-    report(&checker, 0, "prefixes of valid frames");
+    println!(
+        "prefixes ({hook:?} {kind:?}): {} frames checked",
+        checker.frames
+    );
+    report(
+        &checker,
+        0,
+        &format!("prefixes of valid frames, {hook:?} {kind:?}"),
+    );
 }

@@ -284,23 +284,24 @@ fn detach_outside_bpffs_removes_nothing() {
 /// type pinned under one of its names, or a directory of that name, stays.
 #[test]
 fn detach_removes_only_its_own_pins() {
-    use scan_agent::sensor::{Sensor, detach_all};
+    use scan_agent::sensor::{Hook, LinkKind, Sensor, detach_all};
     let ours = scan_lab::agent::Scratch::new("detach-ours", Path::new(AGENT)).unwrap();
     let other = scan_lab::agent::Scratch::new("detach-other", Path::new(AGENT)).unwrap();
-    let sensor = Sensor::load(Some(&ours.pin_path)).unwrap_or_else(|e| {
-        panic!(
-            "cannot load the program with pins, so this test cannot run: {e} (effective uid \
+    let sensor = Sensor::unattached_pinned(&ours.pin_path, Hook::Xdp, LinkKind::Ethernet)
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot load the program with pins, so this test cannot run: {e} (effective uid \
              {}; it needs root and a bpffs at /sys/fs/bpf, as `cargo xtask test` has)",
-            // SAFETY: geteuid has no preconditions.
-            unsafe { libc::geteuid() }
-        )
-    });
+                // SAFETY: geteuid has no preconditions.
+                unsafe { libc::geteuid() }
+            )
+        });
     drop(sensor);
     std::fs::create_dir_all(&other.pin_path).unwrap();
-    // The config map (an Array named SCAN_CONFIG) pinned as SCAN_CLASSES (a per-CPU
-    // array of scan-agent's), and a directory named like the port map.
+    // The sketch map (an Array named SCAN_SKETCHES) pinned as SCAN_CLASSES (a
+    // per-CPU array of scan-agent's), and a directory named like the port map.
     std::fs::rename(
-        ours.pin_path.join("SCAN_CONFIG"),
+        ours.pin_path.join("SCAN_SKETCHES"),
         other.pin_path.join("SCAN_CLASSES"),
     )
     .unwrap();

@@ -398,16 +398,48 @@ fn one_agent_counts_on_several_interfaces() {
             "{metrics}"
         );
     }
-    assert_eq!(first.syns(false, 445, 13).unwrap(), 13);
+    assert_eq!(first.syns(false, 445, 17).unwrap(), 17);
     assert_eq!(second.syns(true, 445, 8).unwrap(), 8);
     assert_eq!(second.syns(false, 3389, 5).unwrap(), 5);
     let metrics = agent.metrics_after_poll().unwrap();
-    assert_eq!(port_total(&metrics, 445), 21.0);
+    assert_eq!(port_total(&metrics, 445), 25.0);
     assert_eq!(port_total(&metrics, 3389), 5.0);
-    assert_eq!(
-        value(&metrics, "scan_packet_flags_total", "flag=\"syn\""),
-        26.0
+    // Per interface: each uplink's SYN total (the all-ports total, per interface).
+    for (lab, syns) in [(&first, 17.0), (&second, 13.0)] {
+        let iface = format!("interface=\"{}\"", lab.host_if);
+        assert_eq!(
+            series_value(
+                &metrics,
+                "scan_packet_flags_total",
+                &[&iface, "flag=\"syn\""]
+            ),
+            syns,
+            "{metrics}"
+        );
+    }
+    // IPv6 also carries neighbour discovery: at least the 8 SYNs.
+    assert!(
+        series_value(
+            &metrics,
+            "scan_packet_flags_total",
+            &[
+                &format!("interface=\"{}\"", second.host_if),
+                "flag=\"ipv6\""
+            ]
+        ) >= 8.0
     );
+}
+
+/// The value of the series of `name` whose labels contain every one of `labels`.
+fn series_value(metrics: &str, name: &str, labels: &[&str]) -> f64 {
+    metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix(name))
+        .filter(|rest| rest.starts_with('{'))
+        .filter_map(|rest| rest.rsplit_once(' '))
+        .find(|(series, _)| labels.iter().all(|l| series.contains(l)))
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or_else(|| panic!("{name} with {labels:?} missing from /metrics:\n{metrics}"))
 }
 
 #[test]

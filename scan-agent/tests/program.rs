@@ -1,6 +1,8 @@
-//! Program tests: the real XDP object, loaded with private maps, fed crafted frames
+//! Program tests: the real program, loaded with private maps, fed crafted frames
 //! through `BPF_PROG_TEST_RUN`; every case asserts the exact change of every class
-//! counter and of every port counter, and the verdict (XDP_PASS, always).
+//! counter and of every port counter, and the verdict (XDP_PASS or TC_ACT_UNSPEC,
+//! always). Every table and sweep runs through both entry points (XDP and TC), with
+//! the same expected counts; raw-IP cases run through the L3 entry points.
 //!
 //! These tests need root (CAP_BPF + CAP_NET_ADMIN) and a kernel with BPF: without them
 //! they fail, saying so; they never pass silently.
@@ -8,14 +10,41 @@ mod common;
 
 use std::net::Ipv6Addr;
 
-use scan_agent::sensor::Sensor;
+use scan_agent::sensor::{Hook, LinkKind, Sensor};
 use scan_common::{ClassCounts, MAX_IPV6_EXT_HEADERS, PORTS, PacketClass};
 use scan_lab::{
-    frames::{Frame, Ipv6Ext, ether_type, ip_proto, tcp},
+    frames::{Frame, Ipv6Ext, ether_type, ip_proto, ppp_proto, tcp},
     testrun::is_refused_test_input,
 };
 
 const XDP_PASS: u32 = 2;
+/// TC_ACT_UNSPEC (-1): TCX_NEXT, the verdict is left to the next program.
+const TC_ACT_UNSPEC: u32 = u32::MAX;
+const HOOKS: [Hook; 2] = [Hook::Xdp, Hook::Tc];
+
+/// Whether the kernel's test run takes `frame` as input (measured on 6.18): both
+/// need an Ethernet header's 14 bytes; sched_cls also needs a whole IPv4 (IPv6)
+/// header after an IPv4 (IPv6) EtherType, since it builds an skb around it. No
+/// wire delivers a refused frame to either hook; those lengths are checked to be
+/// refused, with no counter moved.
+fn kernel_accepts(hook: Hook, frame: &[u8]) -> bool {
+    if frame.len() < 14 {
+        return false;
+    }
+    match (hook, u16::from_be_bytes([frame[12], frame[13]])) {
+        (Hook::Xdp, _) => true,
+        (Hook::Tc, ether_type::IPV4) => frame.len() >= 14 + 20,
+        (Hook::Tc, ether_type::IPV6) => frame.len() >= 14 + 40,
+        (Hook::Tc, _) => true,
+    }
+}
+
+fn verdict(hook: Hook) -> u32 {
+    match hook {
+        Hook::Xdp => XDP_PASS,
+        Hook::Tc => TC_ACT_UNSPEC,
+    }
+}
 const A4: [u8; 4] = [198, 18, 0, 1];
 const B4: [u8; 4] = [198, 19, 0, 1];
 const A6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1);
@@ -94,12 +123,17 @@ impl Case {
 }
 
 /// Runs one case and asserts its exact deltas; returns the class deltas.
-fn run(sensor: &Sensor, case: &Case) -> ClassCounts {
+fn run(sensor: &Sensor, hook: Hook, case: &Case) -> ClassCounts {
     let before = counters(sensor);
     let result = sensor
         .test_run(&case.frame, case.repeat)
-        .unwrap_or_else(|e| panic!("{}: test run failed: {e}", case.name));
-    assert_eq!(result.return_value, XDP_PASS, "{}: verdict", case.name);
+        .unwrap_or_else(|e| panic!("{} ({hook:?}): test run failed: {e}", case.name));
+    assert_eq!(
+        result.return_value,
+        verdict(hook),
+        "{} ({hook:?}): verdict",
+        case.name
+    );
     let after = counters(sensor);
 
     let delta = class_delta(&after.classes, &before.classes);
@@ -432,6 +466,91 @@ fn cases() -> Vec<Case> {
             &[Vlan, Ipv6, Tcp],
             Some(445),
         ),
+        case(
+            "PPPoE IPv4 SYN",
+            &syn4(445).pppoe(7),
+            &[Pppoe, Ipv4, Tcp],
+            Some(445),
+        ),
+        case(
+            "PPPoE IPv6 SYN",
+            &syn6(22).pppoe(7),
+            &[Pppoe, Ipv6, Tcp],
+            Some(22),
+        ),
+        case(
+            "PPPoE IPv4 SYN behind a VLAN tag",
+            &syn4(3389).pppoe(1).vlan(ether_type::VLAN, 7),
+            &[Vlan, Pppoe, Ipv4, Tcp],
+            Some(3389),
+        ),
+        case(
+            "PPPoE IPv6 SYN behind two tags, with extension headers",
+            &syn6(445)
+                .ext(Ipv6Ext::HopByHop { len: 8 })
+                .pppoe(0xFFFF)
+                .vlan(ether_type::QINQ, 1)
+                .vlan(ether_type::VLAN, 2),
+            &[Vlan, Pppoe, Ipv6, Tcp],
+            Some(445),
+        ),
+        case(
+            "PPPoE IPv4 SYN-ACK: not counted",
+            &Frame::ipv4_tcp(A4, B4, 445, 1, tcp::SYN | tcp::ACK).pppoe(3),
+            &[Pppoe, Ipv4, Tcp],
+            None,
+        ),
+        case(
+            "PPPoE IPv4 UDP",
+            &Frame::ipv4_udp(A4, B4, 1, 53).pppoe(3),
+            &[Pppoe, Ipv4, NonTcp],
+            None,
+        ),
+        case(
+            "PPPoE IPv6 later fragment",
+            &syn6(445).fragment(8, false).pppoe(3),
+            &[Pppoe, Ipv6, LaterFragment],
+            None,
+        ),
+        case(
+            "PPPoE LCP: non_ip",
+            &Frame::raw(0, vec![1, 1, 0, 4])
+                .pppoe(3)
+                .ppp_protocol(ppp_proto::LCP),
+            &[Pppoe, NonIp],
+            None,
+        ),
+        case(
+            "PPPoE with an IPv4 packet under the IPv6 PPP protocol: bad_header",
+            &syn4(445).pppoe(3).ppp_protocol(ppp_proto::IPV6),
+            &[Pppoe, Ipv6, BadHeader],
+            None,
+        ),
+        case(
+            "PPPoE version/type 0x12: bad_header",
+            &syn4(445).pppoe(3).pppoe_ver_type(0x12),
+            &[Pppoe, BadHeader],
+            None,
+        ),
+        case(
+            "PPPoE session EtherType with 6 bytes: truncated",
+            &Frame::raw(ether_type::PPPOE_SESSION, vec![0x11, 0, 0, 1, 0, 2]),
+            &[Pppoe, Truncated],
+            None,
+        ),
+        case(
+            "PPPoE discovery (PADI): non_ip",
+            &Frame::raw(ether_type::PPPOE_DISCOVERY, vec![0x11, 0x09, 0, 0, 0, 0]),
+            &[NonIp],
+            None,
+        ),
+        case(
+            "PPPoE discovery behind a VLAN tag: non_ip",
+            &Frame::raw(ether_type::PPPOE_DISCOVERY, vec![0x11, 0x09, 0, 0, 0, 0])
+                .vlan(ether_type::VLAN, 9),
+            &[Vlan, NonIp],
+            None,
+        ),
         case("ARP", &Frame::arp_request(A4, B4), &[NonIp], None),
         case(
             "ARP behind a VLAN tag",
@@ -625,18 +744,21 @@ fn cases() -> Vec<Case> {
     cases
 }
 
-#[test]
-fn crafted_frames_count_exactly() {
-    let sensor = common::load_sensor();
+/// Runs a table through one entry point; returns the class totals.
+fn run_table(hook: Hook, kind: LinkKind, cases: &[Case]) -> ClassCounts {
+    let sensor = common::load_entry(hook, kind);
     match sensor.verified_instructions() {
-        Some(n) => println!("verifier: {n} instructions processed for the XDP program"),
+        Some(n) => println!("verifier: {n} instructions processed for {hook:?} {kind:?}"),
         None => println!("verifier: the kernel did not report an instruction count"),
     }
-    let cases = cases();
     let start = counters(&sensor);
     let mut total = ClassCounts::default();
-    for case in &cases {
-        let delta = run(&sensor, case);
+    for case in cases {
+        if !kernel_accepts(hook, &case.frame) {
+            assert_refused(&sensor, &case.name, &case.frame);
+            continue;
+        }
+        let delta = run(&sensor, hook, case);
         for (t, d) in total.0.iter_mut().zip(delta.0) {
             *t += d;
         }
@@ -649,11 +771,116 @@ fn crafted_frames_count_exactly() {
     end.classes
         .check_invariants()
         .expect("invariants of the totals");
-    println!("{} cases: {}", cases.len(), describe(&total));
+    println!(
+        "{hook:?} {kind:?}: {} cases: {}",
+        cases.len(),
+        describe(&total)
+    );
+    total
 }
 
-/// Runs `full` cut at every length from 0 to its full size. Lengths below 14 must be
-/// refused (EINVAL) with no counter moved; 14..full-1 must be passed, classed
+/// Asserts the kernel refuses `frame` as test input (EINVAL) and no counter moves.
+fn assert_refused(sensor: &Sensor, name: &str, frame: &[u8]) {
+    let before = counters(sensor);
+    match sensor.test_run(frame, 1) {
+        Err(e) if is_refused_test_input(&e) => {}
+        Err(e) => panic!("{name} ({} bytes): expected EINVAL, got {e}", frame.len()),
+        Ok(r) => panic!(
+            "{name} ({} bytes): the kernel ran it (verdict {})",
+            frame.len(),
+            r.return_value
+        ),
+    }
+    let after = counters(sensor);
+    assert_eq!(
+        after.classes, before.classes,
+        "{name}: class counters moved"
+    );
+    assert!(after.ports == before.ports, "{name}: a port counter moved");
+}
+
+#[test]
+fn crafted_frames_count_exactly() {
+    // Only frames both entry points can be test-run on are compared (XDP's are a
+    // superset; run_table checks that TC refuses the others).
+    let cases: Vec<Case> = cases()
+        .into_iter()
+        .filter(|c| kernel_accepts(Hook::Tc, &c.frame))
+        .collect();
+    let totals: Vec<ClassCounts> = HOOKS
+        .iter()
+        .map(|&hook| run_table(hook, LinkKind::Ethernet, &cases))
+        .collect();
+    assert_eq!(
+        totals[0], totals[1],
+        "XDP and TC count the same frames alike"
+    );
+    assert!(totals[0].get(PacketClass::Pppoe) > 0);
+}
+
+/// The Ethernet cases whose frame is a plain IP packet (no tags, no PPPoE, the
+/// version nibble agreeing with the EtherType), as an L3 link delivers them: the
+/// same classes, from the IP header on. Packets shorter than 14 bytes cannot be
+/// test-run (the kernel refuses them): the truncation sweep covers those lengths.
+fn raw_ip_cases() -> Vec<Case> {
+    use PacketClass::*;
+    let mut raw: Vec<Case> = cases()
+        .into_iter()
+        .filter(|c| {
+            let ether = u16::from_be_bytes([c.frame[12], c.frame[13]]);
+            let version = c.frame.get(14).map(|b| b >> 4);
+            c.frame.len() >= 28
+                && ((ether == ether_type::IPV4 && version == Some(4))
+                    || (ether == ether_type::IPV6 && version == Some(6)))
+        })
+        .map(|c| Case {
+            name: format!("raw IP: {}", c.name),
+            frame: c.frame[14..].to_vec(),
+            ..c
+        })
+        .collect();
+    for version in [0u8, 5, 7, 15] {
+        let mut frame = syn4(445).build_ip();
+        frame[0] = (version << 4) | 5;
+        raw.push(Case {
+            name: format!("raw IP: version {version}: non_ip"),
+            frame,
+            repeat: 1,
+            classes: vec![NonIp],
+            syn_port: None,
+        });
+    }
+    raw.push(Case {
+        name: "raw IP: IPv4 cut to 19 bytes (shorter than any IP header): truncated".into(),
+        frame: syn4(445).build_ip()[..19].to_vec(),
+        repeat: 1,
+        classes: vec![Truncated],
+        syn_port: None,
+    });
+    raw
+}
+
+#[test]
+fn raw_ip_frames_count_exactly() {
+    let cases: Vec<Case> = raw_ip_cases()
+        .into_iter()
+        .filter(|c| kernel_accepts(Hook::Tc, &c.frame))
+        .collect();
+    assert!(cases.len() > 50, "the raw-IP table covers the IP cases");
+    let totals: Vec<ClassCounts> = HOOKS
+        .iter()
+        .map(|&hook| run_table(hook, LinkKind::RawIp, &cases))
+        .collect();
+    assert_eq!(
+        totals[0], totals[1],
+        "XDP and TC count the same packets alike"
+    );
+    assert_eq!(totals[0].get(PacketClass::Vlan), 0);
+    assert_eq!(totals[0].get(PacketClass::Pppoe), 0);
+}
+
+/// Runs `full` cut at every length from 0 to its full size. Lengths below the test run's minimum must be
+/// refused (EINVAL) with no counter moved; the rest up to full-1 must be passed, classed
 /// `truncated` and not counted, with the flags `flags(len)`; the full frame is a SYN.
 fn truncation_sweep(
     name: &str,
@@ -661,31 +888,44 @@ fn truncation_sweep(
     dport: u16,
     flags: impl Fn(usize) -> Vec<PacketClass>,
 ) {
+    for hook in HOOKS {
+        truncation_sweep_on(hook, LinkKind::Ethernet, name, &full.build(), dport, &flags);
+    }
+}
+
+/// [`truncation_sweep`] of an IP packet through the raw-IP entry points (the
+/// length in `flags` counts from the IP header).
+fn raw_truncation_sweep(
+    name: &str,
+    full: &Frame,
+    dport: u16,
+    flags: impl Fn(usize) -> Vec<PacketClass>,
+) {
+    for hook in HOOKS {
+        truncation_sweep_on(hook, LinkKind::RawIp, name, &full.build_ip(), dport, &flags);
+    }
+}
+
+fn truncation_sweep_on(
+    hook: Hook,
+    kind: LinkKind,
+    name: &str,
+    full: &[u8],
+    dport: u16,
+    flags: &dyn Fn(usize) -> Vec<PacketClass>,
+) {
     use PacketClass::*;
-    let sensor = common::load_sensor();
-    let full = full.build();
+    let name = format!("{name} ({hook:?} {kind:?})");
+    let sensor = common::load_entry(hook, kind);
     let mut total = ClassCounts::default();
+    let mut accepted_short = 0;
     for len in 0..=full.len() {
         let frame = full[..len].to_vec();
-        if len < 14 {
-            let before = counters(&sensor);
-            match sensor.test_run(&frame, 1) {
-                Err(e) if is_refused_test_input(&e) => {}
-                Err(e) => panic!("{name} cut to {len} bytes: expected EINVAL, got {e}"),
-                Ok(r) => panic!(
-                    "{name} cut to {len} bytes: the kernel ran it (verdict {})",
-                    r.return_value
-                ),
-            }
-            let after = counters(&sensor);
-            assert_eq!(
-                after.classes, before.classes,
-                "{name} cut to {len}: class counters moved"
-            );
-            assert!(
-                after.ports == before.ports,
-                "{name} cut to {len}: a port counter moved"
-            );
+        if len < full.len() && kernel_accepts(hook, &frame) {
+            accepted_short += 1;
+        }
+        if !kernel_accepts(hook, &frame) {
+            assert_refused(&sensor, &format!("{name} cut to {len}"), &frame);
             continue;
         }
         let mut classes = flags(len);
@@ -703,13 +943,17 @@ fn truncation_sweep(
             classes,
             syn_port,
         };
-        let delta = run(&sensor, &case);
+        let delta = run(&sensor, hook, &case);
         for (t, d) in total.0.iter_mut().zip(delta.0) {
             *t += d;
         }
     }
     total.check_invariants().expect("invariants over the sweep");
-    assert_eq!(total.get(Truncated), (full.len() - 14) as u64);
+    assert_eq!(total.get(Truncated), accepted_short);
+    if hook == Hook::Xdp {
+        // XDP takes every length from 14 on.
+        assert_eq!(accepted_short, (full.len() - 14) as u64);
+    }
     assert_eq!(total.get(Syn), 1);
 }
 
@@ -751,6 +995,89 @@ fn ipv6_syn_with_extension_headers_truncated_at_every_length() {
         .tcp_options(tcp::syn_options());
     truncation_sweep("IPv6 SYN with extension headers", &frame, 445, |_| {
         vec![PacketClass::Ipv6]
+    });
+}
+
+#[test]
+fn pppoe_ipv4_syn_with_vlan_truncated_at_every_length() {
+    use PacketClass::*;
+    let frame = syn4(445)
+        .ip_options(ip_options())
+        .tcp_options(tcp::syn_options())
+        .pppoe(0x1234)
+        .vlan(ether_type::VLAN, 20);
+    // Tag 14..18, EtherType 16..18 says PPPoE, PPPoE + PPP protocol 18..26.
+    truncation_sweep("VLAN PPPoE IPv4 SYN", &frame, 445, |len| {
+        let mut flags = vec![Vlan];
+        if len >= 18 {
+            flags.push(Pppoe);
+        }
+        if len >= 26 {
+            flags.push(Ipv4);
+        }
+        flags
+    });
+}
+
+#[test]
+fn pppoe_ipv6_syn_with_vlans_truncated_at_every_length() {
+    use PacketClass::*;
+    let frame = syn6(445)
+        .ext(Ipv6Ext::HopByHop { len: 8 })
+        .tcp_options(tcp::syn_options())
+        .pppoe(1)
+        .vlan(ether_type::QINQ, 10)
+        .vlan(ether_type::VLAN, 20);
+    truncation_sweep("QinQ PPPoE IPv6 SYN", &frame, 445, |len| {
+        let mut flags = vec![Vlan];
+        if len >= 22 {
+            flags.push(Pppoe);
+        }
+        if len >= 30 {
+            flags.push(Ipv6);
+        }
+        flags
+    });
+}
+
+#[test]
+fn pppoe_ipv4_syn_untagged_truncated_at_every_length() {
+    use PacketClass::*;
+    truncation_sweep("PPPoE IPv4 SYN", &syn4(80).pppoe(2), 80, |len| {
+        if len >= 22 {
+            vec![Pppoe, Ipv4]
+        } else {
+            vec![Pppoe]
+        }
+    });
+}
+
+#[test]
+fn raw_ipv4_syn_truncated_at_every_length() {
+    let frame = syn4(445)
+        .ip_options(ip_options())
+        .tcp_options(tcp::syn_options());
+    // Below 20 bytes (the smallest IP header) the version is not read.
+    raw_truncation_sweep("raw IPv4 SYN", &frame, 445, |len| {
+        if len >= 20 {
+            vec![PacketClass::Ipv4]
+        } else {
+            vec![]
+        }
+    });
+}
+
+#[test]
+fn raw_ipv6_syn_truncated_at_every_length() {
+    let frame = syn6(445)
+        .ext(Ipv6Ext::DestinationOptions { len: 16 })
+        .tcp_options(tcp::syn_options());
+    raw_truncation_sweep("raw IPv6 SYN", &frame, 445, |len| {
+        if len >= 20 {
+            vec![PacketClass::Ipv6]
+        } else {
+            vec![]
+        }
     });
 }
 

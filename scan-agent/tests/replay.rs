@@ -36,7 +36,7 @@ use scan_lab::{
         corpus::{self, Capture, START},
         tcp,
     },
-    pcap::{write_pcap, write_pcapng},
+    pcap::{write_pcap, write_pcap_link, write_pcapng},
 };
 
 /// A directory under the system temp dir, removed on drop.
@@ -210,6 +210,90 @@ fn n_crafted_syns_report_exactly_n() {
     assert_eq!(report.classes.get(Syn), N);
     assert_eq!(report.ports.values().sum::<u64>(), N);
     assert_eq!(report.ports, expected);
+}
+
+/// SYNs carried three ways on the same ports: PPPoE sessions (with and without a
+/// VLAN tag) in an Ethernet capture, and raw IP packets in LINKTYPE_RAW, IPV4 and
+/// IPV6 captures (an L3 interface's capture); each replays to exactly its SYNs.
+#[test]
+fn pppoe_and_raw_ip_captures_replay_exactly() {
+    let dir = TempDir::new("links");
+    let a6 = [0x2001, 0xdb8, 1, 0, 0, 0, 0, 1];
+    let b6 = [0x2001, 0xdb8, 2, 0, 0, 0, 0, 1];
+    let mut rng = Rng::new(15);
+    let mut v4 = Vec::new();
+    let mut v6 = Vec::new();
+    let mut expected: BTreeMap<u16, u64> = BTreeMap::new();
+    const N: u64 = 300;
+    for i in 0..N {
+        let port = rng.u16();
+        *expected.entry(port).or_default() += 1;
+        let at = START + Duration::from_millis(i);
+        if i % 2 == 0 {
+            v4.push((
+                at,
+                Frame::ipv4_tcp([198, 18, 0, 1], [198, 19, 0, 1], 1, port, tcp::SYN),
+            ));
+        } else {
+            v6.push((at, Frame::ipv6_tcp(a6, b6, 1, port, tcp::SYN)));
+        }
+        // Noise: an answer and a UDP datagram, never counted.
+        v4.push((
+            at,
+            Frame::ipv4_tcp(
+                [198, 19, 0, 1],
+                [198, 18, 0, 1],
+                port,
+                1,
+                tcp::SYN | tcp::ACK,
+            ),
+        ));
+        v6.push((at, Frame::ipv6_udp(a6, b6, 1, port)));
+    }
+    let mut all: Vec<(Duration, Frame)> = v4.iter().chain(&v6).cloned().collect();
+    all.sort_by_key(|(at, _)| *at);
+    let syns = |report: &ReplayReport| (report.classes.get(Syn), report.ports.clone());
+
+    // PPPoE on Ethernet, every other frame behind a VLAN tag.
+    let pppoe: Vec<(Duration, Vec<u8>)> = all
+        .iter()
+        .enumerate()
+        .map(|(i, (at, f))| {
+            let f = f.clone().pppoe(0x0042);
+            let f = if i % 2 == 0 { f.vlan(0x8100, 7) } else { f };
+            (*at, f.build())
+        })
+        .collect();
+    let path = dir.path("pppoe.pcap");
+    write_pcap(&path, &pppoe).unwrap();
+    let report = replay_ok(&path, None);
+    assert_eq!(report.packets, all.len() as u64);
+    assert_eq!(report.classes.get(PacketClass::Pppoe), all.len() as u64);
+    assert_eq!(syns(&report), (N, expected.clone()));
+
+    // Raw IP: one capture with both families, one per family.
+    let raw = |frames: &[(Duration, Frame)]| -> Vec<(Duration, Vec<u8>)> {
+        frames.iter().map(|(at, f)| (*at, f.build_ip())).collect()
+    };
+    let path = dir.path("raw.pcap");
+    write_pcap_link(&path, DataLink::RAW, &raw(&all)).unwrap();
+    let report = replay_ok(&path, None);
+    assert_eq!(report.classes.get(PacketClass::Seen), all.len() as u64);
+    assert_eq!(report.classes.get(PacketClass::Pppoe), 0);
+    assert_eq!(syns(&report), (N, expected.clone()));
+    let path4 = dir.path("raw4.pcap");
+    write_pcap_link(&path4, DataLink::IPV4, &raw(&v4)).unwrap();
+    let path6 = dir.path("raw6.pcap");
+    write_pcap_link(&path6, DataLink::IPV6, &raw(&v6)).unwrap();
+    let (r4, r6) = (replay_ok(&path4, None), replay_ok(&path6, None));
+    assert_eq!(r4.classes.get(Syn) + r6.classes.get(Syn), N);
+    assert_eq!(r4.classes.get(PacketClass::Ipv4), v4.len() as u64);
+    assert_eq!(r6.classes.get(PacketClass::Ipv6), v6.len() as u64);
+    let mut ports = r4.ports.clone();
+    for (port, n) in &r6.ports {
+        *ports.entry(*port).or_default() += n;
+    }
+    assert_eq!(ports, expected);
 }
 
 #[test]
@@ -622,10 +706,10 @@ fn bad_captures_give_the_documented_errors() {
         CaptureError::Truncated { .. }
     ));
 
-    // LINKTYPE_RAW (101): IP packets without an Ethernet header.
-    let raw = dir.path("raw-ip.pcap");
+    // LINKTYPE_IEEE802_11 (105): Wi-Fi frames, which the program does not parse.
+    let raw = dir.path("wifi.pcap");
     let header = PcapHeader {
-        datalink: DataLink::RAW,
+        datalink: DataLink::IEEE802_11,
         ..PcapHeader::default()
     };
     let mut writer =
@@ -636,8 +720,8 @@ fn bad_captures_give_the_documented_errors() {
     drop(writer);
     match capture_error(&raw) {
         CaptureError::LinkType { name, code, .. } => {
-            assert_eq!(code, 101);
-            assert_eq!(name, "LINKTYPE_RAW");
+            assert_eq!(code, 105);
+            assert_eq!(name, "LINKTYPE_IEEE802_11");
         }
         other => panic!("expected a link-type error, got {other}"),
     }

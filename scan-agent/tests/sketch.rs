@@ -13,7 +13,7 @@ mod common;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use scan_agent::{
-    sensor::{PortSketches, Sensor},
+    sensor::{Hook, LinkKind, PortSketches, Sensor},
     sketch::Distinct,
 };
 use scan_common::mix64;
@@ -218,7 +218,8 @@ fn ports_get_their_own_sketches_and_slots_are_freed() {
 
 #[test]
 fn sketches_off_count_syns_and_sketch_nothing() {
-    let sensor = Sensor::load_with(None, false).expect("load without sketches");
+    let sensor = Sensor::unattached_with(Hook::Xdp, LinkKind::Ethernet, false)
+        .expect("load without sketches");
     assert!(!sensor.sketches_on());
     let frame = Frame::ipv4_tcp([198, 18, 0, 1], [198, 19, 0, 1], 40_000, PORT, tcp::SYN).build();
     sensor.test_run(&frame, 10).expect("test run");

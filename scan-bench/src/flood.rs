@@ -12,7 +12,7 @@ use std::{path::Path, time::Duration};
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::programs::XdpMode;
-use scan_agent::sensor::{ModeChoice, Sensor};
+use scan_agent::sensor::{AttachRequest, HookChoice, ModeChoice, Sensor};
 use scan_common::PORTS;
 use scan_lab::Lab;
 
@@ -153,7 +153,11 @@ impl Active {
                 } else {
                     ModeChoice::Skb
                 };
-                sensor.attach(&lab.host_if, mode, false)?;
+                let request = AttachRequest {
+                    hook: HookChoice::Xdp,
+                    xdp_mode: mode,
+                };
+                sensor.attach(&lab.host_if, request, false)?;
                 Active::Ours(Box::new(sensor))
             }
             Counter::Nftables => Active::Nft(NftCounter::create(&lab.host_if, dir)?),

@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{Map, MapData, PerCpuArray};
-use scan_agent::sensor::{Sensor, possible_cpus};
+use scan_agent::sensor::{Hook, LinkKind, Sensor, possible_cpus};
 use scan_common::PORTS;
 
 use crate::{
@@ -42,7 +42,8 @@ pub fn run(settings: &Settings, objects: Result<&CObjects, String>) -> Result<Ma
     let bytes = entries * size_of::<u64>();
     let mut out = vec![0u64; PORTS as usize];
 
-    let sensor = Sensor::load(None).context("loading our program")?;
+    let sensor =
+        Sensor::unattached(Hook::Xdp, LinkKind::Ethernet).context("loading our program")?;
     sensor.read_ports(&mut out);
     let ours_ms = median_ms(settings.fast_iterations, || {
         sensor.read_ports(black_box(&mut out));

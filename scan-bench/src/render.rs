@@ -7,7 +7,7 @@ use scan_agent::{
     config::{DEFAULT_TOP_PORTS, DEFAULT_WATCH_PORTS},
     detector::{Detector, DetectorConfig},
     metrics::{Metrics, Snapshot},
-    sensor::{AttachMode, Attachment},
+    sensor::{AttachMode, Attachment, LinkKind},
 };
 use scan_common::{ClassCounts, PORTS};
 
@@ -45,10 +45,11 @@ pub fn run(iterations: usize) -> Result<RenderResults> {
         let now = Duration::from_secs(1_700_000_000) + interval * step as u32;
         step_times.push(median_ms(1, || detector.step(now, &cumulative)));
     }
-    let classes = ClassCounts::default();
+    let classes = [("eth0".to_string(), ClassCounts::default())];
     let attachments = [Attachment {
         interface: "eth0".into(),
         mode: AttachMode::Native,
+        kind: LinkKind::Ethernet,
         adopted: false,
     }];
     let breadth = scan_agent::breadth::Breadth::new(detector.config());

@@ -12,7 +12,7 @@ use aya::{
     maps::{MapData, PerCpuArray},
     programs::TestRunResult,
 };
-use scan_agent::sensor::Sensor;
+use scan_agent::sensor::{Hook, LinkKind, Sensor};
 
 use crate::{
     cprog::{self, CObjects, XdpObject},
@@ -79,7 +79,9 @@ pub fn run(settings: &Settings, objects: Result<&CObjects, String>) -> Result<Te
     let mut programs: Vec<(&'static str, Program)> = Vec::new();
     programs.push((
         "ours",
-        Program::Ours(Box::new(Sensor::load(None).context("loading our program")?)),
+        Program::Ours(Box::new(
+            Sensor::unattached(Hook::Xdp, LinkKind::Ethernet).context("loading our program")?,
+        )),
     ));
     match objects {
         Ok(objects) => {

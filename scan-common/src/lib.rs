@@ -11,35 +11,65 @@ pub const PORTS: u32 = 65_536;
 /// `possible CPUs x PORTS` `u64`, where CPU `c` counts port `p` at `c * PORTS + p`.
 /// The program declares one slice; the loader sizes it at load time.
 pub const PORT_SYNS_MAP: &str = "SCAN_PORT_SYNS";
-/// Packet-class counters: a `PERCPU_ARRAY` of [`PacketClass::COUNT`] `u64`.
+/// Packet-class counters of one interface: a `PERCPU_ARRAY` of one [`ClassCounters`].
+/// Every load of the program (one per interface) has its own, so the counters
+/// are per interface at the cost of one lookup per packet with a constant key.
 pub const CLASSES_MAP: &str = "SCAN_CLASSES";
-/// Runtime switches for the program: an `ARRAY` of one [`ProgramConfig`].
-pub const CONFIG_MAP: &str = "SCAN_CONFIG";
-/// Name of the XDP program in the object.
-pub const PROGRAM_NAME: &str = "scan_syn_counter";
+/// Load-time switch (`.rodata`, set with `EbpfLoader::override_global`): non-zero
+/// logs parse outcomes through aya-log. A frozen constant, so with it off the
+/// verifier removes the logging code and no packet pays for it.
+pub const DEBUG_GLOBAL: &str = "SCAN_DEBUG";
+
+/// What the frame starts with, chosen per interface from its link type at attach time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LinkKind {
+    /// An Ethernet header (with optional VLAN tags, PPPoE session header).
+    Ethernet,
+    /// The IP header itself (ppp, tun, wireguard, IPIP/GRE: no link-layer header).
+    RawIp,
+}
+
+/// Where the program is hooked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Hook {
+    /// XDP (alone on the interface or as a libxdp dispatcher component).
+    Xdp,
+    /// TCX ingress (`sched_cls`, kernel >= 6.6).
+    Tc,
+}
+
+/// Name of the program for `hook` and `kind` in the object: one parser, one entry
+/// point per combination, so the link kind costs nothing per packet.
+pub const fn program_name(hook: Hook, kind: LinkKind) -> &'static str {
+    match (hook, kind) {
+        (Hook::Xdp, LinkKind::Ethernet) => "scan_xdp",
+        (Hook::Xdp, LinkKind::RawIp) => "scan_xdp_ip",
+        (Hook::Tc, LinkKind::Ethernet) => "scan_tc",
+        (Hook::Tc, LinkKind::RawIp) => "scan_tc_ip",
+    }
+}
 
 /// VLAN tags (802.1Q / 802.1ad) the parser steps over before giving up.
 pub const MAX_VLAN_TAGS: usize = 2;
 /// IPv6 extension headers the parser walks before giving up.
 pub const MAX_IPV6_EXT_HEADERS: usize = 6;
 
-/// Runtime switches read by the program on every packet.
+/// One CPU's class counters of one interface, indexed by [`PacketClass`]: the
+/// value of [`CLASSES_MAP`]'s only entry, so one lookup serves every class bump.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ProgramConfig {
-    /// Non-zero: log parse outcomes through aya-log. Off by default; it costs a
-    /// ring-buffer write per logged packet, so it is for debugging only.
-    pub debug: u32,
+pub struct ClassCounters {
+    pub counts: [u64; PacketClass::COUNT as usize],
 }
 
 #[cfg(feature = "user")]
-// SAFETY: plain `repr(C)` struct of one `u32`, no padding.
-unsafe impl aya::Pod for ProgramConfig {}
+// SAFETY: plain `repr(C)` array of `u64`, no padding.
+unsafe impl aya::Pod for ClassCounters {}
 
 /// What happened to a packet, counted per CPU in [`CLASSES_MAP`].
 ///
 /// Two kinds of class:
-/// - *flags*, counted on the way through: `Seen`, `Vlan`, `Ipv4`, `Ipv6`, `Syn`;
+/// - *flags*, counted on the way through: `Seen`, `Vlan`, `Pppoe`, `Ipv4`, `Ipv6`, `Syn`;
 /// - *outcomes*, exactly one per packet: `Tcp`, `NonTcp`, `NonIp`, `Truncated`,
 ///   `BadHeader`, `LaterFragment`, `HeaderLimit`.
 ///
@@ -48,7 +78,7 @@ unsafe impl aya::Pod for ProgramConfig {}
 /// 1. `seen == tcp + non_tcp + non_ip + truncated + bad_header + later_fragment + header_limit`
 /// 2. `syn <= tcp` (a SYN is counted only once its whole TCP header is read)
 /// 3. `tcp + non_tcp + later_fragment <= ipv4 + ipv6 <= seen - non_ip`
-/// 4. `vlan <= seen`
+/// 4. `vlan <= seen`, `pppoe <= seen`
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum PacketClass {
@@ -68,7 +98,9 @@ pub enum PacketClass {
     Syn = 5,
     /// Outcome: an IP packet whose transport is not TCP (UDP, ICMP, ESP, ...).
     NonTcp = 6,
-    /// Outcome: the EtherType was neither IPv4 nor IPv6 (ARP, LLDP, ...).
+    /// Outcome: the EtherType was neither IPv4 nor IPv6 (ARP, LLDP, PPPoE discovery,
+    /// a PPPoE session carrying LCP or another non-IP PPP protocol; on a raw-IP
+    /// link, an IP version other than 4 or 6).
     NonIp = 7,
     /// Outcome: a header ran past the end of the frame.
     Truncated = 8,
@@ -80,10 +112,12 @@ pub enum PacketClass {
     /// Outcome: more VLAN tags than [`MAX_VLAN_TAGS`] or more IPv6 extension
     /// headers than [`MAX_IPV6_EXT_HEADERS`]; the parser stops there.
     HeaderLimit = 11,
+    /// A PPPoE session frame (EtherType 0x8864, after any VLAN tags).
+    Pppoe = 12,
 }
 
 impl PacketClass {
-    pub const COUNT: u32 = 12;
+    pub const COUNT: u32 = 13;
 
     pub const ALL: [PacketClass; Self::COUNT as usize] = [
         Self::Seen,
@@ -98,6 +132,7 @@ impl PacketClass {
         Self::BadHeader,
         Self::LaterFragment,
         Self::HeaderLimit,
+        Self::Pppoe,
     ];
 
     /// The outcomes: exactly one of these is counted for every packet.
@@ -126,6 +161,7 @@ impl PacketClass {
             Self::BadHeader => "bad_header",
             Self::LaterFragment => "later_fragment",
             Self::HeaderLimit => "header_limit",
+            Self::Pppoe => "pppoe",
         }
     }
 
@@ -134,11 +170,18 @@ impl PacketClass {
     }
 }
 
-/// Class counters indexed by [`PacketClass`], summed over CPUs.
+/// Class counters indexed by [`PacketClass`], summed over CPUs (and interfaces).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ClassCounts(pub [u64; PacketClass::COUNT as usize]);
 
 impl ClassCounts {
+    /// Adds `other` into `self`, class by class.
+    pub fn add(&mut self, other: &[u64; PacketClass::COUNT as usize]) {
+        for (total, value) in self.0.iter_mut().zip(other) {
+            *total = total.wrapping_add(*value);
+        }
+    }
+
     pub fn get(&self, class: PacketClass) -> u64 {
         self.0[class as usize]
     }
@@ -163,6 +206,9 @@ impl ClassCounts {
         }
         if g(Vlan) > g(Seen) {
             return Err("vlan > seen");
+        }
+        if g(Pppoe) > g(Seen) {
+            return Err("pppoe > seen");
         }
         Ok(())
     }

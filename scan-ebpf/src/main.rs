@@ -1,6 +1,13 @@
-//! XDP sensor: counts TCP SYNs (SYN set, ACK clear) per destination port and
+//! Sensor program: counts TCP SYNs (SYN set, ACK clear) per destination port and
 //! classifies every packet. A sensor, never a filter: every path returns
-//! `XDP_PASS` and the packet is never written.
+//! `XDP_PASS` (XDP, also as a libxdp dispatcher component, where XDP_PASS runs
+//! the next component) or `TC_ACT_UNSPEC` (TCX: "next", the verdict is left to
+//! the programs after us), and the packet is never written.
+//!
+//! One parser, four entry points: XDP or TC, each for frames that start with an
+//! Ethernet header or with the IP header (L3 links: ppp, tun, wireguard, tunnels).
+//! The agent picks the entry point per interface at attach time, so the link kind
+//! is a compile-time constant of the parser and costs nothing per packet.
 //!
 //! Parsing follows xdp-tutorial's `parsing_helpers.h`: one small bounded step per
 //! header, each read checked against `data_end` before it is made.
@@ -8,14 +15,15 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::{BPF_F_MMAPABLE, xdp_action},
+    EbpfContext, Global,
+    bindings::{BPF_F_MMAPABLE, TC_ACT_UNSPEC, xdp_action},
     helpers::bpf_get_smp_processor_id,
-    macros::{map, xdp},
+    macros::{classifier, map, xdp},
     maps::{Array, PerCpuArray},
-    programs::XdpContext,
+    programs::{TcContext, XdpContext},
 };
 use aya_log_ebpf::info;
-use scan_common::{MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, PORTS, PacketClass, ProgramConfig};
+use scan_common::{ClassCounters, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, PORTS, PacketClass};
 
 mod sketch;
 use sketch::Addresses;
@@ -25,14 +33,19 @@ use sketch::Addresses;
 #[map]
 static SCAN_PORT_SYNS: Array<u64> = Array::with_max_entries(PORTS, BPF_F_MMAPABLE);
 
+/// This load's (this interface's) class counters: one struct per CPU.
 #[map]
-static SCAN_CLASSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(PacketClass::COUNT, 0);
+static SCAN_CLASSES: PerCpuArray<ClassCounters> = PerCpuArray::with_max_entries(1, 0);
 
-#[map]
-static SCAN_CONFIG: Array<ProgramConfig> = Array::with_max_entries(1, 0);
+/// Set at load time (`scan_common::DEBUG_GLOBAL`); `.rodata`, frozen, so the
+/// verifier drops the logging branch when it is 0.
+#[unsafe(no_mangle)]
+static SCAN_DEBUG: Global<u32> = Global::new(0);
 
 const ETH_HLEN: usize = 14;
 const VLAN_HLEN: usize = 4;
+/// PPPoE header (6 bytes) and the PPP protocol field (2 bytes).
+const PPPOE_HLEN: usize = 8;
 const IPV4_HLEN: usize = 20;
 const IPV6_HLEN: usize = 40;
 const TCP_HLEN: usize = 20;
@@ -41,6 +54,12 @@ const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88A8;
+const ETH_P_PPP_SES: u16 = 0x8864;
+
+/// RFC 2516: version 1, type 1; code 0 for session data.
+const PPPOE_VER_TYPE: u8 = 0x11;
+const PPP_IP: u16 = 0x0021;
+const PPP_IPV6: u16 = 0x0057;
 
 const IPPROTO_TCP: u8 = 6;
 const IPV6_HOPOPTS: u8 = 0;
@@ -52,37 +71,105 @@ const IPV6_DSTOPTS: u8 = 60;
 const TCP_FLAG_SYN: u8 = 0x02;
 const TCP_FLAG_ACK: u8 = 0x10;
 
+/// Frames that start with an Ethernet header.
+const ETHERNET: bool = false;
+/// Frames that start with the IP header.
+const RAW_IP: bool = true;
+
 #[xdp]
-pub fn scan_syn_counter(ctx: XdpContext) -> u32 {
-    bump(PacketClass::Seen);
-    let (outcome, syn) = classify(&ctx);
-    bump(outcome);
+pub fn scan_xdp(ctx: XdpContext) -> u32 {
+    run::<ETHERNET, _>(&ctx);
+    xdp_action::XDP_PASS
+}
+
+#[xdp]
+pub fn scan_xdp_ip(ctx: XdpContext) -> u32 {
+    run::<RAW_IP, _>(&ctx);
+    xdp_action::XDP_PASS
+}
+
+#[classifier]
+pub fn scan_tc(ctx: TcContext) -> i32 {
+    run::<ETHERNET, _>(&ctx);
+    TC_ACT_UNSPEC
+}
+
+#[classifier]
+pub fn scan_tc_ip(ctx: TcContext) -> i32 {
+    run::<RAW_IP, _>(&ctx);
+    TC_ACT_UNSPEC
+}
+
+/// Packet bounds of either context.
+trait Packet: EbpfContext {
+    fn start(&self) -> usize;
+    fn end(&self) -> usize;
+}
+
+impl Packet for XdpContext {
+    #[inline(always)]
+    fn start(&self) -> usize {
+        self.data()
+    }
+    #[inline(always)]
+    fn end(&self) -> usize {
+        self.data_end()
+    }
+}
+
+impl Packet for TcContext {
+    #[inline(always)]
+    fn start(&self) -> usize {
+        self.data()
+    }
+    #[inline(always)]
+    fn end(&self) -> usize {
+        self.data_end()
+    }
+}
+
+/// Class counters of this CPU, bumped in place: one map lookup per packet.
+struct Counters(*mut ClassCounters);
+
+impl Counters {
+    #[inline(always)]
+    fn bump(&self, class: PacketClass) {
+        // SAFETY: per-CPU value; XDP and TC run with migration disabled, so no
+        // other writer touches this CPU's copy while we add. The index is a
+        // constant below COUNT.
+        unsafe { (*self.0).counts[class as usize] += 1 };
+    }
+}
+
+#[inline(always)]
+fn run<const RAW: bool, C: Packet>(ctx: &C) {
+    let Some(counters) = SCAN_CLASSES.get_ptr_mut(0) else {
+        return;
+    };
+    let counters = Counters(counters);
+    counters.bump(PacketClass::Seen);
+    let (outcome, syn) = if RAW {
+        classify_ip(ctx, &counters)
+    } else {
+        classify_ethernet(ctx, &counters)
+    };
+    counters.bump(outcome);
     let syn_port = syn.as_ref().map(|syn| syn.port);
     if let Some(syn) = syn {
-        bump(PacketClass::Syn);
+        counters.bump(PacketClass::Syn);
         count_syn(syn.port);
         if let Some(addresses) = &syn.addresses {
             sketch::record(syn.port, addresses);
         }
     }
-    if debug_enabled() {
-        // Rare by design: only with the runtime switch on (see `ProgramConfig`).
+    if SCAN_DEBUG.load() != 0 {
+        // Rare by design: only when loaded with the debug switch on.
         info!(
-            &ctx,
+            ctx,
             "outcome={} syn_port={}",
             outcome as u32,
             syn_port.map_or(-1, |p| p as i32)
         );
-    }
-    xdp_action::XDP_PASS
-}
-
-#[inline(always)]
-fn bump(class: PacketClass) {
-    if let Some(counter) = SCAN_CLASSES.get_ptr_mut(class as u32) {
-        // SAFETY: per-CPU value; XDP runs with migration disabled, so no other
-        // writer touches this CPU's copy while we add.
-        unsafe { *counter += 1 };
     }
 }
 
@@ -92,14 +179,9 @@ fn count_syn(port: u16) {
     let cpu = unsafe { bpf_get_smp_processor_id() };
     let index = cpu.wrapping_mul(PORTS).wrapping_add(port as u32);
     if let Some(counter) = SCAN_PORT_SYNS.get_ptr_mut(index) {
-        // SAFETY: this CPU's own slot (see `bump`).
+        // SAFETY: this CPU's own slot (see `Counters::bump`).
         unsafe { *counter += 1 };
     }
-}
-
-#[inline(always)]
-fn debug_enabled() -> bool {
-    SCAN_CONFIG.get(0).is_some_and(|config| config.debug != 0)
 }
 
 /// `N` bytes of the frame, checked against `data_end` once. Fields are read in
@@ -114,6 +196,14 @@ impl<const N: usize> Header<N> {
         const { assert!(I < N) };
         // SAFETY: the N bytes were bounds-checked when the Header was made.
         unsafe { *self.0.add(I) }
+    }
+
+    /// Big-endian u16 at bytes `I`, `I + 1`.
+    #[inline(always)]
+    fn be16<const I: usize>(self) -> u16 {
+        const { assert!(I + 1 < N) };
+        // SAFETY: as in `byte`.
+        unsafe { u16::from_be_bytes([*self.0.add(I), *self.0.add(I + 1)]) }
     }
 
     /// Big-endian u32 at bytes `I..I + 4`.
@@ -131,26 +221,18 @@ impl<const N: usize> Header<N> {
         // SAFETY: as in `be32`.
         u64::from_be(unsafe { self.0.add(I).cast::<u64>().read_unaligned() })
     }
-
-    /// Big-endian u16 at bytes `I`, `I + 1`.
-    #[inline(always)]
-    fn be16<const I: usize>(self) -> u16 {
-        const { assert!(I + 1 < N) };
-        // SAFETY: as in `byte`.
-        unsafe { u16::from_be_bytes([*self.0.add(I), *self.0.add(I + 1)]) }
-    }
 }
 
 /// The `N` bytes at `offset`, or `None` if the frame is shorter.
 #[inline(always)]
-fn header<const N: usize>(ctx: &XdpContext, offset: usize) -> Option<Header<N>> {
-    has_bytes(ctx, offset, N).then(|| Header((ctx.data() + offset) as *const u8))
+fn header<const N: usize, C: Packet>(ctx: &C, offset: usize) -> Option<Header<N>> {
+    has_bytes(ctx, offset, N).then(|| Header((ctx.start() + offset) as *const u8))
 }
 
 /// Whether the frame holds `len` bytes at `offset`: the one bounds check.
 #[inline(always)]
-fn has_bytes(ctx: &XdpContext, offset: usize, len: usize) -> bool {
-    ctx.data() + offset + len <= ctx.data_end()
+fn has_bytes<C: Packet>(ctx: &C, offset: usize, len: usize) -> bool {
+    ctx.start() + offset + len <= ctx.end()
 }
 
 /// A counted SYN: its destination port and, with the sketches on, its addresses.
@@ -182,10 +264,11 @@ impl Network {
     }
 }
 
-/// Returns the packet's outcome class and, for a SYN, its port (and addresses).
+/// Returns the outcome class of a frame that starts with an Ethernet header and,
+/// for a SYN, its destination port (and addresses).
 #[inline(always)]
-fn classify(ctx: &XdpContext) -> (PacketClass, Option<Syn>) {
-    let Some(eth) = header::<ETH_HLEN>(ctx, 0) else {
+fn classify_ethernet<C: Packet>(ctx: &C, counters: &Counters) -> (PacketClass, Option<Syn>) {
+    let Some(eth) = header::<ETH_HLEN, C>(ctx, 0) else {
         return (PacketClass::Truncated, None);
     };
     let mut ether_type = eth.be16::<12>();
@@ -198,9 +281,9 @@ fn classify(ctx: &XdpContext) -> (PacketClass, Option<Syn>) {
             return (PacketClass::HeaderLimit, None);
         }
         if tag == 0 {
-            bump(PacketClass::Vlan);
+            counters.bump(PacketClass::Vlan);
         }
-        let Some(vlan) = header::<VLAN_HLEN>(ctx, offset) else {
+        let Some(vlan) = header::<VLAN_HLEN, C>(ctx, offset) else {
             return (PacketClass::Truncated, None);
         };
         ether_type = vlan.be16::<2>();
@@ -208,20 +291,70 @@ fn classify(ctx: &XdpContext) -> (PacketClass, Option<Syn>) {
     }
     match ether_type {
         ETH_P_IP => {
-            bump(PacketClass::Ipv4);
+            counters.bump(PacketClass::Ipv4);
             ipv4(ctx, offset)
         }
         ETH_P_IPV6 => {
-            bump(PacketClass::Ipv6);
+            counters.bump(PacketClass::Ipv6);
             ipv6(ctx, offset)
+        }
+        ETH_P_PPP_SES => {
+            counters.bump(PacketClass::Pppoe);
+            pppoe(ctx, counters, offset)
+        }
+        _ => (PacketClass::NonIp, None),
+    }
+}
+
+/// A PPPoE session frame: the PPPoE header, then the PPP protocol field.
+#[inline(always)]
+fn pppoe<C: Packet>(ctx: &C, counters: &Counters, offset: usize) -> (PacketClass, Option<Syn>) {
+    let Some(session) = header::<PPPOE_HLEN, C>(ctx, offset) else {
+        return (PacketClass::Truncated, None);
+    };
+    if session.byte::<0>() != PPPOE_VER_TYPE || session.byte::<1>() != 0 {
+        return (PacketClass::BadHeader, None);
+    }
+    match session.be16::<6>() {
+        PPP_IP => {
+            counters.bump(PacketClass::Ipv4);
+            ipv4(ctx, offset + PPPOE_HLEN)
+        }
+        PPP_IPV6 => {
+            counters.bump(PacketClass::Ipv6);
+            ipv6(ctx, offset + PPPOE_HLEN)
+        }
+        // LCP, IPCP, CHAP, ...: link control, not IP.
+        _ => (PacketClass::NonIp, None),
+    }
+}
+
+/// A frame that starts with the IP header: the version nibble says which. A
+/// packet shorter than the smallest IP header (20 bytes) is `truncated` whatever
+/// its first byte says. (A 1-byte check would be the exact one, but LLVM turns
+/// `data + 1 <= data_end` into `data < data_end`, which the verifier does not
+/// accept as a bound.)
+#[inline(always)]
+fn classify_ip<C: Packet>(ctx: &C, counters: &Counters) -> (PacketClass, Option<Syn>) {
+    let Some(first) = header::<IPV4_HLEN, C>(ctx, 0) else {
+        return (PacketClass::Truncated, None);
+    };
+    match first.byte::<0>() >> 4 {
+        4 => {
+            counters.bump(PacketClass::Ipv4);
+            ipv4(ctx, 0)
+        }
+        6 => {
+            counters.bump(PacketClass::Ipv6);
+            ipv6(ctx, 0)
         }
         _ => (PacketClass::NonIp, None),
     }
 }
 
 #[inline(always)]
-fn ipv4(ctx: &XdpContext, offset: usize) -> (PacketClass, Option<Syn>) {
-    let Some(ip) = header::<IPV4_HLEN>(ctx, offset) else {
+fn ipv4<C: Packet>(ctx: &C, offset: usize) -> (PacketClass, Option<Syn>) {
+    let Some(ip) = header::<IPV4_HLEN, C>(ctx, offset) else {
         return (PacketClass::Truncated, None);
     };
     let header_len = ((ip.byte::<0>() & 0x0F) as usize) * 4;
@@ -245,8 +378,8 @@ fn ipv4(ctx: &XdpContext, offset: usize) -> (PacketClass, Option<Syn>) {
 }
 
 #[inline(always)]
-fn ipv6(ctx: &XdpContext, offset: usize) -> (PacketClass, Option<Syn>) {
-    let Some(ip) = header::<IPV6_HLEN>(ctx, offset) else {
+fn ipv6<C: Packet>(ctx: &C, offset: usize) -> (PacketClass, Option<Syn>) {
+    let Some(ip) = header::<IPV6_HLEN, C>(ctx, offset) else {
         return (PacketClass::Truncated, None);
     };
     if ip.byte::<0>() >> 4 != 6 {
@@ -266,7 +399,7 @@ fn ipv6(ctx: &XdpContext, offset: usize) -> (PacketClass, Option<Syn>) {
         }
         // Every extension header is at least 8 bytes and starts with
         // (next header, length).
-        let Some(ext) = header::<8>(ctx, offset) else {
+        let Some(ext) = header::<8, C>(ctx, offset) else {
             return (PacketClass::Truncated, None);
         };
         next_header = ext.byte::<0>();
@@ -291,8 +424,8 @@ fn ipv6(ctx: &XdpContext, offset: usize) -> (PacketClass, Option<Syn>) {
 
 /// A whole TCP header (options included) must be in the frame to be counted.
 #[inline(always)]
-fn tcp(ctx: &XdpContext, offset: usize, network: Network) -> (PacketClass, Option<Syn>) {
-    let Some(tcp) = header::<TCP_HLEN>(ctx, offset) else {
+fn tcp<C: Packet>(ctx: &C, offset: usize, network: Network) -> (PacketClass, Option<Syn>) {
+    let Some(tcp) = header::<TCP_HLEN, C>(ctx, offset) else {
         return (PacketClass::Truncated, None);
     };
     let header_len = ((tcp.byte::<12>() >> 4) as usize) * 4;

@@ -44,6 +44,31 @@ pub mod ether_type {
     pub const VLAN: u16 = 0x8100;
     /// 802.1ad provider (S-)tag, the outer tag of QinQ.
     pub const QINQ: u16 = 0x88A8;
+    /// PPPoE discovery (PADI, PADO, ...): no IP inside.
+    pub const PPPOE_DISCOVERY: u16 = 0x8863;
+    /// PPPoE session: a PPP frame inside.
+    pub const PPPOE_SESSION: u16 = 0x8864;
+}
+
+/// PPP protocol numbers (RFC 1661 and the IANA registry).
+pub mod ppp_proto {
+    pub const IPV4: u16 = 0x0021;
+    pub const IPV6: u16 = 0x0057;
+    /// Link Control Protocol.
+    pub const LCP: u16 = 0xC021;
+}
+
+/// A PPPoE session header (RFC 2516) between the Ethernet/VLAN headers and the
+/// network layer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pppoe {
+    pub session: u16,
+    /// The PPP protocol field; `None`: IPv4 or IPv6 from the frame's network layer.
+    pub protocol: Option<u16>,
+    /// The version/type byte; 0x11 in every valid frame.
+    pub ver_type: u8,
+    /// The code byte; 0 for session data.
+    pub code: u8,
 }
 
 /// IP protocol numbers / IPv6 next-header values used by the builder.
@@ -296,6 +321,8 @@ pub struct Frame {
     pub src_mac: [u8; 6],
     /// VLAN tags, outermost first.
     pub vlans: Vec<VlanTag>,
+    /// A PPPoE session header after the VLAN tags, if any.
+    pub pppoe: Option<Pppoe>,
     pub net: Net,
 }
 
@@ -308,6 +335,7 @@ impl Frame {
             dst_mac: DST_MAC,
             src_mac: SRC_MAC,
             vlans: Vec::new(),
+            pppoe: None,
             net,
         }
     }
@@ -494,6 +522,36 @@ impl Frame {
         self
     }
 
+    /// Carries the network layer in a PPPoE session (EtherType 0x8864) with this
+    /// session id; the PPP protocol follows the network layer (IPv4 0x0021, IPv6 0x0057).
+    pub fn pppoe(mut self, session: u16) -> Self {
+        self.pppoe = Some(Pppoe {
+            session,
+            protocol: None,
+            ver_type: 0x11,
+            code: 0,
+        });
+        self
+    }
+
+    /// Sets the PPP protocol field of the PPPoE session (needs [`Frame::pppoe`] first).
+    pub fn ppp_protocol(mut self, protocol: u16) -> Self {
+        self.pppoe
+            .as_mut()
+            .expect("ppp_protocol needs a PPPoE frame")
+            .protocol = Some(protocol);
+        self
+    }
+
+    /// Sets the PPPoE version/type byte (needs [`Frame::pppoe`] first).
+    pub fn pppoe_ver_type(mut self, ver_type: u8) -> Self {
+        self.pppoe
+            .as_mut()
+            .expect("pppoe_ver_type needs a PPPoE frame")
+            .ver_type = ver_type;
+        self
+    }
+
     /// Adds a VLAN tag inside the ones already there (call outermost first).
     pub fn vlan(mut self, tpid: u16, vid: u16) -> Self {
         self.vlans.push(VlanTag {
@@ -662,6 +720,7 @@ impl Frame {
         out.extend_from_slice(&self.dst_mac);
         out.extend_from_slice(&self.src_mac);
         let inner_type = match &self.net {
+            _ if self.pppoe.is_some() => ether_type::PPPOE_SESSION,
             Net::Ipv4(_) => ether_type::IPV4,
             Net::Ipv6(_) => ether_type::IPV6,
             Net::Arp { .. } => ether_type::ARP,
@@ -673,9 +732,39 @@ impl Frame {
             out.extend_from_slice(&tag.tci.to_be_bytes());
         }
         out.extend_from_slice(&inner_type.to_be_bytes());
+        let Some(pppoe) = &self.pppoe else {
+            self.write_net(&mut out);
+            return out;
+        };
+        let mut inner = Vec::new();
+        self.write_net(&mut inner);
+        let protocol = pppoe.protocol.unwrap_or(match &self.net {
+            Net::Ipv6(_) => ppp_proto::IPV6,
+            _ => ppp_proto::IPV4,
+        });
+        out.push(pppoe.ver_type);
+        out.push(pppoe.code);
+        out.extend_from_slice(&pppoe.session.to_be_bytes());
+        // The PPPoE length covers the PPP protocol field and the payload.
+        let length = (inner.len() + 2).min(usize::from(u16::MAX)) as u16;
+        out.extend_from_slice(&length.to_be_bytes());
+        out.extend_from_slice(&protocol.to_be_bytes());
+        out.extend_from_slice(&inner);
+        out
+    }
+
+    /// Writes only the network layer (the IP packet): what an L3 link (tun, ppp,
+    /// wireguard) carries, and what a LINKTYPE_RAW capture holds.
+    pub fn build_ip(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(128);
+        self.write_net(&mut out);
+        out
+    }
+
+    fn write_net(&self, out: &mut Vec<u8>) {
         match &self.net {
-            Net::Ipv4(ip) => write_ipv4(ip, &mut out),
-            Net::Ipv6(ip) => write_ipv6(ip, &mut out),
+            Net::Ipv4(ip) => write_ipv4(ip, out),
+            Net::Ipv6(ip) => write_ipv6(ip, out),
             Net::Arp { sender, target } => {
                 out.extend_from_slice(&[0, 1, 0x08, 0x00, 6, 4, 0, 1]);
                 out.extend_from_slice(&self.src_mac);
@@ -685,7 +774,6 @@ impl Frame {
             }
             Net::Raw { payload, .. } => out.extend_from_slice(payload),
         }
-        out
     }
 }
 

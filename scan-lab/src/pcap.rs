@@ -29,11 +29,20 @@ pub const MAX_FRAME: u32 = 262_144;
 /// the UNIX epoch and must fit pcap's 32-bit seconds (before 2106); frames are at most
 /// [`MAX_FRAME`] bytes.
 pub fn write_pcap(path: &Path, frames: &[(Duration, Vec<u8>)]) -> Result<()> {
+    write_pcap_link(path, DataLink::ETHERNET, frames)
+}
+
+/// [`write_pcap`] with another link type, e.g. `DataLink::RAW` for IP packets.
+pub fn write_pcap_link(
+    path: &Path,
+    datalink: DataLink,
+    frames: &[(Duration, Vec<u8>)],
+) -> Result<()> {
     let context = || format!("cannot write capture {}", path.display());
     let file = File::create(path).with_context(context)?;
     let header = PcapHeader {
         snaplen: MAX_FRAME,
-        datalink: DataLink::ETHERNET,
+        datalink,
         ts_resolution: TsResolution::NanoSecond,
         endianness: Endianness::native(),
         ..Default::default()

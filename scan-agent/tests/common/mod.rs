@@ -1,10 +1,17 @@
 //! Shared by the test binaries that load the real XDP program.
-use scan_agent::sensor::Sensor;
+use scan_agent::sensor::{Hook, LinkKind, Sensor};
 
-/// Loads the program with private maps, or fails the test saying why: these tests
-/// are never skipped.
+/// Loads the XDP Ethernet entry point with private maps, or fails the test saying
+/// why: these tests are never skipped.
+#[allow(dead_code)] // not every test binary uses it
 pub fn load_sensor() -> Sensor {
-    match Sensor::load(None) {
+    load_entry(Hook::Xdp, LinkKind::Ethernet)
+}
+
+/// Loads the entry point for `hook` and `kind` with private maps, or fails the test.
+#[allow(dead_code)] // not every test binary runs every entry point
+pub fn load_entry(hook: Hook, kind: LinkKind) -> Sensor {
+    match Sensor::unattached(hook, kind) {
         Ok(sensor) => sensor,
         Err(e) => panic!(
             "cannot load the XDP program, so these tests cannot run: {e}\n\
