@@ -19,6 +19,7 @@
 #   2. 100 SYNs to 445 are counted exactly (JSON API);
 #   3. upgrade in place with keep_attached = true while 10000 SYNs are sent: the service
 #      restarts on the new version and every SYN is counted;
+#   3b. negative control: the same restart (a reinstall) without keep_attached misses SYNs;
 #   4. dpkg -r with keep_attached = true: service gone, program still attached, pins and
 #      state kept;
 #   5. reinstall, keep_attached = false, dpkg -r: detached, pins and state kept;
@@ -144,6 +145,19 @@ wait_active() {
 }
 xdp_id() { ns ip -d -o link show v0 | grep -o 'prog/xdp id [0-9]*' | awk '{print $3}'; }
 conf() { ns sed -i "s/^keep_attached = .*/keep_attached = $1/" /etc/scan-agent/scan-agent.toml; }
+# The API shows the last poll (every `interval`): wait (up to 12 s) until the count is
+# WANT; prints the last count either way.
+count_is() {
+  local n=
+  for _ in $(seq 60); do
+    n=$(api 2>/dev/null)
+    [[ $n == "$1" ]] && break
+    sleep 0.2
+  done
+  echo "$n"
+}
+# A count after SYNs stopped: two polls later (interval 1s once the test has set it).
+settled() { sleep 2.5; api; }
 dpkg_ns() { # dpkg_ns ARGS: dpkg in the sandbox, output kept for failures
   ns env DEBIAN_FRONTEND=noninteractive dpkg --force-confold "$@" >>"$W/dpkg.log" 2>&1
 }
@@ -169,16 +183,16 @@ if dpkg_ns -i /run/sdtest/old.deb && wait_active; then
     result FAIL "dpkg -i: exe=$exe user=$user unit=$frag xdp=$(xdp_id)"
   fi
   syns 100
-  sleep 1.5
-  n=$(api)
+  n=$(count_is 100)
   if [[ $n == 100 ]]; then result OK "100 SYNs to 445 counted exactly"; else result FAIL "445: $n SYNs counted (want 100)"; fi
 else
   result FAIL "dpkg -i $old_version or the service start failed"; show_log 20
   exit 1
 fi
 
-# 3. Upgrade in place with keep_attached while SYNs flow.
+# 3. Upgrade in place with keep_attached while SYNs flow (polls every second from here).
 conf true
+ns sed -i 's/^interval = .*/interval = "1s"/' /etc/scan-agent/scan-agent.toml
 ns systemctl restart scan-agent && wait_active
 old_pid=$(ns systemctl show -p MainPID --value scan-agent)
 syns 10000 500 &
@@ -190,8 +204,7 @@ upgrade_s=$(echo "$(date +%s.%N) - $t0" | bc)
 sender_running=no; kill -0 "$sender" 2>/dev/null && sender_running=yes
 wait "$sender"
 wait_active
-sleep 1.5
-n=$(api) new_pid=$(ns systemctl show -p MainPID --value scan-agent)
+n=$(count_is 10100) new_pid=$(ns systemctl show -p MainPID --value scan-agent)
 version=$(ns dpkg-query -W -f '${Version}' scan-agent)
 if [[ $rc == 0 && $version == "$new_version" && $new_pid != "$old_pid" && $sender_running == yes && $n == 10100 ]]; then
   result OK "upgrade to $new_version in $(printf '%.1f' "$upgrade_s")s with keep_attached while 10000 SYNs were sent (20 s at 500/s): agent restarted (pid $old_pid -> $new_pid) before the sending ended, 10100 counted, none missed"
@@ -199,6 +212,29 @@ else
   result FAIL "upgrade: dpkg rc=$rc version=$version pid $old_pid -> $new_pid sender still running at the end=$sender_running count=$n (want 10100)"
   show_log
 fi
+
+# 3b. Negative control: the same in-place restart by dpkg (a reinstall) without
+# keep_attached misses the SYNs sent while no program is attached.
+conf false
+ns systemctl restart scan-agent && wait_active
+before=$(api)
+syns 10000 500 &
+sender=$!
+sleep 1
+dpkg_ns -i /run/sdtest/new.deb; rc=$?
+sender_running=no; kill -0 "$sender" 2>/dev/null && sender_running=yes
+wait "$sender"
+wait_active
+n=$(settled)
+missed=$((before + 10000 - n))
+if [[ $rc == 0 && $sender_running == yes && $missed -gt 0 ]]; then
+  result OK "negative control: the same restart with keep_attached = false missed $missed of 10000 SYNs"
+else
+  result FAIL "negative control: reinstall without keep_attached: rc=$rc sender still running=$sender_running missed=$missed (want > 0)"
+fi
+conf true
+ns systemctl restart scan-agent && wait_active
+base=$(settled)
 
 # 4. Remove with keep_attached: the program stays attached, pins and state stay.
 id=$(xdp_id)
@@ -214,15 +250,14 @@ fi
 # 5. Reinstall (adopts the kept program), keep_attached = false, remove: detached.
 dpkg_ns -i /run/sdtest/new.deb && wait_active
 syns 10
-sleep 1.5
-n=$(api)
+n=$(( $(count_is $((base + 10))) - base ))
 conf false
 ns systemctl restart scan-agent && wait_active
 dpkg_ns -r scan-agent
-if [[ $n == 10110 && -z $(xdp_id) ]] && ns test -d /sys/fs/bpf/scan-agent && ns test -s /var/lib/scan-agent/state.json; then
-  result OK "reinstall adopted the kept program (10110 counted); dpkg -r with keep_attached = false: detached, pins and state kept"
+if [[ $n == 10 && -z $(xdp_id) ]] && ns test -d /sys/fs/bpf/scan-agent && ns test -s /var/lib/scan-agent/state.json; then
+  result OK "reinstall adopted the kept program (counts kept, 10 new SYNs counted); dpkg -r with keep_attached = false: detached, pins and state kept"
 else
-  result FAIL "reinstall/remove: count=$n (want 10110) xdp=$(xdp_id) pins=$(ns ls /sys/fs/bpf/scan-agent 2>&1 | tr '\n' ' ')"
+  result FAIL "reinstall/remove: new SYNs counted=$n (want 10, counts kept) xdp=$(xdp_id) pins=$(ns ls /sys/fs/bpf/scan-agent 2>&1 | tr '\n' ' ')"
   show_log
 fi
 
