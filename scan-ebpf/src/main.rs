@@ -78,25 +78,30 @@ const RAW_IP: bool = true;
 
 #[xdp]
 pub fn scan_xdp(ctx: XdpContext) -> u32 {
-    run::<ETHERNET, _>(&ctx);
+    run::<ETHERNET, _>(&ctx, 0);
     xdp_action::XDP_PASS
 }
 
 #[xdp]
 pub fn scan_xdp_ip(ctx: XdpContext) -> u32 {
-    run::<RAW_IP, _>(&ctx);
+    run::<RAW_IP, _>(&ctx, 0);
     xdp_action::XDP_PASS
 }
 
 #[classifier]
 pub fn scan_tc(ctx: TcContext) -> i32 {
-    run::<ETHERNET, _>(&ctx);
+    // By the time tc runs, the stack has moved the outer VLAN tag out of the frame
+    // into the skb (skb_vlan_untag): it counts as the first tag, so the flags and
+    // the tag limit match what XDP sees in the frame itself.
+    // SAFETY: the context pointer the kernel passed; a plain field read.
+    let accelerated = unsafe { (*ctx.skb.skb).vlan_present } != 0;
+    run::<ETHERNET, _>(&ctx, usize::from(accelerated));
     TC_ACT_UNSPEC
 }
 
 #[classifier]
 pub fn scan_tc_ip(ctx: TcContext) -> i32 {
-    run::<RAW_IP, _>(&ctx);
+    run::<RAW_IP, _>(&ctx, 0);
     TC_ACT_UNSPEC
 }
 
@@ -142,7 +147,7 @@ impl Counters {
 }
 
 #[inline(always)]
-fn run<const RAW: bool, C: Packet>(ctx: &C) {
+fn run<const RAW: bool, C: Packet>(ctx: &C, outer_tags: usize) {
     let Some(counters) = SCAN_CLASSES.get_ptr_mut(0) else {
         return;
     };
@@ -151,7 +156,7 @@ fn run<const RAW: bool, C: Packet>(ctx: &C) {
     let (outcome, syn) = if RAW {
         classify_ip(ctx, &counters)
     } else {
-        classify_ethernet(ctx, &counters)
+        classify_ethernet(ctx, &counters, outer_tags)
     };
     counters.bump(outcome);
     let syn_port = syn.as_ref().map(|syn| syn.port);
@@ -267,13 +272,21 @@ impl Network {
 /// Returns the outcome class of a frame that starts with an Ethernet header and,
 /// for a SYN, its destination port (and addresses).
 #[inline(always)]
-fn classify_ethernet<C: Packet>(ctx: &C, counters: &Counters) -> (PacketClass, Option<Syn>) {
+fn classify_ethernet<C: Packet>(
+    ctx: &C,
+    counters: &Counters,
+    outer_tags: usize,
+) -> (PacketClass, Option<Syn>) {
     let Some(eth) = header::<ETH_HLEN, C>(ctx, 0) else {
         return (PacketClass::Truncated, None);
     };
+    if outer_tags != 0 {
+        counters.bump(PacketClass::Vlan);
+    }
     let mut ether_type = eth.be16::<12>();
     let mut offset = ETH_HLEN;
-    for tag in 0..MAX_VLAN_TAGS + 1 {
+    // `outer_tags` (0 or 1) tags were already taken out of the frame by the stack.
+    for tag in outer_tags..MAX_VLAN_TAGS + 1 {
         if ether_type != ETH_P_8021Q && ether_type != ETH_P_8021AD {
             break;
         }

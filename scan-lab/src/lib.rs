@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod frames;
 pub mod http;
+pub mod links;
 pub mod monitoring;
 pub mod net;
 pub mod pcap;

@@ -1,0 +1,381 @@
+//! Lab tests of the hooks and link kinds: the real agent on a veth (XDP, TCX, beside
+//! a foreign XDP program, before another TCX program), PPPoE session frames written
+//! onto the veth, and a TUN device (an L3 link) fed with IP packets. Every count is
+//! exact: frames are written raw (AF_PACKET, TUN), so there are no retransmissions.
+use std::{collections::BTreeMap, process::Command};
+
+use scan_lab::{
+    Agent, Lab, Scratch,
+    frames::{Frame, ether_type, ppp_proto, tcp},
+    links::{Tun, build_bpf},
+};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_scan-agent");
+
+fn scratch(tag: &str) -> Scratch {
+    Scratch::new(tag, AGENT.as_ref()).expect("scratch directories")
+}
+
+fn start(interface: &str, scratch: &Scratch, extra: &[&str], run: &str) -> Agent {
+    let mut args: Vec<String> = [
+        "--iface",
+        interface,
+        "--interval",
+        "1s",
+        "--short-window",
+        "5s",
+        "--baseline-window",
+        "5m",
+        "--warmup",
+        "8s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(scratch.agent_args());
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Agent::start(AGENT.as_ref(), &args, &scratch.file(&format!("{run}.log")))
+        .unwrap_or_else(|e| panic!("agent run {run:?} does not start: {e:#}"))
+}
+
+/// The value of the series of `name` whose labels contain every one of `labels` (0
+/// when there is none).
+fn value(metrics: &str, name: &str, labels: &[&str]) -> f64 {
+    metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix(name))
+        .filter(|rest| rest.starts_with('{'))
+        .filter_map(|rest| rest.rsplit_once(' '))
+        .find(|(series, _)| labels.iter().all(|l| series.contains(l)))
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn flag(metrics: &str, interface: &str, flag: &str) -> f64 {
+    value(
+        metrics,
+        "scan_packet_flags_total",
+        &[
+            &format!("interface=\"{interface}\""),
+            &format!("flag=\"{flag}\""),
+        ],
+    )
+}
+
+fn port(metrics: &str, port: u16) -> f64 {
+    value(
+        metrics,
+        "scan_syn_packets_total",
+        &[&format!("port=\"{port}\"")],
+    )
+}
+
+/// SYN frames from the peer to the host end: `per_port[p]` to each port `p`, IPv4
+/// and IPv6 alternating, some behind a VLAN tag (the host end counts tagged frames
+/// too: the hook sees them before the VLAN code).
+fn syn_frames(lab: &Lab, per_port: &BTreeMap<u16, usize>) -> Vec<Vec<u8>> {
+    let (host, peer) = lab.macs().unwrap();
+    let mut frames = Vec::new();
+    for (&port, &n) in per_port {
+        for i in 0..n {
+            let frame = if i % 2 == 0 {
+                Frame::ipv4_tcp(lab.peer_v4, lab.host_v4, 40_000 + i as u16, port, tcp::SYN)
+            } else {
+                Frame::ipv6_tcp(lab.peer_v6, lab.host_v6, 40_000 + i as u16, port, tcp::SYN)
+            };
+            let frame = if i % 3 == 2 {
+                frame.vlan(ether_type::VLAN, 7)
+            } else {
+                frame
+            };
+            frames.push(frame.macs(host, peer).build());
+        }
+    }
+    frames
+}
+
+fn attached(metrics: &str, interface: &str, hook: &str) -> f64 {
+    value(
+        metrics,
+        "scan_agent_attached",
+        &[
+            &format!("interface=\"{interface}\""),
+            &format!("hook=\"{hook}\""),
+        ],
+    )
+}
+
+fn xdp_prog_id(interface: &str) -> Option<u32> {
+    let out = Command::new("ip")
+        .args(["-d", "-j", "link", "show", "dev", interface])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "xdp":{"mode":..,"prog":{"id":N,...}} or "prog":{"id":N
+    let at = text.find("\"xdp\"")?;
+    let rest = &text[at..];
+    let id = rest.split("\"id\":").nth(1)?;
+    id.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
+
+#[test]
+fn tcx_counts_exactly_what_xdp_counts() {
+    let lab = Lab::create_quiet().expect("creating the lab (needs root and network namespaces)");
+    let per_port = BTreeMap::from([(22, 7), (445, 12), (3389, 5)]);
+    let total: usize = per_port.values().sum();
+    let mut results = Vec::new();
+    for (hook, args) in [
+        ("xdp", &["--attach", "xdp", "--xdp-mode", "native"][..]),
+        ("tcx", &["--attach", "tc"][..]),
+    ] {
+        let scratch = scratch(&format!("hook-{hook}"));
+        let mut agent = start(&lab.host_if, &scratch, args, hook);
+        let sent = lab.inject(syn_frames(&lab, &per_port)).unwrap();
+        assert_eq!(sent, total);
+        let metrics = agent.metrics_after_poll().unwrap();
+        assert_eq!(attached(&metrics, &lab.host_if, hook), 1.0, "{metrics}");
+        let counts: Vec<f64> = per_port.keys().map(|&p| port(&metrics, p)).collect();
+        let syns = flag(&metrics, &lab.host_if, "syn");
+        let vlan = flag(&metrics, &lab.host_if, "vlan");
+        assert_eq!(syns, total as f64, "{hook}: {metrics}");
+        assert_eq!(
+            counts,
+            per_port.values().map(|&n| n as f64).collect::<Vec<_>>()
+        );
+        results.push((counts, syns, vlan));
+        agent.stop(libc::SIGTERM).unwrap();
+    }
+    assert_eq!(
+        results[0], results[1],
+        "XDP and TCX count the same frames alike"
+    );
+}
+
+#[test]
+fn a_foreign_xdp_program_is_never_replaced() {
+    let lab = Lab::create_quiet().expect("creating the lab (needs root and network namespaces)");
+    let scratch = scratch("foreign");
+    let object = build_bpf("xdp_pass", &scratch.file("")).expect("building the foreign program");
+    let status = Command::new("ip")
+        .args(["link", "set", "dev", &lab.host_if, "xdpgeneric", "obj"])
+        .arg(&object)
+        .args(["sec", "xdp"])
+        .status()
+        .unwrap();
+    assert!(status.success(), "ip link set xdpgeneric obj failed");
+    let foreign = xdp_prog_id(&lab.host_if).expect("the foreign program is attached");
+
+    // --attach xdp: refused, naming the holder; the foreign program stays.
+    let out = Command::new(AGENT)
+        .args(["run", "--iface", &lab.host_if, "--attach", "xdp"])
+        .args(scratch.agent_args())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("held by another program") && stderr.contains(&foreign.to_string()),
+        "{stderr}"
+    );
+    assert_eq!(xdp_prog_id(&lab.host_if), Some(foreign));
+
+    // --attach auto: TCX beside it, saying so; every SYN counted; the foreign stays.
+    let mut agent = start(&lab.host_if, &scratch, &["--attach", "auto"], "auto");
+    let per_port = BTreeMap::from([(80, 9), (443, 4)]);
+    lab.inject(syn_frames(&lab, &per_port)).unwrap();
+    let metrics = agent.metrics_after_poll().unwrap();
+    assert_eq!(attached(&metrics, &lab.host_if, "tcx"), 1.0, "{metrics}");
+    assert_eq!(flag(&metrics, &lab.host_if, "syn"), 13.0);
+    assert_eq!(port(&metrics, 80), 9.0);
+    assert!(
+        agent
+            .log_text()
+            .contains("attaching at TCX ingress instead"),
+        "{}",
+        agent.log_text()
+    );
+    agent.stop(libc::SIGTERM).unwrap();
+    assert_eq!(xdp_prog_id(&lab.host_if), Some(foreign));
+}
+
+/// TCX order: the agent's link goes first, so a TCX program that drops (or accepts:
+/// TC_ACT_OK ends the chain) runs after it and the agent still sees every packet.
+#[test]
+fn tcx_runs_first_before_another_tc_program_that_drops() {
+    use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, tc::TcAttachOptions};
+    let lab = Lab::create_quiet().expect("creating the lab (needs root and network namespaces)");
+    let scratch = scratch("tcx-order");
+    let object = build_bpf("tc_drop_port", &scratch.file("")).expect("building the tc program");
+    let drop_port: u16 = 445;
+    let mut ebpf = aya::EbpfLoader::new()
+        .override_global("DROP_PORT", &drop_port, true)
+        .load_file(&object)
+        .expect("loading the tc program");
+    let program: &mut SchedClassifier = ebpf
+        .program_mut("tc_drop_port")
+        .unwrap()
+        .try_into()
+        .unwrap();
+    program.load().unwrap();
+    program
+        .attach_with_options(
+            &lab.host_if,
+            TcAttachType::Ingress,
+            TcAttachOptions::TcxOrder(LinkOrder::first()),
+        )
+        .expect("attaching the dropping program at TCX ingress");
+    let dropped_before = lab.host_rx_packets().unwrap();
+
+    let mut agent = start(&lab.host_if, &scratch, &["--attach", "tc"], "tcx");
+    let per_port = BTreeMap::from([(445, 10), (8080, 6)]);
+    lab.inject(syn_frames(&lab, &per_port)).unwrap();
+    let metrics = agent.metrics_after_poll().unwrap();
+    // The 445 SYNs were dropped by the other program, after the agent counted them.
+    assert_eq!(port(&metrics, 445), 10.0, "{metrics}");
+    assert_eq!(port(&metrics, 8080), 6.0);
+    assert_eq!(flag(&metrics, &lab.host_if, "syn"), 16.0);
+    assert!(lab.host_rx_packets().unwrap() >= dropped_before + 16);
+    agent.stop(libc::SIGTERM).unwrap();
+}
+
+#[test]
+fn pppoe_frames_written_onto_a_veth_are_counted_exactly() {
+    let lab = Lab::create_quiet().expect("creating the lab (needs root and network namespaces)");
+    let scratch = scratch("pppoe");
+    let mut agent = start(&lab.host_if, &scratch, &["--attach", "xdp"], "pppoe");
+    let (host, peer) = lab.macs().unwrap();
+    let mut frames = Vec::new();
+    // 11 IPv4 and 6 IPv6 SYNs in PPPoE sessions, every third behind a VLAN tag.
+    for i in 0..17u16 {
+        let frame = if i < 11 {
+            Frame::ipv4_tcp([198, 19, 0, 1], [198, 19, 0, 2], 1000 + i, 1723, tcp::SYN)
+        } else {
+            Frame::ipv6_tcp(
+                [0x2001, 0xdb8, 9, 0, 0, 0, 0, 1],
+                [0x2001, 0xdb8, 9, 0, 0, 0, 0, 2],
+                1000 + i,
+                1723,
+                tcp::SYN,
+            )
+        };
+        let frame = frame.pppoe(0x0102);
+        let frame = if i % 3 == 0 {
+            frame.vlan(ether_type::VLAN, 35)
+        } else {
+            frame
+        };
+        frames.push(frame.macs(host, peer).build());
+    }
+    // Not SYNs: a SYN-ACK, an LCP echo in the session, a discovery frame (PADI).
+    frames.push(
+        Frame::ipv4_tcp(
+            [198, 19, 0, 2],
+            [198, 19, 0, 1],
+            1723,
+            1000,
+            tcp::SYN | tcp::ACK,
+        )
+        .pppoe(0x0102)
+        .macs(host, peer)
+        .build(),
+    );
+    frames.push(
+        Frame::raw(0, vec![9, 1, 0, 8, 0, 0, 0, 0])
+            .pppoe(0x0102)
+            .ppp_protocol(ppp_proto::LCP)
+            .macs(host, peer)
+            .build(),
+    );
+    frames.push(
+        Frame::raw(
+            ether_type::PPPOE_DISCOVERY,
+            vec![0x11, 0x09, 0, 0, 0, 4, 1, 1, 0, 0],
+        )
+        .macs(host, peer)
+        .build(),
+    );
+    assert_eq!(lab.inject(frames).unwrap(), 20);
+    let metrics = agent.metrics_after_poll().unwrap();
+    let i = &lab.host_if;
+    assert_eq!(flag(&metrics, i, "pppoe"), 19.0, "{metrics}");
+    assert_eq!(flag(&metrics, i, "syn"), 17.0);
+    assert_eq!(flag(&metrics, i, "ipv4"), 12.0);
+    assert_eq!(flag(&metrics, i, "ipv6"), 6.0);
+    assert_eq!(flag(&metrics, i, "vlan"), 6.0);
+    assert_eq!(port(&metrics, 1723), 17.0);
+    let outcome = |o: &str| {
+        value(
+            &metrics,
+            "scan_packets_total",
+            &[&format!("interface=\"{i}\""), &format!("outcome=\"{o}\"")],
+        )
+    };
+    assert_eq!(outcome("tcp"), 18.0);
+    assert_eq!(outcome("non_ip"), 2.0);
+    agent.stop(libc::SIGTERM).unwrap();
+}
+
+#[test]
+fn syns_written_into_a_tun_device_are_counted_from_the_ip_header() {
+    let mut tun = Tun::create().expect("creating a TUN device (needs root)");
+    // `check` says how the L3 link will be parsed.
+    let out = Command::new(AGENT)
+        .args(["check", "--iface", &tun.name])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.contains("parsed from the IP header"),
+        "{report}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v4 = |i: u16| {
+        Frame::ipv4_tcp([198, 19, 1, 1], [198, 19, 1, 2], 2000 + i, 5900, tcp::SYN).build_ip()
+    };
+    let v6 = |i: u16| {
+        Frame::ipv6_tcp(
+            [0x2001, 0xdb8, 7, 0, 0, 0, 0, 1],
+            [0x2001, 0xdb8, 7, 0, 0, 0, 0, 2],
+            2000 + i,
+            5901,
+            tcp::SYN,
+        )
+        .build_ip()
+    };
+    for (hook, args) in [
+        ("xdp", &["--attach", "xdp", "--xdp-mode", "skb"][..]),
+        ("tcx", &["--attach", "tc"][..]),
+    ] {
+        let scratch = scratch(&format!("tun-{hook}"));
+        let mut agent = start(&tun.name, &scratch, args, hook);
+        let mut packets: Vec<Vec<u8>> = (0..14).map(v4).collect();
+        packets.extend((0..9).map(v6));
+        // Not SYNs: an answer, and an IP packet that is not TCP.
+        packets.push(
+            Frame::ipv4_tcp(
+                [198, 19, 1, 2],
+                [198, 19, 1, 1],
+                5900,
+                1,
+                tcp::SYN | tcp::ACK,
+            )
+            .build_ip(),
+        );
+        packets.push(Frame::ipv4_udp([198, 19, 1, 1], [198, 19, 1, 2], 1, 53).build_ip());
+        tun.write(&packets).unwrap();
+        let metrics = agent.metrics_after_poll().unwrap();
+        let name = &tun.name;
+        assert_eq!(attached(&metrics, name, hook), 1.0, "{metrics}");
+        assert_eq!(flag(&metrics, name, "syn"), 23.0, "{hook}: {metrics}");
+        assert_eq!(flag(&metrics, name, "ipv4"), 16.0);
+        assert_eq!(flag(&metrics, name, "ipv6"), 9.0);
+        assert_eq!(port(&metrics, 5900), 14.0);
+        assert_eq!(port(&metrics, 5901), 9.0);
+        assert!(
+            agent.log_text().contains("parsed from the IP header"),
+            "{}",
+            agent.log_text()
+        );
+        agent.stop(libc::SIGTERM).unwrap();
+    }
+}
