@@ -65,7 +65,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Attach to interfaces, count, detect surges, serve /metrics (the daemon).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Preflight: kernel, BTF, capabilities, bpffs and interfaces.
     Check(CheckArgs),
     /// Run a pcap/pcapng capture through the real XDP program (private maps) and
@@ -142,6 +142,11 @@ pub struct RunArgs {
     /// Path under which the metrics are served [default: /metrics]
     #[arg(long = "web.telemetry-path", value_name = "PATH")]
     pub telemetry_path: Option<String>,
+    /// exporter-toolkit web configuration (YAML): TLS, client certificates, basic auth,
+    /// response headers; re-read when it or a file it names changes [default: none:
+    /// plain HTTP]
+    #[arg(long = "web.config.file", value_name = "FILE")]
+    pub web_config_file: Option<PathBuf>,
     #[command(flatten)]
     pub detector: DetectorArgs,
     /// Ports always exported, comma-separated [default: the ports scanned most
@@ -248,6 +253,7 @@ pub struct FileConfig {
     #[serde(alias = "listen")]
     web_listen_address: Option<Vec<SocketAddr>>,
     web_telemetry_path: Option<String>,
+    web_config_file: Option<PathBuf>,
     #[serde(default, with = "humantime_serde_opt")]
     interval: Option<Duration>,
     #[serde(default, with = "humantime_serde_opt")]
@@ -330,6 +336,8 @@ pub struct AgentConfig {
     /// Where the HTTP server listens (at least one address).
     pub listen: Vec<SocketAddr>,
     pub telemetry_path: String,
+    /// `--web.config.file`.
+    pub web_config_file: Option<PathBuf>,
     pub detector: DetectorConfig,
     pub watch_ports: Vec<u16>,
     pub top_ports: usize,
@@ -569,6 +577,10 @@ impl RunArgs {
                 .clone()
                 .or(file.web_telemetry_path.clone())
                 .unwrap_or_else(|| DEFAULT_TELEMETRY_PATH.into()),
+            web_config_file: self
+                .web_config_file
+                .clone()
+                .or(file.web_config_file.clone()),
             detector,
             watch_ports: self
                 .watch_ports
@@ -693,7 +705,7 @@ mod tests {
     fn parse(args: &[&str]) -> Result<RunArgs, clap::Error> {
         let cli = Cli::try_parse_from(["scan-agent", "run"].iter().chain(args))?;
         match cli.command {
-            Command::Run(run) => Ok(run),
+            Command::Run(run) => Ok(*run),
             _ => unreachable!(),
         }
     }

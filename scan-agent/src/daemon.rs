@@ -109,6 +109,8 @@ pub async fn run(mut config: AgentConfig) -> Result<()> {
     // The state file first: a path that cannot be saved to, or a file that cannot be
     // restored, stops the agent before it attaches anything.
     state::check_writable(&config.state_file)?;
+    // The web config too: TLS or auth that cannot work stops the start.
+    let web_config = Arc::new(web::WebConfigSource::new(config.web_config_file.clone())?);
     let detector = match state::load(&config.state_file)? {
         Some(saved) => {
             log::info!("restored baselines from {}", config.state_file.display());
@@ -204,7 +206,13 @@ pub async fn run(mut config: AgentConfig) -> Result<()> {
         log::info!("serving http://{address}{telemetry_path}");
         listeners.push((address, listener));
     }
-    let mut server = tokio::spawn(web::serve(listeners, app, web::Limits::default(), counters));
+    let mut server = tokio::spawn(web::serve(
+        listeners,
+        app,
+        web::Limits::default(),
+        counters,
+        web_config,
+    ));
 
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;

@@ -12,6 +12,7 @@ pub mod links;
 pub mod monitoring;
 pub mod net;
 pub mod pcap;
+pub mod pki;
 pub mod testrun;
 pub mod tmux;
 

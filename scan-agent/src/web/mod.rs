@@ -8,6 +8,10 @@
 //! to a client that does not read) for longer than the idle timeout is closed; and at
 //! most [`Limits::max_connections`] are open: past that, the connection idle the
 //! longest makes room for the new one, so idle or slow clients cannot lock a scraper out.
+//! TLS, client certificates, basic auth and extra headers come from `--web.config.file`
+//! ([`tls`]), re-read on change.
+pub mod auth;
+pub mod tls;
 pub mod view;
 
 use std::{
@@ -35,6 +39,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tower_service::Service as _;
 
+pub use tls::{WebConfig, WebConfigError, WebConfigSource};
 pub use view::{ApiData, Published, View};
 
 /// Bounds on what one client can make the server hold.
@@ -140,13 +145,14 @@ pub async fn serve(
     app: Router,
     limits: Limits,
     counters: ServerCounters,
+    web: Arc<WebConfigSource>,
 ) -> anyhow::Result<()> {
     let connections = Arc::new(Connections::new(limits.max_connections, counters));
     let mut loops = tokio::task::JoinSet::new();
     for (address, listener) in listeners {
-        let (app, connections) = (app.clone(), connections.clone());
+        let (app, connections, web) = (app.clone(), connections.clone(), web.clone());
         loops.spawn(async move {
-            accept_loop(listener, app, connections, limits).await;
+            accept_loop(listener, app, connections, limits, web).await;
             address
         });
     }
@@ -162,6 +168,7 @@ async fn accept_loop(
     app: Router,
     connections: Arc<Connections>,
     limits: Limits,
+    web: Arc<WebConfigSource>,
 ) {
     loop {
         let stream = match listener.accept().await {
@@ -180,33 +187,57 @@ async fn accept_loop(
             continue;
         };
         let app = app.clone();
+        // Re-read first if the file or a certificate changed: the next connection
+        // gets the new version.
+        let config = web.current();
         tokio::spawn(async move {
             let _ = stream.set_nodelay(true);
-            serve_connection(TokioIo::new(stream), app, slot, limits).await;
+            let Some(tls) = config.tls.clone() else {
+                serve_connection(TokioIo::new(stream), app, slot, limits, config).await;
+                return;
+            };
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+            match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => {
+                    serve_connection(TokioIo::new(stream), app, slot, limits, config).await;
+                }
+                // Plain HTTP to the TLS port, a refused or missing client certificate,
+                // a scanner: refused; a debug line, as on a router these are common.
+                Ok(Err(e)) => log::debug!("TLS handshake refused: {e}"),
+                Err(_) => log::debug!("TLS handshake not done in time"),
+            }
         });
     }
 }
 
 /// Serves HTTP/1 on one connection (plain or TLS) until the client closes it, it
 /// breaks a limit, or it is evicted to make room.
-pub async fn serve_connection<I>(io: TokioIo<I>, app: Router, slot: SlotGuard, limits: Limits)
-where
+pub async fn serve_connection<I>(
+    io: TokioIo<I>,
+    app: Router,
+    slot: SlotGuard,
+    limits: Limits,
+    config: Arc<WebConfig>,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let slot_for_requests = slot.slot.clone();
     let service = hyper::service::service_fn(move |request| {
         let mut app = app.clone();
         let slot = slot_for_requests.clone();
+        let config = config.clone();
         async move {
             slot.set_busy(true);
-            let answer = AssertUnwindSafe(tokio::time::timeout(
-                limits.request_timeout,
-                app.call(request),
-            ))
+            let answer = AssertUnwindSafe(tokio::time::timeout(limits.request_timeout, async {
+                if !config.users.is_empty() && !config.users.allows(request.headers()).await {
+                    return Ok(unauthorized());
+                }
+                app.call(request).await
+            }))
             .catch_unwind()
             .await;
             slot.set_busy(false);
-            let response = match answer {
+            let mut response = match answer {
                 Ok(Ok(Ok(response))) => response,
                 Ok(Ok(Err(never))) => match never {},
                 Ok(Err(_elapsed)) => {
@@ -217,6 +248,9 @@ where
                     (StatusCode::INTERNAL_SERVER_ERROR, "internal error\n").into_response()
                 }
             };
+            for (name, value) in &config.headers {
+                response.headers_mut().insert(name.clone(), value.clone());
+            }
             Ok::<_, Infallible>(response)
         }
     });
@@ -248,6 +282,15 @@ where
             }
         }
     }
+}
+
+fn unauthorized() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Basic")],
+        "Unauthorized\n",
+    )
+        .into_response()
 }
 
 /// The open connections, for the cap: each has a slot saying whether a request is in
