@@ -11,7 +11,6 @@ use std::{
 
 use scan_agent::{
     api::Recent,
-    breadth::Breadth,
     detector::{Detector, DetectorConfig},
     web::{self, ApiData, Limits, Published, ServerCounters, View, WebConfigSource},
 };
@@ -50,7 +49,8 @@ fn view() -> View {
         telemetry_path: "/metrics".into(),
         api: ApiData {
             recent: Recent::new(config.interval),
-            breadth: Breadth::new(&config),
+            breadth: Default::default(),
+            prefixes: Default::default(),
             detector: Detector::new(config),
             ports: vec![0; 65536],
             exported: vec![],

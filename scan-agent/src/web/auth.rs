@@ -19,6 +19,9 @@ const CACHE_ENTRIES: usize = 1024;
 pub struct Users {
     hashes: BTreeMap<String, String>,
     cache: Mutex<HashMap<[u8; 32], bool>>,
+    /// For unknown users: a hash of the same cost as the configured ones, made on
+    /// first need.
+    dummy: OnceLock<String>,
 }
 
 impl Users {
@@ -45,6 +48,7 @@ impl Users {
         Ok(Self {
             hashes,
             cache: Mutex::new(HashMap::new()),
+            dummy: OnceLock::new(),
         })
     }
 
@@ -67,7 +71,7 @@ impl Users {
     fn check(&self, user: &str, password: &str) -> bool {
         let (hash, known) = match self.hashes.get(user) {
             Some(hash) => (hash.as_str(), true),
-            None => (dummy_hash(), false),
+            None => (self.dummy_hash(), false),
         };
         let mut key = ring::digest::Context::new(&ring::digest::SHA256);
         for part in [user, hash, password] {
@@ -95,17 +99,21 @@ impl Users {
         ok && known
     }
 
+    /// A hash to check unknown users against, as costly as the first user's.
+    fn dummy_hash(&self) -> &str {
+        self.dummy.get_or_init(|| {
+            let cost = self
+                .hashes
+                .values()
+                .find_map(|h| h.parse::<bcrypt::HashParts>().ok())
+                .map_or(bcrypt::DEFAULT_COST, |p| p.get_cost());
+            bcrypt::hash("scan-agent: no such user", cost).unwrap_or_default()
+        })
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], bool>> {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
-}
-
-/// A bcrypt hash no password matches in practice, for unknown users.
-fn dummy_hash() -> &'static str {
-    static DUMMY: OnceLock<String> = OnceLock::new();
-    DUMMY.get_or_init(|| {
-        bcrypt::hash("scan-agent: no such user", bcrypt::DEFAULT_COST).unwrap_or_default()
-    })
 }
 
 /// User and password of an `Authorization: Basic` header.
