@@ -15,6 +15,9 @@ pub struct Agent {
     child: Option<Child>,
     pub listen: SocketAddr,
     pub log: PathBuf,
+    /// For an agent with `--web.config.file`: curl's TLS and auth options (requests go
+    /// through curl over HTTPS instead of the plain client).
+    curl: Option<Vec<String>>,
 }
 
 /// A free loopback port (bound then released).
@@ -27,6 +30,17 @@ impl Agent {
     /// Should the thread that started it die without dropping it (a killed test or
     /// benchmark), the agent gets SIGTERM.
     pub fn start(binary: &Path, args: &[String], log: &Path) -> Result<Self> {
+        Self::start_with(binary, args, log, None)
+    }
+
+    /// [`Self::start`] for an agent serving HTTPS: `curl` holds curl's options for it
+    /// (e.g. `--cacert CA -u user:password`, or `--cert`/`--key` for mutual TLS).
+    pub fn start_with(
+        binary: &Path,
+        args: &[String],
+        log: &Path,
+        curl: Option<Vec<String>>,
+    ) -> Result<Self> {
         let listen: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let log_file = std::fs::File::create(log)?;
         let mut command = Command::new(binary);
@@ -52,6 +66,7 @@ impl Agent {
             child: Some(child),
             listen,
             log: log.to_path_buf(),
+            curl,
         };
         agent.wait_healthy(Duration::from_secs(30))?;
         Ok(agent)
@@ -68,7 +83,7 @@ impl Agent {
                     self.log_text()
                 );
             }
-            if let Ok((200, _)) = http::get(self.listen, "/healthz") {
+            if let Ok((200, _)) = self.get("/healthz") {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -79,12 +94,31 @@ impl Agent {
         )
     }
 
+    /// GET `path` from the agent: (status, body).
+    pub fn get(&self, path: &str) -> Result<(u16, String)> {
+        let Some(options) = &self.curl else {
+            return http::get(self.listen, path);
+        };
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "10", "-w", "\n%{http_code}"])
+            .args(options)
+            .arg(format!("https://{}{path}", self.listen))
+            .output()
+            .context("running curl")?;
+        if !out.status.success() {
+            bail!("curl: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let (body, code) = text.rsplit_once('\n').context("no status from curl")?;
+        Ok((code.trim().parse()?, body.to_string()))
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     pub fn metrics(&self) -> Result<String> {
-        let (status, body) = http::get(self.listen, "/metrics")?;
+        let (status, body) = self.get("/metrics")?;
         if status != 200 {
             bail!("/metrics answered {status}: {body}");
         }

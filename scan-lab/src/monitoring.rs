@@ -23,6 +23,18 @@ impl Monitoring {
     /// Starts both servers in `dir` (created). `rules` is a Prometheus rule file;
     /// `interval` is both the scrape and the rule evaluation interval.
     pub fn start(agent: SocketAddr, rules: &Path, dir: &Path, interval: &str) -> Result<Self> {
+        Self::start_with(agent, rules, dir, interval, "")
+    }
+
+    /// [`Self::start`] with `scrape` added to the agent's scrape job (YAML at the job's
+    /// indentation, e.g. `scheme: https`, `tls_config:` and `basic_auth:`).
+    pub fn start_with(
+        agent: SocketAddr,
+        rules: &Path,
+        dir: &Path,
+        interval: &str,
+        scrape: &str,
+    ) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
         let prometheus: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let alertmanager: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
@@ -39,7 +51,7 @@ impl Monitoring {
                 "global:\n  scrape_interval: {interval}\n  evaluation_interval: {interval}\n\
                  rule_files:\n  - {rules}\n\
                  alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['{alertmanager}']\n\
-                 scrape_configs:\n  - job_name: scan-agent\n    static_configs:\n      - targets: ['{agent}']\n",
+                 scrape_configs:\n  - job_name: scan-agent\n{scrape}    static_configs:\n      - targets: ['{agent}']\n",
                 rules = rules.display()
             ),
         )?;
@@ -106,6 +118,28 @@ impl Monitoring {
             }
         }
         Ok(())
+    }
+
+    /// The value of the instant `query` in Prometheus, if it returns a sample.
+    pub fn query(&self, query: &str) -> Result<Option<f64>> {
+        let encoded: String = query
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"_-.~".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        let (status, body) = http::get(self.prometheus, &format!("/api/v1/query?query={encoded}"))?;
+        if status != 200 {
+            bail!("prometheus answered {status}: {body}");
+        }
+        let json: serde_json::Value = serde_json::from_str(&body)?;
+        Ok(json["data"]["result"][0]["value"][1]
+            .as_str()
+            .and_then(|v| v.parse().ok()))
     }
 
     /// Alerts Alertmanager holds now (API v2).
