@@ -176,7 +176,11 @@ if boot "$here"; then
     fi
     mac=$(ns ip -o link show v0 | grep -o 'link/ether [0-9a-f:]*' | cut -d' ' -f2)
     ns python3 /run/sdtest/syn.py v1 "$mac" 445 100
-    sleep 1
+    # /metrics shows the last poll (every 5 s): wait up to three polls for the count.
+    for _ in $(seq 30); do
+      [[ $(metric 'scan_syn_packets_total{port="445"}') == 100 ]] && break
+      sleep 0.5
+    done
     attached=$(metric 'scan_agent_attached{hook="xdp",interface="v0",mode="native"}')
     syns=$(metric 'scan_syn_packets_total{port="445"}')
     if [[ $attached == 1 && $syns == 100 ]]; then
