@@ -268,6 +268,11 @@ impl CaptureReader {
         }
     }
 
+    /// The path (or name) the capture was opened with.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Packets read so far.
     pub fn packets(&self) -> u64 {
         self.packets

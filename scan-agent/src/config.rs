@@ -362,11 +362,17 @@ pub enum ConfigError {
 impl FileConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let bytes = input::read_regular(path, input::CONFIG, MAX_CONFIG_BYTES)?;
-        let text = String::from_utf8(bytes).map_err(|e| ConfigError::Parse {
+        Self::parse(path, &bytes)
+    }
+
+    /// Parses the bytes of a config file (`path` names it in errors): the loader's
+    /// whole parser, whatever the bytes (a fuzz target feeds it arbitrary input).
+    pub fn parse(path: &Path, bytes: &[u8]) -> Result<Self, ConfigError> {
+        let text = std::str::from_utf8(bytes).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
             message: format!("it is not UTF-8 text ({e}); a config file is TOML text"),
         })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
             message: e.to_string(),
         })
@@ -549,6 +555,11 @@ impl RunArgs {
             Some(path) => FileConfig::load(path)?,
             None => FileConfig::default(),
         };
+        self.resolve_with(file)
+    }
+
+    /// Flags over `file` over defaults, validated.
+    pub fn resolve_with(&self, file: FileConfig) -> Result<AgentConfig, ConfigError> {
         let detector = resolve_detector(&self.detector, &file)?;
         let interfaces = if self.iface.is_empty() {
             file.iface.clone().unwrap_or_default()

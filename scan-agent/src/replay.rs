@@ -436,6 +436,43 @@ pub fn replay(path: &Path, detector: Option<DetectorConfig>) -> Result<ReplayRep
         path: path.to_path_buf(),
         source: Box::new(source),
     })?;
+    replay_frames(&sensor, reader, first, detector)
+}
+
+/// Replays `reader` through an already loaded `sensor` (private maps). What it reports
+/// is counted from the counters' values when it starts, so one loaded program serves
+/// many captures (the mutated-capture campaign replays thousands; loading and
+/// verifying the program for each would dominate).
+pub fn replay_with(
+    sensor: &Sensor,
+    reader: CaptureReader,
+    detector: Option<DetectorConfig>,
+) -> Result<ReplayReport, ReplayError> {
+    replay_frames(sensor, reader, None, detector)
+}
+
+/// [`replay_with`], after a `first` frame already read from `reader`.
+fn replay_frames(
+    sensor: &Sensor,
+    mut reader: CaptureReader,
+    first: Option<(Duration, Vec<u8>)>,
+    detector: Option<DetectorConfig>,
+) -> Result<ReplayReport, ReplayError> {
+    if let Some(config) = &detector {
+        config.validate()?;
+    }
+    let path = reader.path().to_path_buf();
+    let path = path.as_path();
+    let counters_error = |source| ReplayError::Counters {
+        path: path.to_path_buf(),
+        source: Box::new(source),
+    };
+    let mut ports_before = vec![0u64; PORTS as usize];
+    sensor.read_ports(&mut ports_before);
+    let classes_before = sensor.read_classes().map_err(counters_error)?;
+    let misses_before = sensor.sketch_misses();
+    // Whatever an earlier replay that stopped at an error left in the sketch slots.
+    Sketches::default().take(sensor);
     let mut clock = detector.map(CaptureClock::new);
     let mut sketches = Sketches::default();
     let mut packets = 0u64;
@@ -448,7 +485,7 @@ pub fn replay(path: &Path, detector: Option<DetectorConfig>) -> Result<ReplayRep
         let (timestamp, frame) = next?;
         packets += 1;
         if let Some(clock) = &mut clock {
-            clock.advance_to(&sensor, &mut sketches, timestamp);
+            clock.advance_to(sensor, &mut sketches, timestamp);
         }
         if frame.len() < MIN_RUN_FRAME {
             skipped_short_frames += 1;
@@ -463,15 +500,15 @@ pub fn replay(path: &Path, detector: Option<DetectorConfig>) -> Result<ReplayRep
                 len: frame.len(),
                 source: Box::new(source),
             })?;
-        sketches.ran(&sensor);
+        sketches.ran(sensor);
         if let Some(clock) = &mut clock {
             clock.dirty = true;
         }
     }
     let surges = clock
-        .map(|clock| clock.finish(&sensor, &mut sketches))
+        .map(|clock| clock.finish(sensor, &mut sketches))
         .unwrap_or_default();
-    sketches.take(&sensor);
+    sketches.take(sensor);
     let estimate = |d: &Distinct| d.estimate().round() as u64;
     let sources = sketches
         .total
@@ -487,22 +524,22 @@ pub fn replay(path: &Path, detector: Option<DetectorConfig>) -> Result<ReplayRep
     sensor.read_ports(&mut counts);
     let ports = counts
         .iter()
+        .zip(&ports_before)
+        .map(|(&after, &before)| after.wrapping_sub(before))
         .enumerate()
-        .filter(|&(_, &n)| n != 0)
-        .map(|(port, &n)| (port as u16, n))
+        .filter(|&(_, n)| n != 0)
+        .map(|(port, n)| (port as u16, n))
         .collect();
-    let classes = sensor
-        .read_classes()
-        .map_err(|source| ReplayError::Counters {
-            path: path.to_path_buf(),
-            source: Box::new(source),
-        })?;
+    let mut classes = sensor.read_classes().map_err(counters_error)?;
+    for (after, before) in classes.0.iter_mut().zip(classes_before.0) {
+        *after = after.wrapping_sub(before);
+    }
     Ok(ReplayReport {
         packets,
         ports,
         sources,
         targets,
-        sketch_misses: sensor.sketch_misses(),
+        sketch_misses: sensor.sketch_misses().wrapping_sub(misses_before),
         classes,
         surges,
         skipped_short_frames,

@@ -6,6 +6,7 @@
 //! the namespace has no route out. The agent runs in the root namespace on the
 //! root-side end of the pair (an `ip netns exec` would hide /sys/fs/bpf).
 pub mod agent;
+pub mod campaign;
 pub mod frames;
 pub mod http;
 pub mod links;
