@@ -436,23 +436,15 @@ pub fn replay(path: &Path, detector: Option<DetectorConfig>) -> Result<ReplayRep
         path: path.to_path_buf(),
         source: Box::new(source),
     })?;
-    replay_frames(&sensor, reader, first, detector)
+    replay_with(&sensor, reader, first, detector)
 }
 
 /// Replays `reader` through an already loaded `sensor` (private maps). What it reports
 /// is counted from the counters' values when it starts, so one loaded program serves
 /// many captures (the mutated-capture campaign replays thousands; loading and
 /// verifying the program for each would dominate).
+/// `first` is a frame already read from `reader` (to learn its link kind), if any.
 pub fn replay_with(
-    sensor: &Sensor,
-    reader: CaptureReader,
-    detector: Option<DetectorConfig>,
-) -> Result<ReplayReport, ReplayError> {
-    replay_frames(sensor, reader, None, detector)
-}
-
-/// [`replay_with`], after a `first` frame already read from `reader`.
-fn replay_frames(
     sensor: &Sensor,
     mut reader: CaptureReader,
     first: Option<(Duration, Vec<u8>)>,

@@ -8,7 +8,7 @@
 //! itself, so it can put a wrong value in any field), then some files also get
 //! byte-level damage (bit flips, cuts, inserted noise).
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap, hash_map::Entry},
     panic::AssertUnwindSafe,
     path::{Path, PathBuf},
     time::{Duration, Instant},
@@ -19,7 +19,7 @@ use scan_agent::{
     capture::{CaptureReader, MAX_FRAME},
     detector::DetectorConfig,
     replay::replay_with,
-    sensor::Sensor,
+    sensor::{Hook, LinkKind, Sensor},
 };
 
 use crate::frames::{Rng, corpus};
@@ -430,10 +430,8 @@ fn damage_bytes(rng: &mut Rng, bytes: &mut Vec<u8>) -> &'static str {
 /// `time_limit` is kept there, the rest are removed.
 pub fn run(files: u64, seed: u64, dir: &Path, time_limit: Duration) -> Result<CampaignReport> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let sensor = Sensor::load(None).context(
-        "loading the XDP program (the campaign replays through it: root, or CAP_BPF + \
-         CAP_NET_ADMIN)",
-    )?;
+    // One loaded program per link kind, as replay would load for each capture.
+    let mut sensors: HashMap<LinkKind, Sensor> = HashMap::new();
     let mut sources: Vec<(Duration, Vec<u8>)> = corpus::web_traffic(seed).frames;
     sources.extend(corpus::masscan_sweep(seed).frames.into_iter().take(200));
     let mut rng = Rng::new(seed);
@@ -452,8 +450,17 @@ pub fn run(files: u64, seed: u64, dir: &Path, time_limit: Duration) -> Result<Ca
         std::fs::write(&path, &bytes).with_context(|| format!("writing {}", path.display()))?;
         let t0 = Instant::now();
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            let reader = CaptureReader::open(&path)?;
-            replay_with(&sensor, reader, Some(DetectorConfig::default()))
+            let mut reader = CaptureReader::open(&path)?;
+            let first = reader.next_frame().transpose()?;
+            let kind = reader.link_kind().unwrap_or(LinkKind::Ethernet);
+            let sensor = match sensors.entry(kind) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => e.insert(Sensor::unattached(Hook::Xdp, kind).context(
+                    "loading the XDP program (the campaign replays through it: root, or \
+                     CAP_BPF + CAP_NET_ADMIN)",
+                )?),
+            };
+            replay_with(sensor, reader, first, Some(DetectorConfig::default()))
                 .map_err(anyhow::Error::from)
         }));
         let took = t0.elapsed();
