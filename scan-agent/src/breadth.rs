@@ -11,7 +11,10 @@
 //! Baselines are exponentially weighted averages of those window counts over time,
 //! with the detector's own weighting ([`step_weight`], [`debiased_gain`]; time constant
 //! `baseline_window`), so they read "distinct sources in a normal short window".
-//! No surge guard: a surge of an hour moves a six-hour baseline by at most a sixth.
+//! The detector's surge guard too: once past the warm-up, a port whose count is at least
+//! `surge_threshold` times its baseline (both plus [`FLOOR`]) moves its baseline with
+//! the slow gain `1 - exp(-dt / surge_adapt_window)`, so a worm does not teach itself in
+//! as the normal number of sources while it spreads.
 //!
 //! Only ports with a kernel slot are tracked (see `scan_common::SKETCH_SLOTS`); a port
 //! whose window is empty has its slot freed (returned by [`Breadth::step`]) and keeps
@@ -26,6 +29,10 @@ use crate::{
     sensor::PortSketches,
     sketch::Distinct,
 };
+
+/// Added to counts and baselines in the guard's ratio (and in the shipped
+/// `PortScanDistributed` rule): a port with almost no sources is not "surging" on a few.
+pub const FLOOR: f64 = 5.0;
 
 /// Sources and targets of one port, as the metrics and the API show them.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -56,6 +63,11 @@ struct PortBreadth {
 pub struct Breadth {
     window_intervals: usize,
     baseline_window: Duration,
+    surge_adapt_window: Duration,
+    surge_threshold: f64,
+    warmup: Duration,
+    /// Accepted history (sum of step lengths), for the warm-up.
+    history: Duration,
     last_now: Option<Duration>,
     baseline_weight: f64,
     ports: HashMap<u16, PortBreadth>,
@@ -71,6 +83,10 @@ impl Breadth {
         Self {
             window_intervals,
             baseline_window: config.baseline_window,
+            surge_adapt_window: config.surge_adapt_window,
+            surge_threshold: config.surge_threshold,
+            warmup: config.warmup,
+            history: Duration::ZERO,
             last_now: None,
             baseline_weight: 0.0,
             ports: HashMap::new(),
@@ -99,6 +115,18 @@ impl Breadth {
         } else {
             0.0
         };
+        self.history += Duration::from_secs_f64(dt);
+        let guard_gain = if self.history >= self.warmup {
+            step_weight(dt, self.surge_adapt_window).min(gain)
+        } else {
+            gain
+        };
+        let threshold = self.surge_threshold;
+        let learn = |value: f64, baseline: &mut f64| {
+            let surging = (value + FLOOR) / (*baseline + FLOOR) >= threshold;
+            let gain = if surging { guard_gain } else { gain };
+            *baseline += gain * (value - *baseline);
+        };
         let mut taken: HashMap<u16, (Distinct, Distinct)> = taken
             .into_iter()
             .map(|p| (p.port, (p.sources, p.targets)))
@@ -122,8 +150,8 @@ impl Breadth {
             let status = &mut entry.status;
             status.sources = sources.estimate();
             status.targets = targets.estimate();
-            status.sources_baseline += gain * (status.sources - status.sources_baseline);
-            status.targets_baseline += gain * (status.targets - status.targets_baseline);
+            learn(status.sources, &mut status.sources_baseline);
+            learn(status.targets, &mut status.targets_baseline);
             let empty = sources.is_empty() && targets.is_empty();
             if empty && entry.intervals.len() == window {
                 idle.push(port);
@@ -252,5 +280,17 @@ mod tests {
         assert!((surge.sources / 600.0 - 1.0).abs() < 0.05, "{surge:?}");
         assert!(surge.sources_baseline < 10.0, "{surge:?}");
         assert_eq!(surge.targets, 2.0);
+        // An hour more of it: the guard keeps the baseline far below the surge (the
+        // ordinary one-hour learning would have taken it past 350).
+        for k in 12..732u32 {
+            b.step(
+                Duration::from_secs(t),
+                vec![interval(445, 1000 + 50 * k..1050 + 50 * k, 2)],
+            );
+            t += 5;
+        }
+        let later = b.status(445).unwrap();
+        assert!(later.sources_baseline < 80.0, "{later:?}");
+        assert!((later.targets_baseline - 2.0).abs() < 1e-6, "{later:?}");
     }
 }

@@ -311,6 +311,70 @@ impl Lab {
         self.in_namespace(move || send_syns(addr, count, Some(rate)))?
     }
 
+    /// Adds addresses to the host end (`host`) and to the namespace's end (`peer`), each
+    /// in the lab's own subnets (the caller's duty), IPv6 without duplicate detection.
+    /// They go with the pair when the lab is dropped.
+    pub fn add_addresses(&self, host: &[IpAddr], peer: &[IpAddr]) -> Result<()> {
+        let batch = |dev: &str, addresses: &[IpAddr]| -> String {
+            addresses
+                .iter()
+                .map(|a| match a {
+                    IpAddr::V4(a) => format!("addr add {a}/24 dev {dev}\n"),
+                    IpAddr::V6(a) => format!("addr add {a}/64 dev {dev} nodad\n"),
+                })
+                .collect()
+        };
+        for (namespace, dev, addresses) in [
+            (None, &self.host_if, host),
+            (Some(&self.namespace), &self.peer_if, peer),
+        ] {
+            if addresses.is_empty() {
+                continue;
+            }
+            let mut cmd = Command::new("ip");
+            if let Some(ns) = namespace {
+                cmd.args(["-n", ns]);
+            }
+            let mut child = cmd
+                .args(["-batch", "-"])
+                .stdin(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .context("running ip -batch (iproute2)")?;
+            let mut stdin = child.stdin.take().context("ip -batch stdin")?;
+            io::Write::write_all(&mut stdin, batch(dev, addresses).as_bytes())?;
+            drop(stdin);
+            let out = child.wait_with_output()?;
+            if !out.status.success() {
+                bail!(
+                    "ip -batch on {dev}: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// One SYN per `(source, target)` pair to `port`, at `rate` per second, from the
+    /// namespace: a non-blocking connect from a socket bound to `source` (an address of
+    /// the namespace, see [`Lab::add_addresses`]), closed at once so the SYN is never
+    /// retransmitted. Returns the SYNs sent.
+    pub fn syns_from(&self, pairs: Vec<(IpAddr, IpAddr)>, port: u16, rate: f64) -> Result<u32> {
+        self.in_namespace(move || {
+            let started = Instant::now();
+            let mut sent = 0;
+            for (i, (source, target)) in pairs.into_iter().enumerate() {
+                let due = started + Duration::from_secs_f64(i as f64 / rate);
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                one_syn(source, SocketAddr::new(target, port))?;
+                sent += 1;
+            }
+            Ok(sent)
+        })?
+    }
+
     /// A listener on the host end (root namespace) that accepts and closes.
     pub fn listen(&self, port: u16) -> Result<TcpListener> {
         let listener = TcpListener::bind((self.host_v4, port))
@@ -323,6 +387,74 @@ impl Lab {
         });
         Ok(listener)
     }
+}
+
+/// `sockaddr_storage` and its length for `addr`.
+fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: all-zero is a valid sockaddr_storage.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(*a.ip()).to_be(),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+            unsafe { std::ptr::write((&raw mut storage).cast(), sin) };
+            size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: 0,
+            };
+            // SAFETY: as above, for sockaddr_in6.
+            unsafe { std::ptr::write((&raw mut storage).cast(), sin6) };
+            size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}
+
+/// Sends one SYN from `source` to `target` (see [`Lab::syns_from`]).
+fn one_syn(source: IpAddr, target: SocketAddr) -> Result<()> {
+    let family = if target.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain socket(2); the fd is closed below on every path.
+    let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0) };
+    if fd < 0 {
+        bail!("socket: {}", io::Error::last_os_error());
+    }
+    let result = (|| {
+        let (local, local_len) = sockaddr(SocketAddr::new(source, 0));
+        // SAFETY: a valid sockaddr of the given length.
+        if unsafe { libc::bind(fd, (&raw const local).cast(), local_len) } != 0 {
+            bail!("bind {source}: {}", io::Error::last_os_error());
+        }
+        let (remote, remote_len) = sockaddr(target);
+        // SAFETY: as above.
+        let rc = unsafe { libc::connect(fd, (&raw const remote).cast(), remote_len) };
+        let error = io::Error::last_os_error();
+        if rc != 0 && error.raw_os_error() != Some(libc::EINPROGRESS) {
+            bail!("connect {source} -> {target}: {error}");
+        }
+        Ok(())
+    })();
+    // SAFETY: closes the fd opened above.
+    unsafe { libc::close(fd) };
+    result
 }
 
 /// Bounded: at most `count` connections, each with a 2 s timeout.
