@@ -5,8 +5,8 @@ use crate::{
     config::CheckArgs,
     daemon::default_route_interface,
     sensor::{
-        AttachRequest, HookChoice, LinkKind, ModeChoice, Sensor, link_kind, link_type_name,
-        on_bpffs,
+        AttachRequest, HookChoice, LinkKind, ModeChoice, MultiprogChoice, Sensor, link_kind,
+        link_type_name, on_bpffs,
     },
 };
 
@@ -199,6 +199,8 @@ fn check_interface(interface: &str, try_attach: Option<ModeChoice>) -> Finding {
     let request = AttachRequest {
         hook: HookChoice::Xdp,
         xdp_mode: mode,
+        // The driver's XDP support alone, not a dispatcher left on the interface.
+        multiprog: MultiprogChoice::Off,
     };
     let result = Sensor::load(None)
         .map_err(|e| e.to_string())

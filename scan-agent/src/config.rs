@@ -12,7 +12,7 @@ use serde::Deserialize;
 use crate::{
     detector::{ConfigError as DetectorConfigError, DetectorConfig},
     input::{self, InputError},
-    sensor::{HookChoice, ModeChoice},
+    sensor::{HookChoice, ModeChoice, MultiprogChoice},
 };
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9745";
@@ -127,6 +127,11 @@ pub struct RunArgs {
     /// (Linux >= 6.6) [default: auto]
     #[arg(long, value_enum)]
     pub attach: Option<HookChoice>,
+    /// on: XDP through a libxdp dispatcher (join the interface's, or make one that
+    /// xdp-filter, xdp-loader and other libxdp users can join); off: XDP alone on
+    /// the hook [default: on]
+    #[arg(long, value_enum)]
+    pub xdp_multiprog: Option<MultiprogChoice>,
     /// One port map per interface instead of one shared by all (costs
     /// possible CPUs x 512 KiB of kernel memory per interface)
     #[arg(long)]
@@ -249,6 +254,7 @@ pub struct FileConfig {
     iface: Option<Vec<String>>,
     xdp_mode: Option<ModeChoice>,
     attach: Option<HookChoice>,
+    xdp_multiprog: Option<MultiprogChoice>,
     per_interface_ports: Option<bool>,
     #[serde(alias = "listen")]
     web_listen_address: Option<Vec<SocketAddr>>,
@@ -332,6 +338,7 @@ pub struct AgentConfig {
     pub interfaces: Vec<String>,
     pub xdp_mode: ModeChoice,
     pub attach: HookChoice,
+    pub xdp_multiprog: MultiprogChoice,
     pub per_interface_ports: bool,
     /// Where the HTTP server listens (at least one address).
     pub listen: Vec<SocketAddr>,
@@ -570,6 +577,10 @@ impl RunArgs {
             interfaces,
             xdp_mode: self.xdp_mode.or(file.xdp_mode).unwrap_or_default(),
             attach: self.attach.or(file.attach).unwrap_or_default(),
+            xdp_multiprog: self
+                .xdp_multiprog
+                .or(file.xdp_multiprog)
+                .unwrap_or_default(),
             per_interface_ports: self.per_interface_ports
                 || file.per_interface_ports.unwrap_or(false),
             listen: if self.listen.is_empty() {

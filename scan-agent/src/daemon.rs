@@ -131,6 +131,7 @@ pub async fn run(mut config: AgentConfig) -> Result<()> {
     let request = AttachRequest {
         hook: config.attach,
         xdp_mode: config.xdp_mode,
+        multiprog: config.xdp_multiprog,
     };
     for interface in &config.interfaces {
         let a = sensor.attach(interface, request, config.keep_attached)?;

@@ -7,6 +7,7 @@ pub mod check;
 pub mod config;
 pub mod daemon;
 pub mod detector;
+pub mod dispatcher;
 pub mod docs;
 pub mod input;
 pub mod metrics;

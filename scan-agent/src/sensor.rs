@@ -18,8 +18,8 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Map, MapData, MapInfo, MapType, PerCpuArray, RingBuf},
     programs::{
-        LinkOrder, ProgramError, SchedClassifier, TcAttachType, TestRun as _, TestRunOptions, Xdp,
-        XdpMode,
+        Extension, LinkOrder, ProgramError, SchedClassifier, TcAttachType, TestRun as _,
+        TestRunOptions, Xdp, XdpMode,
         links::{FdLink, LinkError, PinnedLink},
         tc::{SchedClassifierLink, SchedClassifierLinkId, TcAttachOptions},
         xdp::{XdpLink, XdpLinkId},
@@ -31,7 +31,7 @@ use scan_common::{
     SourceSample, program_name, sketch_slot_home,
 };
 
-use crate::{sketch::Distinct, xdp_hook};
+use crate::{dispatcher, sketch::Distinct, xdp_hook};
 pub use scan_common::{Hook, LinkKind};
 
 /// The XDP program, built by `build.rs` from `scan-ebpf` and embedded.
@@ -113,6 +113,11 @@ pub enum SensorError {
          65534, ppp 512, tunnels 768/769/776/778/823, rawip 519)"
     )]
     UnsupportedLink { interface: String, arphrd: u32 },
+    #[error("libxdp dispatcher on {interface}: {source}")]
+    Dispatcher {
+        interface: String,
+        source: Box<crate::dispatcher::DispatcherError>,
+    },
     #[error("cannot read the XDP hook of {interface} through netlink: {source}")]
     Netlink {
         interface: String,
@@ -242,11 +247,24 @@ pub enum HookChoice {
     Tc,
 }
 
+/// What `--xdp-multiprog` asks for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MultiprogChoice {
+    /// XDP through a libxdp dispatcher: join the one on the interface, or make one
+    /// that others (xdp-filter, xdp-loader) can join later.
+    #[default]
+    On,
+    /// XDP alone on the hook (a bpf_link no other program can share).
+    Off,
+}
+
 /// How to attach: the hook, the XDP mode and whether to share the XDP hook.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AttachRequest {
     pub hook: HookChoice,
     pub xdp_mode: ModeChoice,
+    pub multiprog: MultiprogChoice,
 }
 
 /// An interface the program is attached to.
@@ -258,11 +276,16 @@ pub struct Attachment {
     pub kind: LinkKind,
     /// Whether the link was adopted from a pin left by an earlier run.
     pub adopted: bool,
+    /// A component of a libxdp dispatcher (mode is then the dispatcher's).
+    pub dispatcher: bool,
 }
 
 impl Attachment {
     /// The `hook` label of `scan_agent_attached`.
     pub fn hook_name(&self) -> &'static str {
+        if self.dispatcher {
+            return "xdp_dispatcher";
+        }
         match self.mode {
             AttachMode::Native | AttachMode::Skb => "xdp",
             AttachMode::Tcx => "tcx",
@@ -444,6 +467,10 @@ pub struct PortSketches {
 enum OwnedLink {
     Xdp(XdpLinkId),
     Tc(SchedClassifierLinkId),
+    /// A component of the interface's libxdp dispatcher (pinned in its directory).
+    Dispatcher {
+        ifindex: u32,
+    },
 }
 
 /// One load of the program: one entry point, its own class counters.
@@ -459,6 +486,14 @@ struct Instance {
     ports: Option<PortCounterView>,
     /// The link this process owns and detaches at stop (not kept ones).
     owned: Option<OwnedLink>,
+}
+
+/// Where an interface's program goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route {
+    Xdp,
+    Dispatcher,
+    Tc,
 }
 
 /// The loaded program instances and their maps.
@@ -796,7 +831,22 @@ impl Sensor {
         hook: Hook,
         kind: LinkKind,
     ) -> Result<Instance, SensorError> {
+        self.load_instance_as(interface, hook, kind, false)
+    }
+
+    /// With `extension`, the XDP program is left unloaded as an `Extension`, to be
+    /// loaded against a libxdp dispatcher.
+    fn load_instance_as(
+        &mut self,
+        interface: Option<&str>,
+        hook: Hook,
+        kind: LinkKind,
+        extension: bool,
+    ) -> Result<Instance, SensorError> {
         let mut loader = EbpfLoader::new();
+        if extension {
+            loader.extension(program_name(hook, kind));
+        }
         loader.map_max_entries(PORT_SYNS_MAP, port_entries(self.cpus));
         let debug = u32::from(self.debug);
         loader.override_global(DEBUG_GLOBAL, &debug, true);
@@ -817,6 +867,7 @@ impl Sensor {
             .map_err(|e| SensorError::Load(Box::new(e)))?;
         let name = program_name(hook, kind);
         let loaded = match hook {
+            Hook::Xdp if extension => Ok(()),
             Hook::Xdp => xdp_mut(&mut ebpf, name).load(),
             Hook::Tc => tc_mut(&mut ebpf, name).load(),
         };
@@ -911,7 +962,31 @@ impl Sensor {
         let (mut instance, mode, link, adopted) = match self.adopt_pinned_link(interface, kind)? {
             Some((instance, mode, link)) => (instance, mode, link, true),
             None => {
-                let hook = self.choose_hook(interface, request.hook)?;
+                let mut route = self.choose_route(interface, request)?;
+                if route == Route::Dispatcher {
+                    match self.attach_dispatcher(interface, kind, request.xdp_mode, keep) {
+                        Ok(attachment) => return Ok(attachment),
+                        // Only when the hook is free (a dispatcher that is there is
+                        // never replaced): XDP alone, as libxdp falls back too.
+                        Err(SensorError::Dispatcher { source, .. })
+                            if matches!(*source, dispatcher::DispatcherError::NoFreplace(_))
+                                && xdp_hook::query(ifindex(interface)?)
+                                    .is_ok_and(|h| h.is_none()) =>
+                        {
+                            log::warn!(
+                                "{interface}: {source}; attaching XDP alone (other programs \
+                                 cannot join it; --xdp-multiprog=off says so up front)"
+                            );
+                            route = Route::Xdp;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                let hook = if route == Route::Tc {
+                    Hook::Tc
+                } else {
+                    Hook::Xdp
+                };
                 let mut instance = self.load_instance(Some(interface), hook, kind)?;
                 let (mode, link) = match hook {
                     Hook::Xdp => {
@@ -937,32 +1012,119 @@ impl Sensor {
             mode,
             kind,
             adopted,
+            dispatcher: false,
         };
         self.attachments.push(attachment.clone());
         Ok(attachment)
     }
 
-    /// XDP or TCX for `interface`: never takes an XDP hook another program holds.
-    fn choose_hook(&self, interface: &str, choice: HookChoice) -> Result<Hook, SensorError> {
-        if choice == HookChoice::Tc {
-            return Ok(Hook::Tc);
+    /// Joins (or makes) the interface's libxdp dispatcher; a component the agent
+    /// left there with --keep-attached is replaced in the same atomic swap.
+    fn attach_dispatcher(
+        &mut self,
+        interface: &str,
+        kind: LinkKind,
+        choice: ModeChoice,
+        keep: bool,
+    ) -> Result<Attachment, SensorError> {
+        let index = ifindex(interface)?;
+        let modes: &[Option<bool>] = match choice {
+            ModeChoice::Auto => &[Some(false), Some(true)],
+            ModeChoice::Native => &[Some(false)],
+            ModeChoice::Skb => &[Some(true)],
+        };
+        let mut last_error = None;
+        for &skb in modes {
+            let mut instance = self.load_instance_as(Some(interface), Hook::Xdp, kind, true)?;
+            let name = program_name(Hook::Xdp, kind);
+            let extension: &mut Extension = instance
+                .ebpf
+                .program_mut(name)
+                .and_then(|p| p.try_into().ok())
+                .expect("the embedded object has the XDP programs (checked at build)");
+            match dispatcher::update(index, skb, Some(extension)) {
+                Err(e @ dispatcher::DispatcherError::NoFreplace(_)) => {
+                    return Err(SensorError::Dispatcher {
+                        interface: interface.to_string(),
+                        source: Box::new(e),
+                    });
+                }
+                Ok(skb) => {
+                    if !keep {
+                        instance.owned = Some(OwnedLink::Dispatcher { ifindex: index });
+                    }
+                    self.instances.push(instance);
+                    let attachment = Attachment {
+                        interface: interface.to_string(),
+                        mode: if skb {
+                            AttachMode::Skb
+                        } else {
+                            AttachMode::Native
+                        },
+                        kind,
+                        adopted: false,
+                        dispatcher: true,
+                    };
+                    self.attachments.push(attachment.clone());
+                    return Ok(attachment);
+                }
+                Err(e) => {
+                    if choice == ModeChoice::Auto && skb == Some(false) {
+                        log::warn!(
+                            "a native-mode dispatcher on {interface} was refused ({e}); trying \
+                             SKB (generic) mode"
+                        );
+                    }
+                    last_error = Some(SensorError::Dispatcher {
+                        interface: interface.to_string(),
+                        source: Box::new(e),
+                    });
+                }
+            }
         }
+        Err(last_error.expect("at least one mode is tried"))
+    }
+
+    /// XDP (alone or through a libxdp dispatcher) or TCX for `interface`: never
+    /// takes an XDP hook another program holds.
+    fn choose_route(&self, interface: &str, request: AttachRequest) -> Result<Route, SensorError> {
+        if request.hook == HookChoice::Tc {
+            return Ok(Route::Tc);
+        }
+        let multiprog = request.multiprog == MultiprogChoice::On;
         let index = ifindex(interface)?;
         let holder = xdp_hook::query(index).map_err(|source| SensorError::Netlink {
             interface: interface.to_string(),
             source,
         })?;
         let Some(holder) = holder else {
-            return Ok(Hook::Xdp);
+            return Ok(if multiprog {
+                Route::Dispatcher
+            } else {
+                Route::Xdp
+            });
         };
+        let shared =
+            dispatcher::is_dispatcher(holder.prog_id).map_err(|e| SensorError::Dispatcher {
+                interface: interface.to_string(),
+                source: Box::new(e),
+            })?;
+        if shared && multiprog {
+            return Ok(Route::Dispatcher);
+        }
         let name = program_name_by_id(holder.prog_id);
-        if choice == HookChoice::Auto {
+        let what = if shared {
+            "a libxdp dispatcher (--xdp-multiprog=off does not join it)"
+        } else {
+            "not a libxdp dispatcher"
+        };
+        if request.hook == HookChoice::Auto {
             log::warn!(
-                "{interface}: the XDP hook is held by another program (id {}, {name}) that is \
-                 not a libxdp dispatcher; attaching at TCX ingress instead, beside it",
+                "{interface}: the XDP hook is held by another program (id {}, {name}), {what}; \
+                 attaching at TCX ingress instead, beside it",
                 holder.prog_id
             );
-            return Ok(Hook::Tc);
+            return Ok(Route::Tc);
         }
         Err(SensorError::ForeignXdp {
             interface: interface.to_string(),
@@ -1037,6 +1199,8 @@ impl Sensor {
             .ok_or_else(|| keep_error("no --pin-path".into()))?;
         let name = program_name(instance.hook, instance.kind);
         let fd_link = match link {
+            // Pinned in the dispatcher's directory already.
+            OwnedLink::Dispatcher { .. } => return Ok(()),
             OwnedLink::Xdp(id) => {
                 let link = xdp_mut(&mut instance.ebpf, name)
                     .take_link(id)
@@ -1072,6 +1236,16 @@ impl Sensor {
             let result = match link {
                 OwnedLink::Xdp(id) => xdp_mut(&mut instance.ebpf, name).detach(id),
                 OwnedLink::Tc(id) => tc_mut(&mut instance.ebpf, name).detach(id),
+                OwnedLink::Dispatcher { ifindex } => {
+                    // A new dispatcher without the agent's component; the others stay.
+                    if let Err(e) = dispatcher::update(ifindex, None, None) {
+                        return Err(SensorError::Dispatcher {
+                            interface,
+                            source: Box::new(e),
+                        });
+                    }
+                    Ok(())
+                }
             };
             result.map_err(|source| SensorError::Detach {
                 interface: interface.clone(),

@@ -379,3 +379,61 @@ fn syns_written_into_a_tun_device_are_counted_from_the_ip_header() {
         agent.stop(libc::SIGTERM).unwrap();
     }
 }
+
+fn run_tool(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("{program} does not run ({e}): `cargo xtask setup` installs xdp-tools")
+        });
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{program} {args:?} failed:\n{text}");
+    text
+}
+
+/// xdp-filter (xdp-tools 1.3.1, libxdp) on the lab veth, then the agent with
+/// `--attach auto`: the agent joins libxdp's dispatcher where the kernel allows
+/// freplace, and takes TCX ingress beside it where libxdp had to load xdp-filter
+/// alone (this test machine refuses freplace programs with EPERM, libxdp's own
+/// compatibility check included). Either way xdp-filter keeps the hook and still
+/// drops what it is told to, the agent counts every SYN it passes, and stopping the
+/// agent leaves xdp-filter as it was.
+#[test]
+fn xdp_filter_keeps_working_and_the_agent_counts_what_it_passes() {
+    let lab = Lab::create_quiet().expect("creating the lab (needs root and network namespaces)");
+    let i = lab.host_if.clone();
+    let scratch = scratch("xdp-filter");
+    run_tool("xdp-filter", &["load", &i]);
+    run_tool("xdp-filter", &["port", "445", "--mode", "dst"]);
+    let filter = xdp_prog_id(&i).expect("xdp-filter is on the hook");
+    let mut agent = start(&i, &scratch, &["--attach", "auto"], "agent");
+    let status = run_tool("xdp-loader", &["status", &i]);
+    assert!(status.contains("xdpfilt"), "{status}");
+    let per_port = BTreeMap::from([(445, 8), (80, 5)]);
+    lab.inject(syn_frames(&lab, &per_port)).unwrap();
+    let metrics = agent.metrics_after_poll().unwrap();
+    let shared = attached(&metrics, &i, "xdp_dispatcher");
+    let tcx = attached(&metrics, &i, "tcx");
+    assert_eq!(shared + tcx, 1.0, "{metrics}");
+    if shared == 1.0 {
+        assert!(status.contains("scan_xdp"), "{status}");
+    }
+    // xdp-filter dropped the 445 SYNs before the agent saw them; the 80 ones passed.
+    assert_eq!(port(&metrics, 445), 0.0, "{metrics}");
+    assert_eq!(port(&metrics, 80), 5.0, "{metrics}");
+    agent.stop(libc::SIGTERM).unwrap();
+    let status = run_tool("xdp-loader", &["status", &i]);
+    assert!(
+        !status.contains("scan_xdp") && status.contains("xdpfilt"),
+        "agent stopped: {status}"
+    );
+    if tcx == 1.0 {
+        assert_eq!(xdp_prog_id(&i), Some(filter), "xdp-filter untouched");
+    }
+    run_tool("xdp-filter", &["unload", &i]);
+}

@@ -12,7 +12,7 @@ use std::{path::Path, time::Duration};
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::programs::XdpMode;
-use scan_agent::sensor::{AttachRequest, HookChoice, ModeChoice, Sensor};
+use scan_agent::sensor::{AttachRequest, HookChoice, ModeChoice, MultiprogChoice, Sensor};
 use scan_common::PORTS;
 use scan_lab::Lab;
 
@@ -156,6 +156,7 @@ impl Active {
                 let request = AttachRequest {
                     hook: HookChoice::Xdp,
                     xdp_mode: mode,
+                    multiprog: MultiprogChoice::Off,
                 };
                 sensor.attach(&lab.host_if, request, false)?;
                 Active::Ours(Box::new(sensor))

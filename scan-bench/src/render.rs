@@ -51,6 +51,7 @@ pub fn run(iterations: usize) -> Result<RenderResults> {
         mode: AttachMode::Native,
         kind: LinkKind::Ethernet,
         adopted: false,
+        dispatcher: false,
     }];
     let breadth = scan_agent::breadth::Breadth::new(detector.config());
     let measure = |watch: &[u16], top: usize| -> Result<RenderFigures> {

@@ -33,6 +33,10 @@ const TOOL_PACKAGES: &[&str] = &[
     "tmux",
     // cargo xtask package: the .deb is checked with lintian.
     "lintian",
+    // libxdp's dispatcher object (xdp-dispatcher.o), and xdp-filter / xdp-loader for
+    // the lab test of sharing the XDP hook.
+    "libxdp1",
+    "xdp-tools",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
