@@ -11,6 +11,11 @@
 // - The same runtime debug switch (an ARRAY of one u32 read on every packet), but
 //   no aya-log behind it: with the switch off, as in every benchmark, the log
 //   path never runs in either program.
+// - Built with -DSKETCH (scan-bench's c_reference_sketch), it also keeps the distinct
+//   sources and targets per port exactly as scan-ebpf's sketch module does: the same
+//   slot layout (scan_common::SketchSlot), hashes, probing, exact list and register
+//   update. The sampling branch is the same test of the slot's budget; its ring-buffer
+//   write is left out (benchmarks run with every budget 0, so neither program takes it).
 // Classes and their numbers are those of scan_common::PacketClass.
 //
 // Built by scan-bench with `clang-22 -O2 -g -target bpf -c`; self-contained
@@ -104,6 +109,129 @@ struct {
 #define TCP_FLAG_SYN 0x02
 #define TCP_FLAG_ACK 0x10
 
+#ifdef SKETCH
+#define SKETCH_SLOTS 512
+#define SKETCH_PROBES 8
+#define SKETCH_EXACT 16
+#define SKETCH_REGISTERS 4096
+#define BPF_F_MMAPABLE (1U << 10)
+
+struct sketch {
+	__u32 exact_len;
+	__u32 exact[SKETCH_EXACT];
+	__u8 registers[SKETCH_REGISTERS];
+};
+
+struct slot {
+	__u32 port;
+	__u32 misses;
+	__u32 sample_budget;
+	__u32 pad;
+	struct sketch sources;
+	struct sketch targets;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, SKETCH_SLOTS);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct slot);
+} REF_SKETCHES SEC(".maps");
+
+static __always_inline __u64 mix64(__u64 x)
+{
+	x ^= x >> 33;
+	x *= 0xff51afd7ed558ccdULL;
+	x ^= x >> 33;
+	x *= 0xc4ceb9fe1a85ec53ULL;
+	x ^= x >> 33;
+	return x;
+}
+
+static __always_inline __u32 be32(const __u8 *p)
+{
+	__u32 v;
+	__builtin_memcpy(&v, p, 4);
+	return __builtin_bswap32(v);
+}
+
+static __always_inline __u64 be64(const __u8 *p)
+{
+	__u64 v;
+	__builtin_memcpy(&v, p, 8);
+	return __builtin_bswap64(v);
+}
+
+static __always_inline __u64 hash_v4(__u32 a)
+{
+	return mix64((__u64)a | 0x4000000000000000ULL);
+}
+
+static __always_inline __u64 hash_v6(__u64 high, __u64 low)
+{
+	return mix64(high ^ mix64(low ^ 0x6000000000000006ULL));
+}
+
+static __always_inline void insert(struct sketch *s, __u64 h)
+{
+	__u32 fingerprint = h >> 32;
+	__u32 len = s->exact_len;
+	if (len <= SKETCH_EXACT) {
+		for (__u32 i = 0; i < SKETCH_EXACT; i++) {
+			if (i >= len)
+				break;
+			if (s->exact[i] == fingerprint)
+				return;
+		}
+		if (len < SKETCH_EXACT) {
+			s->exact[len & (SKETCH_EXACT - 1)] = fingerprint;
+			s->exact_len = len + 1;
+		} else {
+			s->exact_len = SKETCH_EXACT + 1;
+		}
+	}
+	__u32 index = h >> 52;
+	__u8 rank = __builtin_clzll((h << 12) | (1ULL << 11)) + 1;
+	if (s->registers[index] < rank)
+		s->registers[index] = rank;
+}
+
+static __always_inline struct slot *slot_of(__u32 port)
+{
+	__u32 tag = port + 1;
+	__u32 home = (__u32)mix64((__u64)port | 0x5000000000000000ULL) & (SKETCH_SLOTS - 1);
+#pragma clang loop unroll(full)
+	for (__u32 probe = 0; probe < SKETCH_PROBES; probe++) {
+		__u32 key = (home + probe) & (SKETCH_SLOTS - 1);
+		struct slot *s = bpf_map_lookup_elem(&REF_SKETCHES, &key);
+		if (!s)
+			return 0;
+		if (s->port == tag)
+			return s;
+		if (s->port == 0) {
+			s->port = tag;
+			return s;
+		}
+	}
+	struct slot *s = bpf_map_lookup_elem(&REF_SKETCHES, &home);
+	if (s)
+		s->misses++;
+	return 0;
+}
+
+static __always_inline void sketch(__u32 port, __u64 source, __u64 target)
+{
+	struct slot *s = slot_of(port);
+	if (!s)
+		return;
+	insert(&s->sources, source);
+	insert(&s->targets, target);
+	if (s->sample_budget)
+		s->sample_budget--;
+}
+#endif
+
 static __always_inline void bump(__u32 class)
 {
 	__u64 *counter = bpf_map_lookup_elem(&REF_CLASSES, &class);
@@ -117,7 +245,9 @@ static __always_inline __u16 be16(const __u8 *p)
 }
 
 // Returns the outcome class; sets *port for a SYN (SYN set, ACK clear).
-static __always_inline __u32 tcp(__u8 *p, __u8 *end, __u32 *port)
+// With SKETCH, a SYN's address hashes go to hashes[0] (source) and hashes[1] (target).
+static __always_inline __u32 tcp(__u8 *p, __u8 *end, __u32 *port, __u8 *ip, int v6,
+				 __u64 *hashes)
 {
 	if (p + TCP_HLEN > end)
 		return TRUNCATED;
@@ -127,12 +257,22 @@ static __always_inline __u32 tcp(__u8 *p, __u8 *end, __u32 *port)
 	if (p + header_len > end)
 		return TRUNCATED;
 	__u8 flags = p[13];
-	if ((flags & TCP_FLAG_SYN) && !(flags & TCP_FLAG_ACK))
+	if ((flags & TCP_FLAG_SYN) && !(flags & TCP_FLAG_ACK)) {
 		*port = be16(p + 2);
+#ifdef SKETCH
+		if (v6) {
+			hashes[0] = hash_v6(be64(ip + 8), be64(ip + 16));
+			hashes[1] = hash_v6(be64(ip + 24), be64(ip + 32));
+		} else {
+			hashes[0] = hash_v4(be32(ip + 12));
+			hashes[1] = hash_v4(be32(ip + 16));
+		}
+#endif
+	}
 	return TCP;
 }
 
-static __always_inline __u32 ipv4(__u8 *p, __u8 *end, __u32 *port)
+static __always_inline __u32 ipv4(__u8 *p, __u8 *end, __u32 *port, __u64 *hashes)
 {
 	if (p + IPV4_HLEN > end)
 		return TRUNCATED;
@@ -145,13 +285,14 @@ static __always_inline __u32 ipv4(__u8 *p, __u8 *end, __u32 *port)
 		return LATER_FRAGMENT;
 	if (p[9] != IPPROTO_TCP)
 		return NON_TCP;
-	return tcp(p + header_len, end, port);
+	return tcp(p + header_len, end, port, p, 0, hashes);
 }
 
-static __always_inline __u32 ipv6(__u8 *p, __u8 *end, __u32 *port)
+static __always_inline __u32 ipv6(__u8 *p, __u8 *end, __u32 *port, __u64 *hashes)
 {
 	if (p + IPV6_HLEN > end)
 		return TRUNCATED;
+	__u8 *ip = p;
 	if ((p[0] >> 4) != 6)
 		return BAD_HEADER;
 	__u8 next_header = p[6];
@@ -161,7 +302,7 @@ static __always_inline __u32 ipv6(__u8 *p, __u8 *end, __u32 *port)
 		__u8 current = next_header;
 		switch (current) {
 		case IPPROTO_TCP:
-			return tcp(p, end, port);
+			return tcp(p, end, port, ip, 1, hashes);
 		case IPV6_HOPOPTS:
 		case IPV6_ROUTING:
 		case IPV6_DSTOPTS:
@@ -194,7 +335,7 @@ static __always_inline __u32 ipv6(__u8 *p, __u8 *end, __u32 *port)
 	return HEADER_LIMIT;
 }
 
-static __always_inline __u32 classify(struct xdp_md *ctx, __u32 *port)
+static __always_inline __u32 classify(struct xdp_md *ctx, __u32 *port, __u64 *hashes)
 {
 	__u8 *data = (__u8 *)(long)ctx->data;
 	__u8 *end = (__u8 *)(long)ctx->data_end;
@@ -217,11 +358,11 @@ static __always_inline __u32 classify(struct xdp_md *ctx, __u32 *port)
 	}
 	if (ether_type == ETH_P_IP) {
 		bump(IPV4);
-		return ipv4(p, end, port);
+		return ipv4(p, end, port, hashes);
 	}
 	if (ether_type == ETH_P_IPV6) {
 		bump(IPV6);
-		return ipv6(p, end, port);
+		return ipv6(p, end, port, hashes);
 	}
 	return NON_IP;
 }
@@ -230,13 +371,17 @@ SEC("xdp")
 int ref_syn_counter(struct xdp_md *ctx)
 {
 	__u32 port = PORTS; // none
+	__u64 hashes[2] = {0, 0};
 	bump(SEEN);
-	bump(classify(ctx, &port));
+	bump(classify(ctx, &port, hashes));
 	if (port < PORTS) {
 		bump(SYN);
 		__u64 *counter = bpf_map_lookup_elem(&REF_PORT_SYNS, &port);
 		if (counter)
 			*counter += 1;
+#ifdef SKETCH
+		sketch(port, hashes[0], hashes[1]);
+#endif
 	}
 	__u32 zero = 0;
 	__u32 *debug = bpf_map_lookup_elem(&REF_CONFIG, &zero);

@@ -31,17 +31,20 @@ pub fn clang() -> String {
 pub struct CObjects {
     pub pass: PathBuf,
     pub reference: PathBuf,
+    /// The reference built with `-DSKETCH`: the same sketch work as ours.
+    pub reference_sketch: PathBuf,
 }
 
 /// Compiles bench/*.c with `clang -O2 -g -target bpf -c` into `out_dir`.
 pub fn build(source_dir: &Path, out_dir: &Path) -> Result<CObjects> {
     std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    let compile = |source: &str| -> Result<PathBuf> {
+    let compile = |source: &str, defines: &[&str], object: &str| -> Result<PathBuf> {
         let src = source_dir.join(source);
-        let obj = out_dir.join(source.replace(".c", ".o"));
+        let obj = out_dir.join(object);
         proc::run(
             Command::new(clang())
                 .args(["-O2", "-g", "-target", "bpf", "-c"])
+                .args(defines)
                 .arg(&src)
                 .arg("-o")
                 .arg(&obj),
@@ -51,8 +54,9 @@ pub fn build(source_dir: &Path, out_dir: &Path) -> Result<CObjects> {
         Ok(obj)
     };
     Ok(CObjects {
-        pass: compile(PASS_SOURCE)?,
-        reference: compile(REFERENCE_SOURCE)?,
+        pass: compile(PASS_SOURCE, &[], "xdp_pass.o")?,
+        reference: compile(REFERENCE_SOURCE, &[], "syn_counter.o")?,
+        reference_sketch: compile(REFERENCE_SOURCE, &["-DSKETCH"], "syn_counter_sketch.o")?,
     })
 }
 

@@ -21,7 +21,15 @@ use crate::{
 
 const XDP_PASS: u32 = 2;
 
-pub const PROGRAMS: [&str; 3] = ["ours", "empty", "c_reference"];
+/// `ours` and `c_reference` keep the distinct-address sketches (ours as shipped); the
+/// `_no_sketch` variants are the same programs without them.
+pub const PROGRAMS: [&str; 5] = [
+    "ours",
+    "ours_no_sketch",
+    "empty",
+    "c_reference",
+    "c_reference_no_sketch",
+];
 
 pub struct Settings {
     pub repeat: u32,
@@ -83,11 +91,27 @@ pub fn run(settings: &Settings, objects: Result<&CObjects, String>) -> Result<Te
             Sensor::unattached(Hook::Xdp, LinkKind::Ethernet).context("loading our program")?,
         )),
     ));
+    programs.push((
+        "ours_no_sketch",
+        Program::Ours(Box::new(
+            Sensor::unattached_with(Hook::Xdp, LinkKind::Ethernet, false)
+                .context("loading our program without sketches")?,
+        )),
+    ));
     match objects {
         Ok(objects) => {
             for (name, path, program) in [
                 ("empty", &objects.pass, cprog::PASS_PROGRAM),
-                ("c_reference", &objects.reference, cprog::REFERENCE_PROGRAM),
+                (
+                    "c_reference",
+                    &objects.reference_sketch,
+                    cprog::REFERENCE_PROGRAM,
+                ),
+                (
+                    "c_reference_no_sketch",
+                    &objects.reference,
+                    cprog::REFERENCE_PROGRAM,
+                ),
             ] {
                 match XdpObject::load(path, program) {
                     Ok(object) => programs.push((name, Program::C(object))),
