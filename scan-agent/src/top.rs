@@ -4,13 +4,13 @@
 //! plain table for scripts. Fits 80x24; without colour (NO_COLOR, TERM=dumb) flagged
 //! ports are still marked in text and sparklines use ASCII.
 //!
-//! TLS and authentication: the agent serves plain HTTP for now, so `--url` takes
-//! `http://` only; once the agent's `--web.config.file` (TLS, basic auth) exists, this
-//! client needs the same options a scraper has (CA file, client certificate, user and
-//! password file).
+//! An agent with `--web.config.file` (TLS, client certificates, basic auth) is read over
+//! `https://` with the options a scraper has: a CA file, a client certificate and key, a
+//! user and a password file.
 use std::{
     io::IsTerminal as _,
     ops::RangeInclusive,
+    path::PathBuf,
     str::FromStr,
     time::{Duration, Instant},
 };
@@ -50,6 +50,23 @@ pub struct TopArgs {
     /// (key `/` changes it). Single ports are shown even when not exported.
     #[arg(long)]
     pub port: Option<PortFilter>,
+    /// CA certificate(s), PEM, that signed the agent's certificate (https:// only;
+    /// default: the Mozilla roots)
+    #[arg(long, value_name = "PATH")]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate, PEM, for an agent that requires one (with --key)
+    #[arg(long, value_name = "PATH", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// Private key of --cert, PEM
+    #[arg(long, value_name = "PATH", requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// User for HTTP basic auth (with --password-file)
+    #[arg(long, requires = "password_file")]
+    pub user: Option<String>,
+    /// File holding the basic-auth password (one line; not on the command line, where
+    /// other users could see it)
+    #[arg(long, value_name = "PATH", requires = "user")]
+    pub password_file: Option<PathBuf>,
 }
 
 /// Row order.
@@ -146,29 +163,95 @@ impl PortFilter {
 struct Client {
     agent: ureq::Agent,
     base: String,
+    /// `Authorization` header value for basic auth.
+    authorization: Option<String>,
+}
+
+fn read(path: &PathBuf, what: &str) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("reading the {what} {}", path.display()))
+}
+
+/// Every certificate in a PEM file; an error names the file when there is none.
+fn certificates(path: &PathBuf, what: &str) -> Result<Vec<ureq::tls::Certificate<'static>>> {
+    let pem = read(path, what)?;
+    let certs: Vec<_> = ureq::tls::parse_pem(&pem)
+        .filter_map(|item| match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+            _ => None,
+        })
+        .collect();
+    if certs.is_empty() {
+        bail!("{}: no PEM certificate in this {what}", path.display());
+    }
+    Ok(certs)
 }
 
 impl Client {
-    fn new(url: &str) -> Result<Self> {
+    fn new(args: &TopArgs) -> Result<Self> {
+        use base64::Engine as _;
+        use ureq::tls::{ClientCert, PrivateKey, RootCerts, TlsConfig};
+
+        let url = args.url.as_str();
         let base = url.trim_end_matches('/').to_string();
-        if base.starts_with("https://") {
-            bail!("{url}: the agent serves plain HTTP (no TLS yet); use http://")
+        let https = base.starts_with("https://");
+        if !https && !base.starts_with("http://") {
+            bail!("{url}: not an http:// or https:// URL; use e.g. http://127.0.0.1:9745")
         }
-        if !base.starts_with("http://") {
-            bail!("{url}: not an http:// URL; use e.g. http://127.0.0.1:9745")
+        if !https && (args.ca_file.is_some() || args.cert.is_some()) {
+            bail!("--ca-file and --cert are for an agent serving TLS: use an https:// --url")
         }
+        let mut tls = TlsConfig::builder();
+        if let Some(ca) = &args.ca_file {
+            tls = tls.root_certs(RootCerts::new_with_certs(&certificates(ca, "CA file")?));
+        }
+        if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
+            let chain = certificates(cert, "client certificate")?;
+            let key = PrivateKey::from_pem(&read(key, "client key")?)
+                .map_err(|e| anyhow::anyhow!("{}: not a PEM private key: {e}", key.display()))?;
+            tls = tls.client_cert(Some(ClientCert::new_with_certs(&chain, key)));
+        }
+        let authorization = match (&args.user, &args.password_file) {
+            (Some(user), Some(file)) => {
+                let password = String::from_utf8(read(file, "password file")?)
+                    .with_context(|| format!("{}: the password is not UTF-8", file.display()))?;
+                let password = password.trim_end_matches(['\n', '\r']);
+                let token =
+                    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+                Some(format!("Basic {token}"))
+            }
+            _ => None,
+        };
         let agent = ureq::Agent::config_builder()
             .timeout_global(Some(Duration::from_secs(3)))
+            .tls_config(tls.build())
             .build()
             .into();
-        Ok(Self { agent, base })
+        Ok(Self {
+            agent,
+            base,
+            authorization,
+        })
     }
 
     fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T> {
         let url = format!("{}{path}", self.base);
-        let mut response = self.agent.get(&url).call().with_context(|| {
-            format!("GET {url}: is the agent running and is this its --listen address?")
-        })?;
+        let mut request = self.agent.get(&url);
+        if let Some(authorization) = &self.authorization {
+            request = request.header("Authorization", authorization);
+        }
+        let mut response = match request.call() {
+            Ok(response) => response,
+            Err(ureq::Error::StatusCode(401)) => bail!(
+                "GET {url}: 401 Unauthorized: give the agent's basic-auth --user and --password-file"
+            ),
+            Err(ureq::Error::StatusCode(code)) => bail!("GET {url}: HTTP status {code}"),
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "GET {url}: is the agent running, is this its --listen address, and \
+                     for TLS, does --ca-file hold the CA of its certificate?"
+                )));
+            }
+        };
         let body = response
             .body_mut()
             .read_to_string()
@@ -517,7 +600,7 @@ impl App {
 
 /// `scan-agent top`.
 pub fn run(args: TopArgs) -> Result<()> {
-    let client = Client::new(&args.url)?;
+    let client = Client::new(&args)?;
     if args.once {
         let data = client.fetch(args.port.as_ref())?;
         print!(

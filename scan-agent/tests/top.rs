@@ -242,3 +242,121 @@ fn top_in_a_terminal_shows_the_surge_sorts_filters_and_quits_cleanly() {
     })
     .unwrap();
 }
+
+/// `top --once` against an agent serving TLS with a required client certificate and
+/// basic auth: with the scraper's options it reads the table; without the CA, with a
+/// wrong password or without the client certificate it fails saying why.
+#[test]
+fn top_reads_an_agent_over_mutual_tls_with_basic_auth() {
+    use scan_lab::pki::{Pki, bcrypt_hash};
+    let lab = Lab::create().expect("creating the lab (needs root and network namespaces)");
+    let scratch = Scratch::new("top-tls", AGENT.as_ref()).expect("scratch directories");
+    let pki = Pki::new(&scratch.dir, "top").expect("test CA");
+    let server = pki.server("agent").expect("server certificate");
+    let client = pki
+        .client("top", "top.example")
+        .expect("client certificate");
+    let path = |p: &std::path::Path| p.display().to_string();
+    let web_config = scratch.file("web.yml");
+    std::fs::write(
+        &web_config,
+        format!(
+            "tls_server_config:\n  cert_file: {}\n  key_file: {}\n  \
+             client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: {}\n\
+             basic_auth_users:\n  operator: '{}'\n",
+            path(&server.cert),
+            path(&server.key),
+            path(&pki.ca),
+            bcrypt_hash("s3cret").unwrap()
+        ),
+    )
+    .unwrap();
+    let password = scratch.file("password");
+    std::fs::write(&password, "s3cret\n").unwrap();
+    let wrong = scratch.file("wrong");
+    std::fs::write(&wrong, "guess\n").unwrap();
+    let mut args: Vec<String> = ["--iface", &lab.host_if, "--interval", "1s"]
+        .map(String::from)
+        .to_vec();
+    args.extend(scratch.agent_args());
+    args.extend(["--web.config.file".into(), path(&web_config)]);
+    let curl = [
+        "--cacert",
+        &path(&pki.ca),
+        "--cert",
+        &path(&client.cert),
+        "--key",
+        &path(&client.key),
+        "-u",
+        "operator:s3cret",
+    ]
+    .map(String::from)
+    .to_vec();
+    let agent = Agent::start_with(
+        AGENT.as_ref(),
+        &args,
+        &scratch.file("agent.log"),
+        Some(curl),
+    )
+    .expect("agent serving TLS");
+    lab.syns(false, 445, 7).unwrap();
+    let url = format!("https://{}", agent.listen);
+    let top = |extra: &[&str]| {
+        let out = Command::new(AGENT)
+            .args(["top", "--once", "--url", &url])
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let ca = path(&pki.ca);
+    let cert = path(&client.cert);
+    let key = path(&client.key);
+    let good_password = path(&password);
+    let all = [
+        "--ca-file",
+        &ca,
+        "--cert",
+        &cert,
+        "--key",
+        &key,
+        "--user",
+        "operator",
+        "--password-file",
+        &good_password,
+    ];
+    // The API renders the last poll: wait for the one that saw the 7 SYNs.
+    let started = Instant::now();
+    loop {
+        let (ok, out, err) = top(&all);
+        assert!(ok, "top over mutual TLS with basic auth: {out}{err}");
+        assert!(
+            out.lines().nth(1).unwrap_or_default().starts_with("  PORT"),
+            "{out}"
+        );
+        if out.contains(" 7 SYNs") {
+            break;
+        }
+        assert!(started.elapsed() < WAIT, "7 SYNs not shown: {out}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    let (ok, _, err) = top(&all[2..]);
+    assert!(!ok && err.contains("--ca-file"), "without the CA: {err}");
+    let wrong_password = path(&wrong);
+    let mut with_wrong = all.to_vec();
+    with_wrong[9] = &wrong_password;
+    let (ok, _, err) = top(&with_wrong);
+    assert!(!ok && err.contains("401"), "wrong password: {err}");
+    let (ok, _, err) = top(&[&all[..2], &all[6..]].concat());
+    assert!(
+        !ok && err.contains("error:"),
+        "without the client certificate: {err}"
+    );
+    let (ok, _, err) = top(&["--cert", &cert]);
+    assert!(!ok && err.contains("--key"), "--cert without --key: {err}");
+}
