@@ -1,4 +1,5 @@
-//! Project tasks: `cargo xtask setup|run|test|package|fuzz|bench`.
+//! Project tasks: `cargo xtask setup|run|test|package|fuzz|fuzz-inputs|capture-campaign|bench`.
+mod fuzz_inputs;
 mod package;
 mod setup;
 
@@ -46,6 +47,24 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
+    /// Coverage-guided fuzzing (cargo-fuzz, nightly) of the pcap/pcapng reader, the
+    /// state loader and the config parser: seeds and kept corpus first, then N seconds
+    /// per target; reports executions and crashes.
+    FuzzInputs {
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only these targets (capture, state, config); repeat for several.
+        #[arg(long)]
+        target: Vec<String>,
+    },
+    /// The mutated-capture campaign: damaged pcap/pcapng files through replay (release
+    /// build); fails on any panic, a file over 5 s or a peak RSS over 64 MiB.
+    CaptureCampaign {
+        #[arg(long, default_value_t = 10_000)]
+        files: u64,
+        #[arg(long, default_value_t = 14)]
+        seed: u64,
+    },
     /// Run the differential parser test on many frames (release build).
     Fuzz {
         #[arg(long, default_value_t = 5_000_000)]
@@ -89,6 +108,17 @@ fn main() -> Result<()> {
                 c.arg("--quick");
             }
             run(&mut c)
+        }
+        Task::FuzzInputs { seconds, target } => fuzz_inputs::fuzz_inputs(seconds, &target),
+        Task::CaptureCampaign { files, seed } => {
+            setup::setup()?;
+            require_root("the campaign replays through the real XDP program")?;
+            run(cmd("cargo")
+                .args(["run", "--release", "-p", "scan-lab", "--bin"])
+                .args(["scan-lab-capture-campaign", "--", "--files"])
+                .arg(files.to_string())
+                .arg("--seed")
+                .arg(seed.to_string()))
         }
         Task::Fuzz { frames, seed } => {
             setup::setup()?;
@@ -138,6 +168,11 @@ fn test() -> Result<()> {
     let mut tests = cmd("cargo");
     tests.args(["test", "--workspace", "--exclude", "scan-ebpf"]);
     steps.push(("tests", tests));
+    // Coverage-guided fuzzing, briefly: the seeds and kept corpus as regressions, then
+    // a few seconds per target (`cargo xtask fuzz-inputs --seconds 600` for a campaign).
+    let mut fuzz = cmd("cargo");
+    fuzz.args(["xtask", "fuzz-inputs", "--seconds", "5"]);
+    steps.push(("fuzz targets (smoke run)", fuzz));
     let mut deploy = cmd("bash");
     deploy.arg("deploy/check.sh");
     steps.push(("deploy kit checks", deploy));
@@ -304,7 +339,7 @@ fn run_counting(c: &mut Command, counts: &mut TestCounts) -> Result<ExitStatus> 
     Ok(child.wait()?)
 }
 
-fn status(c: &mut Command) -> Result<ExitStatus> {
+pub fn status(c: &mut Command) -> Result<ExitStatus> {
     c.status().with_context(|| format!("starting {c:?}"))
 }
 
