@@ -53,6 +53,11 @@ METRICS = {
     "scan_agent_ports_exported",
     "scan_agent_ports_left_out",
     "scan_agent_state_save_errors_total",
+    "scan_agent_state_restore_failures_total",
+    "scan_agent_count_resets_total",
+    "scan_agent_clock_steps_total",
+    "scan_agent_reattaches_total",
+    "scan_agent_syns_without_slot_total",
     "scan_agent_build_info",
 }
 HISTOGRAMS = {"scan_agent_poll_duration_seconds"}

@@ -191,10 +191,10 @@ if boot "$here"; then
     sleep 2
     ns systemctl stop scan-agent
     status=$(ns systemctl show -p ExecMainStatus --value scan-agent)
-    if [[ $status == 0 ]] && ns test -s /var/lib/scan-agent/state.json; then
-      result OK "shipped unit: systemctl stop -> exit status 0, state file /var/lib/scan-agent/state.json written"
+    if [[ $status == 0 ]] && ns test -s /var/lib/scan-agent/state.bin; then
+      result OK "shipped unit: systemctl stop -> exit status 0, state file /var/lib/scan-agent/state.bin written"
     else
-      result FAIL "shipped unit: systemctl stop -> exit status $status (want 0), state file $(ns test -s /var/lib/scan-agent/state.json && echo present || echo missing)"
+      result FAIL "shipped unit: systemctl stop -> exit status $status (want 0), state file $(ns test -s /var/lib/scan-agent/state.bin && echo present || echo missing)"
       agent_log 3
     fi
     ns systemctl start scan-agent

@@ -19,7 +19,7 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:9745";
 pub const DEFAULT_TELEMETRY_PATH: &str = "/metrics";
 /// Paths the agent serves besides the telemetry path.
 pub const RESERVED_PATHS: &[&str] = &["/", "/healthz", "/api/v1/ports"];
-pub const DEFAULT_STATE_FILE: &str = "/var/lib/scan-agent/state.json";
+pub const DEFAULT_STATE_FILE: &str = "/var/lib/scan-agent/state.bin";
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/scan-agent";
 /// Ports scanned most often (DShield/GreyNoise top lists: remote shells, file
 /// sharing, databases, remote desktops, web admin): always exported.
@@ -166,7 +166,7 @@ pub struct RunArgs {
     #[arg(long, value_parser = parse_duration)]
     pub export_hold: Option<Duration>,
     /// Where baselines are saved (atomically) and restored from [default:
-    /// /var/lib/scan-agent/state.json]
+    /// /var/lib/scan-agent/state.bin]
     #[arg(long)]
     pub state_file: Option<PathBuf>,
     /// How often the state file is written, besides at shutdown [default: 2m]

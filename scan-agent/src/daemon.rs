@@ -14,7 +14,8 @@ use crate::{
     api::Recent,
     breadth::Breadth,
     config::AgentConfig,
-    detector::Detector,
+    detector::{Detector, DetectorState, StepOutcome},
+    interfaces, limits,
     metrics::{Metrics, Snapshot},
     prefixes::{Prefixes, SAMPLES_PER_SECOND},
     sensor::{AttachRequest, LinkKind, Sensor},
@@ -41,6 +42,11 @@ struct Shared {
     /// Class counters per attached interface.
     classes: Vec<(String, ClassCounts)>,
     last_error: Option<String>,
+    /// Interfaces (by index) whose attach failed, so the failure is logged once.
+    attach_failures: Vec<u32>,
+    /// The first poll resumes instead of stepping: the time since the state was saved
+    /// was not observed (no kept link was adopted).
+    resume_first: bool,
 }
 
 /// Only the poll task (polls and saves) takes this lock; HTTP renders from the
@@ -106,25 +112,32 @@ pub async fn run(mut config: AgentConfig) -> Result<()> {
         log::info!("no --iface given: using {iface}, the default route's interface");
         config.interfaces.push(iface);
     }
-    // The state file first: a path that cannot be saved to, or a file that cannot be
-    // restored, stops the agent before it attaches anything.
+    // The state file first: a path that cannot be saved to stops the agent before it
+    // attaches anything (issue 14); a file that cannot be restored is moved aside and
+    // learning starts afresh (issue 10).
     state::check_writable(&config.state_file)?;
     // The web config too: TLS or auth that cannot work stops the start.
     let web_config = Arc::new(web::WebConfigSource::new(config.web_config_file.clone())?);
-    let detector = match state::load(&config.state_file)? {
-        Some(saved) => {
-            log::info!("restored baselines from {}", config.state_file.display());
-            Detector::restore(config.detector.clone(), saved)
-        }
-        None => {
-            log::info!(
-                "no state file at {}: learning baselines from scratch (warm-up {})",
-                config.state_file.display(),
-                humantime::format_duration(config.detector.warmup)
-            );
-            Detector::new(config.detector.clone())
-        }
-    };
+    let self_metrics = Metrics::new().context("registering metrics")?;
+    let saved = restore_state(&config, &self_metrics);
+
+    // Every listener before anything touches the kernel: a taken port leaves the
+    // interfaces and bpffs untouched (issue 10).
+    let telemetry_path = config.telemetry_path.clone();
+    let mut listeners = Vec::new();
+    for &address in &config.listen {
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on {address}: is another agent running? choose another \
+                     --web.listen-address"
+                )
+            })?;
+        listeners.push((address, listener));
+    }
+
+    limits::raise_memlock();
     let mut sensor = Sensor::load(Some(&config.pin_path))?;
     sensor.set_debug(config.debug_program);
     sensor.set_per_interface_ports(config.per_interface_ports);
@@ -133,32 +146,34 @@ pub async fn run(mut config: AgentConfig) -> Result<()> {
         xdp_mode: config.xdp_mode,
         multiprog: config.xdp_multiprog,
     };
-    for interface in &config.interfaces {
-        let a = sensor.attach(interface, request, config.keep_attached)?;
-        log::info!(
-            "attached to {} ({} link: parsed from the {} header) at {} in {} mode{}{}",
-            a.interface,
-            match a.kind {
-                LinkKind::Ethernet => "Ethernet",
-                LinkKind::RawIp => "L3",
-            },
-            match a.kind {
-                LinkKind::Ethernet => "Ethernet",
-                LinkKind::RawIp => "IP",
-            },
-            a.hook_name(),
-            a.mode,
-            if a.adopted {
-                " (adopted the link kept by the previous run)"
-            } else {
-                ""
-            },
-            if config.keep_attached {
-                "; it stays attached when the agent stops"
-            } else {
-                ""
-            },
-        );
+    // Attach: the first thing that touches an interface. A configured interface that
+    // does not exist yet is attached when it appears (see `reattach`).
+    let mut all_adopted = true;
+    let present = interfaces::present();
+    for pattern in &config.interfaces {
+        let matching: Vec<&interfaces::Present> = present
+            .iter()
+            .filter(|p| interfaces::matches(pattern, &p.name))
+            .collect();
+        if matching.is_empty() {
+            all_adopted = false;
+            log::warn!(
+                "no interface {} {pattern} yet: the program is attached when one appears",
+                if interfaces::is_pattern(pattern) {
+                    "matches"
+                } else {
+                    "named"
+                }
+            );
+        }
+        for p in matching {
+            if sensor.attachments().iter().any(|a| a.ifindex == p.index) {
+                continue;
+            }
+            let a = sensor.attach(&p.name, request, config.keep_attached)?;
+            all_adopted &= a.adopted;
+            log_attached(&a, config.keep_attached);
+        }
     }
     if let Some(n) = sensor.verified_instructions() {
         log::info!("program loaded: the verifier processed {n} instructions");
@@ -166,12 +181,34 @@ pub async fn run(mut config: AgentConfig) -> Result<()> {
     for logger in sensor.loggers() {
         forward_program_logs(logger);
     }
-    let listen = config.listen.clone();
-    let telemetry_path = config.telemetry_path.clone();
+    let mut resume_first = false;
+    let detector = match saved {
+        Some(saved) => {
+            if all_adopted {
+                log::info!(
+                    "restored baselines from {}; the kept link counted throughout",
+                    config.state_file.display()
+                );
+            } else {
+                // Issue 10: the program was not attached since the state was saved (a
+                // restart without a kept link, or a reboot that lost the pins): that time
+                // is unobserved, not silence. The first poll resumes (no rate, baseline
+                // or warm-up update for the gap) instead of stepping.
+                resume_first = true;
+                log::info!(
+                    "restored baselines from {}; the time the program was not attached is \
+                     not learned from",
+                    config.state_file.display()
+                );
+            }
+            Detector::restore(config.detector.clone(), saved)
+        }
+        None => Detector::new(config.detector.clone()),
+    };
     let interval = config.detector.interval;
     let save_interval = config.save_interval;
     let shared = Arc::new(Mutex::new(Shared {
-        metrics: Metrics::new().context("registering metrics")?,
+        metrics: self_metrics,
         ports: vec![0; PORTS as usize],
         recent: Recent::new(interval),
         breadth: Breadth::new(&config.detector),
@@ -183,6 +220,8 @@ pub async fn run(mut config: AgentConfig) -> Result<()> {
         detector,
         classes: Vec::new(),
         last_error: None,
+        attach_failures: Vec::new(),
+        resume_first,
     }));
     let published = Published::new(poll(&shared));
     let counters = {
@@ -194,18 +233,14 @@ pub async fn run(mut config: AgentConfig) -> Result<()> {
     };
 
     let app = web::router(published.clone(), &telemetry_path);
-    let mut listeners = Vec::new();
-    for address in listen {
-        let listener = tokio::net::TcpListener::bind(address)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot listen on {address}: is another agent running? choose another \
-                     --web.listen-address"
-                )
-            })?;
+    for (address, _) in &listeners {
         log::info!("serving http://{address}{telemetry_path}");
-        listeners.push((address, listener));
+    }
+    let mut saver = Saver::default();
+    let links_changed = Arc::new(tokio::sync::Notify::new());
+    let notify = links_changed.clone();
+    if let Err(e) = interfaces::watch(Arc::new(move || notify.notify_one())) {
+        log::warn!("cannot watch link changes ({e}): interfaces are rechecked at every poll only");
     }
     let mut server = tokio::spawn(web::serve(
         listeners,
@@ -223,15 +258,19 @@ pub async fn run(mut config: AgentConfig) -> Result<()> {
     save_tick.tick().await;
     loop {
         tokio::select! {
-            _ = poll_tick.tick() => published.publish(poll(&shared)),
-            _ = save_tick.tick() => save(&shared),
+            _ = poll_tick.tick() => {
+                reattach(&mut lock(&shared));
+                published.publish(poll(&shared));
+            }
+            _ = links_changed.notified() => reattach(&mut lock(&shared)),
+            _ = save_tick.tick() => saver.save(&shared),
             _ = sigint.recv() => { log::info!("SIGINT: stopping"); break; }
             _ = sigterm.recv() => { log::info!("SIGTERM: stopping"); break; }
             result = &mut server => bail!("HTTP server stopped: {result:?}"),
         }
     }
     server.abort();
-    save(&shared);
+    saver.save(&shared);
     let mut s = lock(&shared);
     s.sensor.detach()?;
     log::info!(
@@ -260,7 +299,12 @@ fn poll(shared: &SharedState) -> View {
     let timer = s.metrics.poll_duration.start_timer();
     s.sensor.read_ports(&mut s.ports);
     let now = s.clock.now();
-    s.detector.step(now, &s.ports);
+    if std::mem::take(&mut s.resume_first) {
+        s.detector.resume(now, &s.ports);
+    } else {
+        s.detector.step(now, &s.ports);
+    }
+    count_detector_events(s);
     let mut taken = Vec::new();
     s.sensor.take_sketches(&mut taken);
     for idle in s.breadth.step(now, taken) {
@@ -277,6 +321,26 @@ fn poll(shared: &SharedState) -> View {
         .set_sample_budgets(&flagged, budget.clamp(1.0, f64::from(u32::MAX)) as u32);
     let exported = Metrics::exported_ports(&s.detector, &s.config.watch_ports, s.config.top_ports);
     s.recent.record(&s.detector, &exported, now.as_secs_f64());
+    match s.sensor.read_syn_no_slot() {
+        Ok(total) => {
+            let before = s.metrics.syns_without_slot.get();
+            if total > before {
+                if before == 0 {
+                    log::error!(
+                        "SYNs found no slot in the port map (a CPU id beyond its {} slices): \
+                         they are not counted by port; report this with the content of {}",
+                        crate::cpus::port_map_slices().unwrap_or(0),
+                        crate::cpus::POSSIBLE
+                    );
+                }
+                s.metrics.syns_without_slot.inc_by(total - before);
+            }
+        }
+        Err(e) => {
+            s.metrics.poll_errors.inc();
+            log::debug!("reading the no-slot counter: {e}");
+        }
+    }
     match s.sensor.read_interface_classes() {
         Ok(classes) => {
             s.classes = classes;
@@ -284,7 +348,10 @@ fn poll(shared: &SharedState) -> View {
         }
         Err(e) => {
             s.metrics.poll_errors.inc();
-            log::error!("reading packet classes: {e}");
+            // Logged when it starts, not at every poll.
+            if s.last_error.is_none() {
+                log::error!("reading packet classes: {e}");
+            }
             s.last_error = Some(e.to_string());
         }
     }
@@ -298,6 +365,7 @@ fn poll(shared: &SharedState) -> View {
         detector: &s.detector,
         breadth: &s.breadth,
         attachments: s.sensor.attachments(),
+        configured: &s.config.interfaces,
         watch_ports: &s.config.watch_ports,
         top_ports: s.config.top_ports,
         export_hold: s.config.export_hold,
@@ -306,18 +374,28 @@ fn poll(shared: &SharedState) -> View {
     // Observed after the render: it shows in the next poll's exposition.
     render_timer.observe_duration();
     let attachments = s.sensor.attachments();
-    let gone: Vec<&str> = attachments
+    // Attached interfaces that vanished (until the next re-attach check forgets them),
+    // and configured names with no program on them (gone, or not created yet).
+    let mut gone: Vec<&str> = attachments
         .iter()
         .filter(|a| !a.interface_exists())
         .map(|a| a.interface.as_str())
         .collect();
-    let problem = if attachments.is_empty() {
-        Some("not attached to any interface".to_string())
-    } else if !gone.is_empty() {
+    gone.extend(
+        s.config
+            .interfaces
+            .iter()
+            .filter(|name| !interfaces::is_pattern(name))
+            .filter(|name| !attachments.iter().any(|a| a.interface == **name))
+            .map(String::as_str),
+    );
+    let problem = if !gone.is_empty() {
         Some(format!(
-            "interface gone, program no longer attached: {}",
+            "interface gone or not there, program not attached: {}",
             gone.join(", ")
         ))
+    } else if attachments.is_empty() {
+        Some("not attached to any interface".to_string())
     } else {
         s.last_error
             .as_ref()
@@ -357,16 +435,198 @@ fn log_flagged(detector: &Detector) {
     }
 }
 
-fn save(shared: &SharedState) {
-    // Encoding and fsync happen outside the lock so polls and scrapes do not wait.
-    let (path, snapshot) = {
-        let s = lock(shared);
-        (s.config.state_file.clone(), s.detector.snapshot())
-    };
-    if let Err(e) = state::save(&path, &snapshot) {
-        lock(shared).metrics.state_save_errors.inc();
-        log::error!("{e}");
+/// Loads the saved state. Never fatal: a file that cannot be loaded is moved aside,
+/// warned about and counted (`scan_agent_state_restore_failures_total`), and learning
+/// starts afresh; a bad cache file never stops the agent from watching the network.
+fn restore_state(config: &AgentConfig, metrics: &Metrics) -> Option<DetectorState> {
+    let path = &config.state_file;
+    let stale = state::remove_stale_temp_files(path);
+    if stale > 0 {
+        log::info!(
+            "removed {stale} temporary file(s) left by an interrupted save of {}",
+            path.display()
+        );
     }
+    match state::load(path) {
+        Ok(Some(saved)) => Some(saved),
+        Ok(None) => {
+            log::info!(
+                "no state file at {}: learning baselines from scratch (warm-up {})",
+                path.display(),
+                humantime::format_duration(config.detector.warmup)
+            );
+            None
+        }
+        Err(e) => {
+            metrics.state_restore_failures.inc();
+            let moved = match state::quarantine(path) {
+                Ok(to) => format!("moved it to {}", to.display()),
+                Err(move_error) => format!("could not move it aside ({move_error})"),
+            };
+            log::warn!(
+                "{}; {moved}; learning baselines from scratch (warm-up {})",
+                crate::error_chain(&e),
+                humantime::format_duration(config.detector.warmup)
+            );
+            None
+        }
+    }
+}
+
+/// The one place that re-attaches (issue 10): compares the interfaces that exist with
+/// what is attached, by ifindex. A deleted interface took the program with it: forgotten.
+/// A renamed one keeps it. A configured name or pattern that appears (created after the
+/// start, or deleted and recreated) is attached. Kept links whose pins were removed are
+/// pinned again. Called on every link notification and at every poll.
+fn reattach(s: &mut Shared) {
+    let present = interfaces::present();
+    for a in s.sensor.attachments().to_vec() {
+        match present.iter().find(|p| p.index == a.ifindex) {
+            None => {
+                log::warn!(
+                    "{} (index {}) is gone, and the program with it; it is attached again \
+                     when the interface returns",
+                    a.interface,
+                    a.ifindex
+                );
+                s.sensor.forget(a.ifindex);
+            }
+            Some(p) if p.name != a.interface => {
+                log::info!(
+                    "{} (index {}) is now called {}; the program stays attached",
+                    a.interface,
+                    a.ifindex,
+                    p.name
+                );
+                s.sensor.renamed(a.ifindex, &p.name);
+            }
+            Some(_) => {}
+        }
+    }
+    for path in s.sensor.repin() {
+        log::warn!(
+            "the kept link's pin {} was removed under the running agent: pinned again",
+            path.display()
+        );
+    }
+    for p in present
+        .iter()
+        .filter(|p| interfaces::wanted(&s.config.interfaces, &p.name))
+    {
+        if s.sensor.attachments().iter().any(|a| a.ifindex == p.index) {
+            continue;
+        }
+        let request = AttachRequest {
+            hook: s.config.attach,
+            xdp_mode: s.config.xdp_mode,
+            multiprog: s.config.xdp_multiprog,
+        };
+        match s.sensor.attach(&p.name, request, s.config.keep_attached) {
+            Ok(a) => {
+                s.attach_failures.retain(|&index| index != p.index);
+                s.metrics.reattaches.inc();
+                log_attached(&a, s.config.keep_attached);
+            }
+            Err(e) => {
+                if !s.attach_failures.contains(&p.index) {
+                    s.attach_failures.push(p.index);
+                    log::warn!(
+                        "cannot attach to {} (index {}): {e}; retrying at every poll",
+                        p.name,
+                        p.index
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Exports the detector's totals of counter resets and clock steps, and logs each event
+/// once.
+fn count_detector_events(s: &mut Shared) {
+    let resets = s.detector.counter_resets_total();
+    s.metrics
+        .counter_resets
+        .inc_by(resets.saturating_sub(s.metrics.counter_resets.get()));
+    let steps = s.detector.clock_steps_total();
+    s.metrics
+        .clock_steps
+        .inc_by(steps.saturating_sub(s.metrics.clock_steps.get()));
+    match s.detector.last_outcome() {
+        StepOutcome::Updated { counter_resets } if counter_resets > 0 => {
+            log::warn!(
+                "{counter_resets} port counter(s) went backwards (the maps were recreated, e.g. \
+                 their pins were removed): their new values are taken as the deltas"
+            );
+        }
+        StepOutcome::TimeWentBackwards { by } => {
+            log::warn!(
+                "the clock is {} behind the last reading (stepped back?): this reading becomes \
+                 the reference, nothing is learned from it",
+                humantime::format_duration(Duration::from_secs(by.as_secs()))
+            );
+        }
+        _ => {}
+    }
+}
+
+/// Saves the state when it changed since the last successful save (no flash wear while
+/// nothing happens); a failed save is retried at the next tick.
+#[derive(Default)]
+struct Saver {
+    last_saved: Option<DetectorState>,
+}
+
+impl Saver {
+    fn save(&mut self, shared: &SharedState) {
+        // Encoding and fsync happen outside the lock so polls and scrapes do not wait.
+        let (path, snapshot) = {
+            let s = lock(shared);
+            (s.config.state_file.clone(), s.detector.snapshot())
+        };
+        if self.last_saved.as_ref() == Some(&snapshot) {
+            return;
+        }
+        match state::save(&path, &snapshot) {
+            Ok(bytes) => {
+                lock(shared).metrics.state_file_bytes.set(bytes as i64);
+                self.last_saved = Some(snapshot);
+            }
+            Err(e) => {
+                lock(shared).metrics.state_save_errors.inc();
+                log::error!("{}", crate::error_chain(&e));
+            }
+        }
+    }
+}
+
+/// Logs a new attachment: where, how, and whether it was adopted or will be kept.
+fn log_attached(a: &crate::sensor::Attachment, keep: bool) {
+    log::info!(
+        "attached to {} (index {}, {} link: parsed from the {} header) at {} in {} mode{}{}",
+        a.interface,
+        a.ifindex,
+        match a.kind {
+            LinkKind::Ethernet => "Ethernet",
+            LinkKind::RawIp => "L3",
+        },
+        match a.kind {
+            LinkKind::Ethernet => "Ethernet",
+            LinkKind::RawIp => "IP",
+        },
+        a.hook_name(),
+        a.mode,
+        if a.adopted {
+            " (adopted the link kept by the previous run)"
+        } else {
+            ""
+        },
+        if keep {
+            "; it stays attached when the agent stops"
+        } else {
+            ""
+        },
+    );
 }
 
 /// Forwards the program's aya-log records (only sent with --debug-program).

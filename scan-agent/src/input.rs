@@ -31,7 +31,7 @@ pub const CONFIG: InputKind = InputKind {
 pub const STATE: InputKind = InputKind {
     what: "state file",
     flag: "--state-file",
-    example: "/var/lib/scan-agent/state.json",
+    example: "/var/lib/scan-agent/state.bin",
 };
 
 /// The capture given to `replay`.

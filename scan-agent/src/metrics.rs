@@ -45,6 +45,12 @@ pub struct Metrics {
     ports_exported: IntGauge,
     ports_left_out: IntGauge,
     pub state_save_errors: IntCounter,
+    pub state_restore_failures: IntCounter,
+    pub state_file_bytes: IntGauge,
+    pub counter_resets: IntCounter,
+    pub reattaches: IntCounter,
+    pub syns_without_slot: IntCounter,
+    pub clock_steps: IntCounter,
     pub render_duration: Histogram,
     /// HTTP connections closed to make room under the connection cap.
     pub http_evicted: IntCounter,
@@ -63,6 +69,8 @@ pub struct Snapshot<'a> {
     /// Distinct sources and targets per port (absent for a port without a sketch).
     pub breadth: &'a Breadth,
     pub attachments: &'a [Attachment],
+    /// `--iface` values: names and patterns.
+    pub configured: &'a [String],
     pub watch_ports: &'a [u16],
     pub top_ports: usize,
     pub export_hold: Duration,
@@ -197,7 +205,8 @@ impl Metrics {
                 Opts::new(
                     "scan_agent_attached",
                     "1 for each interface the program is attached to, with its hook (xdp, \
-                     tcx) and mode (native, skb, tcx)",
+                     tcx) and mode (native, skb, tcx); 0 (mode none) for a configured \
+                     interface it is not attached to",
                 ),
                 &["interface", "mode", "hook"],
             )?,
@@ -241,6 +250,30 @@ impl Metrics {
             state_save_errors: IntCounter::with_opts(Opts::new(
                 "scan_agent_state_save_errors_total",
                 "Failed writes of the state file",
+            ))?,
+            state_restore_failures: IntCounter::with_opts(Opts::new(
+                "scan_agent_state_restore_failures_total",
+                "State files that could not be loaded at start (moved aside; learning started afresh)",
+            ))?,
+            state_file_bytes: IntGauge::with_opts(Opts::new(
+                "scan_agent_state_file_bytes",
+                "Size of the state file at its last successful save",
+            ))?,
+            syns_without_slot: IntCounter::with_opts(Opts::new(
+                "scan_agent_syns_without_slot_total",
+                "SYNs the program saw but could not count by port (their CPU id has no slice in the port map); expected 0",
+            ))?,
+            reattaches: IntCounter::with_opts(Opts::new(
+                "scan_agent_reattaches_total",
+                "Attaches after the start: interfaces created, or deleted and recreated, while running",
+            ))?,
+            counter_resets: IntCounter::with_opts(Opts::new(
+                "scan_agent_count_resets_total",
+                "Port counters found lower than at the previous reading (maps recreated, e.g. pins removed), summed over ports",
+            ))?,
+            clock_steps: IntCounter::with_opts(Opts::new(
+                "scan_agent_clock_steps_total",
+                "Readings whose time was before the previous one (clock stepped back); nothing is learned from them",
             ))?,
             render_duration: Histogram::with_opts(
                 HistogramOpts::new(
@@ -310,6 +343,12 @@ impl Metrics {
         r.register(Box::new(m.render_duration.clone()))?;
         r.register(Box::new(m.http_evicted.clone()))?;
         r.register(Box::new(m.http_refused.clone()))?;
+        r.register(Box::new(m.state_restore_failures.clone()))?;
+        r.register(Box::new(m.state_file_bytes.clone()))?;
+        r.register(Box::new(m.counter_resets.clone()))?;
+        r.register(Box::new(m.reattaches.clone()))?;
+        r.register(Box::new(m.syns_without_slot.clone()))?;
+        r.register(Box::new(m.clock_steps.clone()))?;
         Ok(m)
     }
 
@@ -424,6 +463,17 @@ impl Metrics {
                 .with_label_values(&[a.interface.as_str(), a.mode.name(), a.hook_name()])
                 .set(a.interface_exists().into());
         }
+        // A configured name (not a pattern) with no program on it: 0, so the alert
+        // fires per interface.
+        for name in snapshot.configured {
+            if !crate::interfaces::is_pattern(name)
+                && !snapshot.attachments.iter().any(|a| a.interface == *name)
+            {
+                self.attached
+                    .with_label_values(&[name.as_str(), "none", "none"])
+                    .set(0);
+            }
+        }
         self.threshold.set(detector.config().surge_threshold);
         self.profiled_ports.set(detector.profiled_ports() as i64);
         self.warming_up.set(detector.warming_up().into());
@@ -478,6 +528,7 @@ mod tests {
             detector,
             breadth,
             attachments: &[],
+            configured: &[],
             watch_ports: &[22],
             top_ports: 1,
             export_hold: Duration::from_secs(100),

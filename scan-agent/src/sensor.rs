@@ -27,8 +27,8 @@ use aya::{
 };
 use scan_common::{
     CLASSES_MAP, ClassCounters, ClassCounts, DEBUG_GLOBAL, PORT_SYNS_MAP, PORTS, SAMPLES_BYTES,
-    SAMPLES_MAP, SKETCH_MAP, SKETCH_PROBES, SKETCH_SLOTS, SKETCH_SWITCH, Sketch, SketchSlot,
-    SourceSample, program_name, sketch_slot_home,
+    SAMPLES_MAP, SKETCH_MAP, SKETCH_PROBES, SKETCH_SLOTS, SKETCH_SWITCH, SYN_NO_SLOT_MAP, Sketch,
+    SketchSlot, SourceSample, program_name, sketch_slot_home,
 };
 
 use crate::{dispatcher, sketch::Distinct, xdp_hook};
@@ -271,6 +271,8 @@ pub struct AttachRequest {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Attachment {
     pub interface: String,
+    /// The interface's index when attached: a recreated interface has a new one.
+    pub ifindex: u32,
     pub mode: AttachMode,
     /// What the frames start with on this interface.
     pub kind: LinkKind,
@@ -292,9 +294,10 @@ impl Attachment {
         }
     }
 
-    /// False once the interface is gone (the kernel then drops the link with it).
+    /// False once the interface is gone (the kernel then drops the link with it), also
+    /// when another interface took its name.
     pub fn interface_exists(&self) -> bool {
-        Path::new("/sys/class/net").join(&self.interface).exists()
+        ifindex(&self.interface).is_ok_and(|index| index == self.ifindex)
     }
 }
 
@@ -481,11 +484,16 @@ struct Instance {
     hook: Hook,
     kind: LinkKind,
     classes: PerCpuArray<MapData, ClassCounters>,
+    /// SYNs this instance could not count by port (expected 0; private, not pinned).
+    syn_no_slot: PerCpuArray<MapData, u64>,
     /// `None` when the port map is the shared pinned one, already mapped by an
     /// earlier instance.
     ports: Option<PortCounterView>,
     /// The link this process owns and detaches at stop (not kept ones).
     owned: Option<OwnedLink>,
+    /// A kept (pinned) link, with this process's own reference: removing its pin under
+    /// a running agent does not detach the program, and [`Sensor::repin`] puts it back.
+    kept: Option<(AttachMode, FdLink)>,
 }
 
 /// Where an interface's program goes.
@@ -623,9 +631,9 @@ pub fn ensure_bpffs(pin_dir: &Path) -> Result<(), SensorError> {
     Ok(())
 }
 
-/// Possible CPUs: the number of per-CPU slices of the port map.
+/// Per-CPU slices of the port map: highest possible CPU id + 1 (see [`crate::cpus`]).
 pub fn possible_cpus() -> Result<usize, SensorError> {
-    aya::util::nr_cpus().map_err(|(what, e)| SensorError::Cpus(format!("{what}: {e}")))
+    crate::cpus::port_map_slices().map_err(SensorError::Cpus)
 }
 
 struct ExpectedMap {
@@ -761,7 +769,16 @@ impl Sensor {
     /// [`Sensor::load`], choosing whether the programs keep the distinct-address
     /// sketches (off, the verifier removes their code: the benchmark's baseline).
     pub fn load_with(pin_dir: Option<&Path>, sketches: bool) -> Result<Self, SensorError> {
-        let cpus = possible_cpus()?;
+        Self::load_sized(pin_dir, sketches, possible_cpus()?)
+    }
+
+    /// [`Sensor::load_with`] with `cpus` slices in the port map instead of the highest
+    /// possible CPU id + 1 (the test of the no-slot counter makes it too small).
+    pub fn load_sized(
+        pin_dir: Option<&Path>,
+        sketches: bool,
+        cpus: usize,
+    ) -> Result<Self, SensorError> {
         if let Some(dir) = pin_dir {
             ensure_bpffs(dir)?;
             fs::create_dir_all(dir).map_err(|source| SensorError::PinDir {
@@ -797,6 +814,14 @@ impl Sensor {
         kind: LinkKind,
     ) -> Result<Self, SensorError> {
         let mut sensor = Self::load(Some(pin_dir))?;
+        let instance = sensor.load_instance(None, hook, kind)?;
+        sensor.instances.push(instance);
+        Ok(sensor)
+    }
+
+    /// [`Sensor::unattached`] with `cpus` port-map slices (see [`Sensor::load_sized`]).
+    pub fn unattached_sized(hook: Hook, kind: LinkKind, cpus: usize) -> Result<Self, SensorError> {
+        let mut sensor = Self::load_sized(None, false, cpus)?;
         let instance = sensor.load_instance(None, hook, kind)?;
         sensor.instances.push(instance);
         Ok(sensor)
@@ -906,14 +931,24 @@ impl Sensor {
                 name: CLASSES_MAP,
                 source: Box::new(source),
             })?;
+        let syn_no_slot = ebpf
+            .take_map(SYN_NO_SLOT_MAP)
+            .ok_or(SensorError::MissingMap(SYN_NO_SLOT_MAP))?
+            .try_into()
+            .map_err(|source| SensorError::Map {
+                name: SYN_NO_SLOT_MAP,
+                source: Box::new(source),
+            })?;
         Ok(Instance {
             interface: interface.map(str::to_string),
             ebpf,
             hook,
             kind,
             classes,
+            syn_no_slot,
             ports,
             owned: None,
+            kept: None,
         })
     }
 
@@ -952,14 +987,14 @@ impl Sensor {
         request: AttachRequest,
         keep: bool,
     ) -> Result<Attachment, SensorError> {
-        if !Path::new("/sys/class/net").join(interface).exists() {
-            return Err(SensorError::NoInterface(interface.to_string()));
-        }
+        let index = ifindex(interface)?;
         let (_, kind) = link_kind(interface)?;
         if self.pin_dir.is_none() && !self.instances.is_empty() {
             return Err(SensorError::SharedMapsNeedPins(interface.to_string()));
         }
-        let (mut instance, mode, link, adopted) = match self.adopt_pinned_link(interface, kind)? {
+        let (mut instance, mode, link, adopted) = match self
+            .adopt_pinned_link(interface, kind, keep)?
+        {
             Some((instance, mode, link)) => (instance, mode, link, true),
             None => {
                 let mut route = self.choose_route(interface, request)?;
@@ -1002,13 +1037,14 @@ impl Sensor {
             }
         };
         if keep {
-            self.pin_link(&mut instance, interface, mode, link)?;
+            self.keep_link(&mut instance, interface, mode, link, adopted)?;
         } else {
             instance.owned = Some(link);
         }
         self.instances.push(instance);
         let attachment = Attachment {
             interface: interface.to_string(),
+            ifindex: index,
             mode,
             kind,
             adopted,
@@ -1056,6 +1092,7 @@ impl Sensor {
                     self.instances.push(instance);
                     let attachment = Attachment {
                         interface: interface.to_string(),
+                        ifindex: index,
                         mode: if skb {
                             AttachMode::Skb
                         } else {
@@ -1133,10 +1170,16 @@ impl Sensor {
         })
     }
 
+    /// Adopts a link kept by an earlier run: the link is updated to this program first
+    /// (`bpf_link_update`, no packet missed) and only then unpinned, if it is not to be
+    /// kept, so a failure never drops the only reference to a working link. A pin whose
+    /// link no longer reaches an interface (it was deleted, or deleted and recreated
+    /// under the same name: ENOLINK) is removed, and the caller attaches afresh.
     fn adopt_pinned_link(
         &mut self,
         interface: &str,
         kind: LinkKind,
+        keep: bool,
     ) -> Result<Option<(Instance, AttachMode, OwnedLink)>, SensorError> {
         let Some(dir) = self.pin_dir.clone() else {
             return Ok(None);
@@ -1154,40 +1197,56 @@ impl Sensor {
                 ),
             };
             let pinned = PinnedLink::from_pin(&path).map_err(|e| link_error(e.to_string()))?;
-            // Unpinning hands us the only reference; we re-pin below if asked to keep it.
-            let fd_link: FdLink = pinned.unpin().map_err(|e| link_error(e.to_string()))?;
+            // Our own reference; the pin stays until the update worked.
+            let fd_link = FdLink::from(pinned);
             let mut instance = self.load_instance(Some(interface), mode.hook(), kind)?;
             let name = program_name(mode.hook(), kind);
-            let link = match mode.hook() {
+            let updated = match mode.hook() {
                 Hook::Xdp => {
                     let link = XdpLink::try_from(fd_link).map_err(|e| link_error(e.to_string()))?;
-                    OwnedLink::Xdp(
-                        xdp_mut(&mut instance.ebpf, name)
-                            .attach_to_link(link)
-                            .map_err(|e| link_error(format!("cannot replace its program: {e}")))?,
-                    )
+                    xdp_mut(&mut instance.ebpf, name)
+                        .attach_to_link(link)
+                        .map(OwnedLink::Xdp)
                 }
                 Hook::Tc => {
                     let link = SchedClassifierLink::try_from(fd_link)
                         .map_err(|e| link_error(e.to_string()))?;
-                    OwnedLink::Tc(
-                        tc_mut(&mut instance.ebpf, name)
-                            .attach_to_link(link)
-                            .map_err(|e| link_error(format!("cannot replace its program: {e}")))?,
-                    )
+                    tc_mut(&mut instance.ebpf, name)
+                        .attach_to_link(link)
+                        .map(OwnedLink::Tc)
                 }
             };
-            return Ok(Some((instance, mode, link)));
+            match updated {
+                Ok(link) => {
+                    if !keep {
+                        // Now owned by this process (detached when it stops).
+                        fs::remove_file(&path).map_err(|e| link_error(e.to_string()))?;
+                    }
+                    return Ok(Some((instance, mode, link)));
+                }
+                Err(e) if is_defunct_link(&e) => {
+                    log::warn!(
+                        "removing the kept link {} of a previous run: its interface is gone \
+                         ({e}); attaching afresh",
+                        path.display()
+                    );
+                    fs::remove_file(&path).map_err(|e| link_error(e.to_string()))?;
+                }
+                Err(e) => return Err(link_error(format!("cannot replace its program: {e}"))),
+            }
         }
         Ok(None)
     }
 
-    fn pin_link(
+    /// Takes `link` out of the program's links (so it is not detached at exit), pins it
+    /// unless it is pinned already (adopted), and keeps this process's reference.
+    fn keep_link(
         &self,
         instance: &mut Instance,
         interface: &str,
         mode: AttachMode,
         link: OwnedLink,
+        pinned_already: bool,
     ) -> Result<(), SensorError> {
         let keep_error = |reason: String| SensorError::KeepAttached {
             interface: interface.to_string(),
@@ -1198,7 +1257,7 @@ impl Sensor {
             .clone()
             .ok_or_else(|| keep_error("no --pin-path".into()))?;
         let name = program_name(instance.hook, instance.kind);
-        let fd_link = match link {
+        let mut fd_link = match link {
             // Pinned in the dispatcher's directory already.
             OwnedLink::Dispatcher { .. } => return Ok(()),
             OwnedLink::Xdp(id) => {
@@ -1218,11 +1277,99 @@ impl Sensor {
                 })?
             }
         };
-        let path = link_pin_path(&dir, interface, mode);
-        let pinned = fd_link.pin(&path).map_err(|e| keep_error(e.to_string()))?;
-        // Dropping the PinnedLink closes our fd; the pin keeps the link alive.
-        drop(pinned);
+        if !pinned_already {
+            let path = link_pin_path(&dir, interface, mode);
+            // The pin keeps the link alive after this process exits; `From` gives our
+            // reference back without removing the pin.
+            fd_link = fd_link
+                .pin(&path)
+                .map_err(|e| keep_error(e.to_string()))?
+                .into();
+        }
+        instance.kept = Some((mode, fd_link));
         Ok(())
+    }
+
+    /// Pins again every kept link whose pin was removed under the running agent (the
+    /// program stayed attached through this process's reference). Returns the pins
+    /// restored.
+    pub fn repin(&mut self) -> Vec<PathBuf> {
+        let Some(dir) = self.pin_dir.clone() else {
+            return Vec::new();
+        };
+        let mut restored = Vec::new();
+        let mut lost = Vec::new();
+        for instance in &mut self.instances {
+            let Some(interface) = instance.interface.clone() else {
+                continue;
+            };
+            let Some((mode, link)) = instance.kept.take() else {
+                continue;
+            };
+            let path = link_pin_path(&dir, &interface, mode);
+            if path.exists() {
+                instance.kept = Some((mode, link));
+                continue;
+            }
+            match link.pin(&path) {
+                Ok(pinned) => {
+                    restored.push(path);
+                    instance.kept = Some((mode, pinned.into()));
+                }
+                Err(e) => {
+                    // Our reference went with the error, so the program is detached:
+                    // forgetting the attachment makes the caller attach it again.
+                    log::error!("cannot pin the kept link again at {}: {e}", path.display());
+                    lost.push(interface);
+                }
+            }
+        }
+        self.attachments.retain(|a| !lost.contains(&a.interface));
+        self.instances
+            .retain(|i| i.interface.as_ref().is_none_or(|name| !lost.contains(name)));
+        restored
+    }
+
+    /// Forgets the attachment to interface `ifindex`, which is gone: the kernel detached
+    /// the program with it. Its instance (and the link it owns) is closed; a kept link's
+    /// pin is removed, so the next attach (or run) does not try to adopt a defunct link.
+    pub fn forget(&mut self, ifindex: u32) {
+        let Some(at) = self.attachments.iter().position(|a| a.ifindex == ifindex) else {
+            return;
+        };
+        let gone = self.attachments.remove(at);
+        let dir = self.pin_dir.clone();
+        self.instances.retain(|instance| {
+            if instance.interface.as_deref() != Some(gone.interface.as_str()) {
+                return true;
+            }
+            if let (Some(dir), Some((mode, _))) = (&dir, &instance.kept) {
+                let _ = fs::remove_file(link_pin_path(dir, &gone.interface, *mode));
+            }
+            false
+        });
+    }
+
+    /// Records that interface `ifindex` is now called `name` (the program stays). A kept
+    /// link's pin is named after the interface: it follows the new name, so the next run
+    /// adopts it there and a new interface under the old name is not mistaken for it.
+    pub fn renamed(&mut self, ifindex: u32, name: &str) {
+        let Some(attachment) = self.attachments.iter_mut().find(|a| a.ifindex == ifindex) else {
+            return;
+        };
+        let old = std::mem::replace(&mut attachment.interface, name.to_string());
+        for instance in &mut self.instances {
+            if instance.interface.as_deref() != Some(old.as_str()) {
+                continue;
+            }
+            instance.interface = Some(name.to_string());
+            if let (Some(dir), Some((mode, _))) = (&self.pin_dir, &instance.kept) {
+                let from = link_pin_path(dir, &old, *mode);
+                if let Err(e) = fs::rename(&from, link_pin_path(dir, name, *mode)) {
+                    log::warn!("cannot rename the pin {}: {e}", from.display());
+                }
+            }
+        }
     }
 
     /// Detaches every link this process owns; kept (pinned) links stay attached.
@@ -1419,6 +1566,22 @@ impl Sensor {
     }
 
     /// Packet-class totals summed over CPUs and interfaces.
+    /// SYNs that found no port slot, summed over CPUs and loads (expected 0).
+    pub fn read_syn_no_slot(&self) -> Result<u64, SensorError> {
+        let mut total = 0u64;
+        for instance in &self.instances {
+            let values = instance
+                .syn_no_slot
+                .get(&0, 0)
+                .map_err(|source| SensorError::Map {
+                    name: SYN_NO_SLOT_MAP,
+                    source: Box::new(source),
+                })?;
+            total = values.iter().copied().fold(total, u64::wrapping_add);
+        }
+        Ok(total)
+    }
+
     pub fn read_classes(&self) -> Result<ClassCounts, SensorError> {
         let mut counts = ClassCounts::default();
         for instance in &self.instances {
@@ -1567,6 +1730,15 @@ fn take_map_data(ebpf: &mut Ebpf, name: &'static str) -> Result<MapData, SensorE
         }),
         None => Err(SensorError::MissingMap(name)),
     }
+}
+
+/// Whether `error` is the kernel's answer to updating a link whose interface was deleted
+/// (ENOLINK: the link is defunct and can only be closed).
+fn is_defunct_link(error: &ProgramError) -> bool {
+    matches!(
+        error,
+        ProgramError::SyscallError(e) if e.io_error.raw_os_error() == Some(libc::ENOLINK)
+    )
 }
 
 fn link_pin_path(dir: &Path, interface: &str, mode: AttachMode) -> PathBuf {

@@ -1,19 +1,38 @@
-//! The detector's state file: the only I/O of the detector.
+//! The state file: the detector's saved state, the only file the agent writes.
 //!
-//! The state ([`DetectorState`]: baselines, short-term rates, reference counters, warm-up
-//! progress) is saved as JSON, atomically: it is written to a temporary file in the same
-//! directory, flushed to disk, renamed over the state file, and the directory is flushed, so a
-//! crash or power loss at any moment leaves either the old or the new file, never a torn one.
+//! Format: a 20-byte header, then the state encoded with postcard (compact, not
+//! self-describing) and compressed with deflate. Header: magic `SCANSTAT`, container
+//! format (u16 LE, [`FORMAT`]), reserved (u16), payload length (u32 LE), CRC-32 of the
+//! payload (u32 LE). The state's own version ([`STATE_VERSION`]) is its first field, read
+//! before the rest, so that a file written by another build says so. All 65,536 ports
+//! active take well under 1 MiB (unit-tested).
 //!
-//! Loading never resets silently: a missing file means a first start (`Ok(None)`, the detector
-//! warms up); an unreadable, corrupt or other-version file is an error that names the file and
-//! says to move it away.
-
+//! Saving is atomic and never follows links: the state is written to a new temporary file
+//! in the same directory (created with O_CREAT|O_EXCL under an unpredictable name, so no
+//! existing file or planted symlink is ever opened), flushed to disk, renamed over the state
+//! file, and the directory is flushed: a crash or power loss at any moment leaves the old or
+//! the new file, never a torn one.
+//!
+//! Loading: a missing file is a first start (`Ok(None)`). A path that is no regular file
+//! (a directory, a FIFO, a device) is a configuration error; a file that cannot be decoded
+//! is reported, and the daemon moves it aside ([`quarantine`]) and learns afresh: a bad
+//! cache file never stops the agent from watching the network.
 use crate::detector::{DetectorState, STATE_VERSION};
+use flate2::{Compression, read::DeflateDecoder, write::DeflateEncoder};
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+
+/// First bytes of every state file.
+pub const MAGIC: [u8; 8] = *b"SCANSTAT";
+/// Container format: header + deflate(postcard(state)).
+pub const FORMAT: u16 = 1;
+const HEADER_LEN: usize = 20;
+/// Decoded states larger than this are refused as corrupt (all ports active with every
+/// profile take about 2 MiB decoded), so a crafted file cannot make the agent allocate
+/// without bound.
+const MAX_DECODED: u64 = 64 << 20;
 
 /// Why the state file could not be saved or loaded; every message names the file and the fix.
 #[derive(Debug, thiserror::Error)]
@@ -21,7 +40,7 @@ pub enum StateError {
     /// The path does not end in a file name.
     #[error(
         "the state file path {path:?} does not name a file; give a file path such as \
-         /var/lib/scan-agent/state.json"
+         /var/lib/scan-agent/state.bin"
     )]
     NotAFile {
         /// The path given.
@@ -30,7 +49,7 @@ pub enum StateError {
     /// A directory on the way to the state file is a file.
     #[error(
         "the state file path {path:?} goes through {parent:?}, which is a file, not a \
-         directory; give --state-file a path in a directory, e.g. /var/lib/scan-agent/state.json"
+         directory; give --state-file a path in a directory, e.g. /var/lib/scan-agent/state.bin"
     )]
     ParentNotDir {
         /// The path given.
@@ -41,7 +60,7 @@ pub enum StateError {
     /// The state path exists and is not a regular file.
     #[error(
         "the state file path {path:?} is {file_type}, not a regular file; give --state-file \
-         the path of a file (it need not exist yet), e.g. /var/lib/scan-agent/state.json"
+         the path of a file (it need not exist yet), e.g. /var/lib/scan-agent/state.bin"
     )]
     NotRegular {
         /// The path given.
@@ -87,7 +106,7 @@ pub enum StateError {
         /// The state file.
         path: PathBuf,
         /// The encoder error.
-        source: serde_json::Error,
+        source: postcard::Error,
     },
     /// Writing or flushing the temporary file failed.
     #[error(
@@ -141,14 +160,14 @@ pub enum StateError {
     },
     /// The state file is not a valid state file (not JSON, truncated, wrong fields).
     #[error(
-        "the state file {path:?} is corrupt or not a scan-agent state file ({source}); move it \
+        "the state file {path:?} is corrupt or not a scan-agent state file ({reason}); move it \
          away (e.g. `mv {path:?} {path:?}.bad`) to start with fresh baselines and a new warm-up"
     )]
     Corrupt {
         /// The state file.
         path: PathBuf,
-        /// The decoder error.
-        source: serde_json::Error,
+        /// What is wrong.
+        reason: String,
     },
     /// The state file has another format version.
     #[error(
@@ -160,7 +179,7 @@ pub enum StateError {
         /// The state file.
         path: PathBuf,
         /// Version in the file.
-        found: u64,
+        found: u32,
         /// Version this build reads.
         expected: u32,
     },
@@ -277,10 +296,10 @@ fn dir_of(path: &Path) -> &Path {
     }
 }
 
-/// Saves `state` to `path` atomically (temporary file in the same directory, fsync, rename,
-/// fsync of the directory), creating the directory if it is missing. On error the previous
-/// state file is untouched and the temporary file is removed.
-pub fn save(path: &Path, state: &DetectorState) -> Result<(), StateError> {
+/// Saves `state` to `path` atomically (see the module documentation), creating the
+/// directory if it is missing. On error the previous state file is untouched and the
+/// temporary file is removed. Returns the bytes written.
+pub fn save(path: &Path, state: &DetectorState) -> Result<usize, StateError> {
     let Some(name) = file_name_of(path) else {
         return Err(StateError::NotAFile {
             path: path.to_path_buf(),
@@ -292,63 +311,58 @@ pub fn save(path: &Path, state: &DetectorState) -> Result<(), StateError> {
         source,
     })?;
     let bytes = encode(path, state)?;
-
-    // Hidden, and unique per process so that two agents never write the same temporary file.
-    let mut tmp_name = OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".tmp.{}", std::process::id()));
-    let tmp = dir.join(tmp_name);
-
-    let written = write_synced(&tmp, &bytes)
-        .map_err(|source| StateError::Write {
-            tmp: tmp.clone(),
-            path: path.to_path_buf(),
-            source,
-        })
-        .and_then(|()| {
-            fs::rename(&tmp, path).map_err(|source| StateError::Rename {
-                tmp: tmp.clone(),
-                path: path.to_path_buf(),
-                source,
-            })
-        });
-    if let Err(e) = written {
-        // Best effort: the error above is the one worth reporting.
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
-    }
+    let prefix = temp_prefix(name);
+    // tempfile opens with O_CREAT|O_EXCL (which never follows a symlink) under a random
+    // name, and removes the file if it is dropped before `persist`.
+    let write_error = |tmp: &Path, source| StateError::Write {
+        tmp: tmp.to_path_buf(),
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&prefix)
+        .tempfile_in(dir)
+        .map_err(|e| write_error(&dir.join(&prefix), e))?;
+    tmp.write_all(&bytes)
+        .and_then(|()| tmp.as_file().sync_all())
+        .map_err(|e| write_error(tmp.path(), e))?;
+    tmp.persist(path).map_err(|e| StateError::Rename {
+        tmp: e.file.path().to_path_buf(),
+        path: path.to_path_buf(),
+        source: e.error,
+    })?;
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|source| StateError::SyncDir {
             path: path.to_path_buf(),
             dir: dir.to_path_buf(),
             source,
-        })
+        })?;
+    Ok(bytes.len())
 }
 
-/// The bytes [`save`] writes for `state` (`path` names the file in errors).
-pub fn encode(path: &Path, state: &DetectorState) -> Result<Vec<u8>, StateError> {
-    serde_json::to_vec(state).map_err(|source| StateError::Encode {
-        path: path.to_path_buf(),
-        source,
-    })
+/// Hidden temporary files of `name`: `.state.bin.tmp` + a random suffix.
+fn temp_prefix(name: &std::ffi::OsStr) -> String {
+    format!(".{}.tmp", name.to_string_lossy())
 }
 
-fn write_synced(tmp: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()
-}
-
-/// Only the version, read before the rest so that a file of another version is reported as
-/// such even if its other fields changed.
-#[derive(serde::Deserialize)]
-struct VersionProbe {
-    version: u64,
+/// Removes temporary files left by a save that was killed (SIGKILL, power loss) before
+/// its rename; only regular files with this state file's temporary prefix. Returns how
+/// many were removed.
+pub fn remove_stale_temp_files(path: &Path) -> usize {
+    let (Some(name), dir) = (path.file_name(), dir_of(path)) else {
+        return 0;
+    };
+    let prefix = temp_prefix(name);
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .filter(|e| fs::remove_file(e.path()).is_ok())
+        .count()
 }
 
 /// Loads the state saved at `path`. `Ok(None)` if the file does not exist (first start); an
@@ -389,28 +403,235 @@ pub fn load(path: &Path) -> Result<Option<DetectorState>, StateError> {
     decode(path, &bytes).map(Some)
 }
 
+/// The state file's bytes: header, then deflate(postcard(state)).
+pub fn encode(path: &Path, state: &DetectorState) -> Result<Vec<u8>, StateError> {
+    let encode_error = |source| StateError::Encode {
+        path: path.to_path_buf(),
+        source,
+    };
+    let plain = postcard::to_stdvec(state).map_err(encode_error)?;
+    let mut deflate =
+        DeflateEncoder::new(Vec::with_capacity(plain.len() / 2), Compression::default());
+    // Writing to a Vec cannot fail.
+    deflate
+        .write_all(&plain)
+        .and_then(|()| deflate.try_finish())
+        .map_err(|_| encode_error(postcard::Error::SerializeBufferFull))?;
+    let payload = deflate.get_ref();
+    let len = u32::try_from(payload.len())
+        .map_err(|_| encode_error(postcard::Error::SerializeBufferFull))?;
+    let mut bytes = Vec::with_capacity(HEADER_LEN + payload.len());
+    bytes.extend_from_slice(&MAGIC);
+    bytes.extend_from_slice(&FORMAT.to_le_bytes());
+    bytes.extend_from_slice(&0u16.to_le_bytes());
+    bytes.extend_from_slice(&len.to_le_bytes());
+    bytes.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    bytes.extend_from_slice(payload);
+    Ok(bytes)
+}
+
 /// Decodes and checks the bytes of a state file (`path` names it in errors): the
 /// loader's whole parser, whatever the bytes (property tests and a fuzz target feed
 /// it arbitrary input).
 pub fn decode(path: &Path, bytes: &[u8]) -> Result<DetectorState, StateError> {
-    let corrupt = |source| StateError::Corrupt {
+    let corrupt = |reason: String| StateError::Corrupt {
         path: path.to_path_buf(),
-        source,
+        reason,
     };
-    let probe: VersionProbe = serde_json::from_slice(bytes).map_err(corrupt)?;
-    if probe.version != u64::from(STATE_VERSION) {
+    if bytes.len() < HEADER_LEN {
+        return Err(corrupt(format!(
+            "{} bytes, shorter than the {HEADER_LEN}-byte header",
+            bytes.len()
+        )));
+    }
+    if bytes[..8] != MAGIC {
+        return Err(corrupt("it does not start with SCANSTAT".into()));
+    }
+    let word =
+        |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+    let format = u16::from_le_bytes([bytes[8], bytes[9]]);
+    if format != FORMAT {
+        return Err(corrupt(format!(
+            "container format {format}, this build reads format {FORMAT}"
+        )));
+    }
+    let (len, crc) = (word(12) as usize, word(16));
+    let payload = &bytes[HEADER_LEN..];
+    if payload.len() != len {
+        return Err(corrupt(format!(
+            "truncated or padded: the header says {len} bytes of payload, the file has {}",
+            payload.len()
+        )));
+    }
+    if crc32fast::hash(payload) != crc {
+        return Err(corrupt("checksum mismatch".into()));
+    }
+    let mut plain = Vec::new();
+    DeflateDecoder::new(payload)
+        .take(MAX_DECODED + 1)
+        .read_to_end(&mut plain)
+        .map_err(|e| corrupt(format!("cannot decompress: {e}")))?;
+    if plain.len() as u64 > MAX_DECODED {
+        return Err(corrupt(format!("decodes to more than {MAX_DECODED} bytes")));
+    }
+    let (version, _) = postcard::take_from_bytes::<u32>(&plain)
+        .map_err(|e| corrupt(format!("no version: {e}")))?;
+    if version != STATE_VERSION {
         return Err(StateError::Version {
             path: path.to_path_buf(),
-            found: probe.version,
+            found: version,
             expected: STATE_VERSION,
         });
     }
-    let state: DetectorState = serde_json::from_slice(bytes).map_err(corrupt)?;
+    let (state, rest): (DetectorState, _) =
+        postcard::take_from_bytes(&plain).map_err(|e| corrupt(format!("cannot decode: {e}")))?;
+    if !rest.is_empty() {
+        return Err(corrupt(format!("{} bytes after the state", rest.len())));
+    }
     state.check().map_err(|reason| StateError::Invalid {
         path: path.to_path_buf(),
         reason,
     })?;
     Ok(state)
+}
+
+/// Moves a state file that cannot be loaded aside, to `<name>.bad-<unix seconds>` (a new
+/// name: an earlier bad file is never overwritten), and returns the new path.
+pub fn quarantine(path: &Path) -> io::Result<PathBuf> {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::other("not a file path"))?
+        .to_string_lossy()
+        .into_owned();
+    for n in 0..1000u32 {
+        let suffix = if n == 0 {
+            String::new()
+        } else {
+            format!(".{n}")
+        };
+        let target = dir_of(path).join(format!("{name}.bad-{stamp}{suffix}"));
+        // A hard link fails if the target exists, so nothing is overwritten; then the
+        // original name goes.
+        match fs::hard_link(path, &target) {
+            Ok(()) => {
+                fs::remove_file(path)?;
+                return Ok(target);
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::other("no free name to move it to"))
+}
+
+/// Serde for the ports of a [`DetectorState`]: rows (`[{port, count, rate, baseline}]`)
+/// for human-readable formats, columns for binary ones (the state file). Columns: the
+/// ports as gaps from the previous one, then the counters, rates and baselines as byte
+/// planes (every value's most significant byte first, then every value's next byte...):
+/// the sign, exponent and high bytes of neighbouring values are alike and deflate to
+/// almost nothing, where rows interleave them with random low bytes. All 65,536 ports
+/// active then fit in 1 MiB with full-precision values.
+pub mod port_columns {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer, de::Error};
+
+    use crate::detector::PortSnapshot;
+
+    #[derive(Serialize, Deserialize)]
+    struct Columns {
+        gaps: Vec<u16>,
+        counts: Vec<u8>,
+        rates: Vec<u8>,
+        baselines: Vec<u8>,
+    }
+
+    fn planes(values: impl ExactSizeIterator<Item = u64>) -> Vec<u8> {
+        let values: Vec<[u8; 8]> = values.map(u64::to_be_bytes).collect();
+        let mut out = Vec::with_capacity(values.len() * 8);
+        for byte in 0..8 {
+            out.extend(values.iter().map(|v| v[byte]));
+        }
+        out
+    }
+
+    fn unplanes(bytes: &[u8], n: usize) -> Option<Vec<u64>> {
+        if bytes.len() != n.checked_mul(8)? {
+            return None;
+        }
+        Some(
+            (0..n)
+                .map(|i| u64::from_be_bytes(std::array::from_fn(|byte| bytes[byte * n + i])))
+                .collect(),
+        )
+    }
+
+    pub fn serialize<S: Serializer>(
+        ports: &[PortSnapshot],
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            return ports.serialize(serializer);
+        }
+        let mut previous = 0u16;
+        let gaps = ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                // Wrapping: an out-of-order list still round-trips (check() rejects it).
+                let gap = if i == 0 {
+                    p.port
+                } else {
+                    p.port.wrapping_sub(previous)
+                };
+                previous = p.port;
+                gap
+            })
+            .collect();
+        Columns {
+            gaps,
+            counts: planes(ports.iter().map(|p| p.count)),
+            rates: planes(ports.iter().map(|p| p.rate.to_bits())),
+            baselines: planes(ports.iter().map(|p| p.baseline.to_bits())),
+        }
+        .serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<PortSnapshot>, D::Error> {
+        if deserializer.is_human_readable() {
+            return Vec::<PortSnapshot>::deserialize(deserializer);
+        }
+        let c = Columns::deserialize(deserializer)?;
+        let n = c.gaps.len();
+        let column = |bytes: &[u8], name: &str| {
+            unplanes(bytes, n).ok_or_else(|| {
+                D::Error::custom(format!("the {name} column does not hold {n} values"))
+            })
+        };
+        let counts = column(&c.counts, "counter")?;
+        let rates = column(&c.rates, "rate")?;
+        let baselines = column(&c.baselines, "baseline")?;
+        let mut port = 0u16;
+        Ok((0..n)
+            .map(|i| {
+                port = if i == 0 {
+                    c.gaps[0]
+                } else {
+                    port.wrapping_add(c.gaps[i])
+                };
+                PortSnapshot {
+                    port,
+                    count: counts[i],
+                    rate: f64::from_bits(rates[i]),
+                    baseline: f64::from_bits(baselines[i]),
+                }
+            })
+            .collect())
+    }
 }
 
 #[cfg(test)]
@@ -503,48 +724,69 @@ mod tests {
     #[test]
     fn corrupt_file_is_a_clear_error() {
         let tmp = TempDir::new("corrupt");
-        let path = tmp.0.join("state.json");
-        for content in [
-            &b""[..],
-            b"not json",
-            b"{\"version\": 2",
-            b"{\"version\": 2}",
-            b"[1, 2, 3]",
-            b"{\"ports\": []}",
-        ] {
-            fs::write(&path, content).expect("write");
-            let err = load(&path).expect_err("corrupt file accepted");
-            assert!(matches!(err, StateError::Corrupt { .. }), "{err:?}");
+        let path = tmp.0.join("state.bin");
+        let good = encode(&path, &sample_state(3)).expect("encode");
+        let mut flipped = good.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 0x40;
+        let mut other_format = good.clone();
+        other_format[8] = 9;
+        let mut long = good.clone();
+        long.push(0);
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("empty", Vec::new()),
+            ("old JSON", b"{\"version\": 1, \"ports\": []}".to_vec()),
+            ("header only", good[..HEADER_LEN].to_vec()),
+            ("truncated", good[..good.len() / 2].to_vec()),
+            ("one byte short", good[..good.len() - 1].to_vec()),
+            ("padded", long),
+            ("bit flip", flipped),
+            ("other container format", other_format),
+        ];
+        for (what, content) in cases {
+            fs::write(&path, &content).expect("write");
+            let err = load(&path).expect_err(what);
+            assert!(matches!(err, StateError::Corrupt { .. }), "{what}: {err:?}");
             let msg = err.to_string();
             assert!(
-                msg.contains("state.json") && msg.contains("move it away"),
-                "{msg}"
+                msg.contains("state.bin") && msg.contains("move it away"),
+                "{what}: {msg}"
             );
         }
-        // A truncated real file.
-        save(&path, &sample_state(3)).expect("save");
-        let bytes = fs::read(&path).expect("read");
-        fs::write(&path, &bytes[..bytes.len() / 2]).expect("write");
+        // A payload with a valid checksum that is not a state (e.g. a tampered file).
+        let mut junk = good[..HEADER_LEN].to_vec();
+        let payload = {
+            let mut e = DeflateEncoder::new(Vec::new(), Compression::default());
+            e.write_all(&postcard::to_stdvec(&STATE_VERSION).unwrap())
+                .unwrap();
+            e.write_all(&[0xFF, 0xFF, 0xFF]).unwrap();
+            e.finish().unwrap()
+        };
+        junk[12..16].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+        junk[16..20].copy_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        junk.extend_from_slice(&payload);
+        fs::write(&path, &junk).expect("write");
         assert!(matches!(load(&path), Err(StateError::Corrupt { .. })));
-        // The file is left where it was: the operator decides.
+        // The file is left where it was: moving it aside is the caller's decision.
         assert!(path.exists());
     }
 
     #[test]
     fn other_version_is_a_clear_error() {
         let tmp = TempDir::new("version");
-        let path = tmp.0.join("state.json");
-        let text = format!(
-            "{{\"version\": {}, \"something\": \"else\"}}",
-            STATE_VERSION + 1
-        );
-        fs::write(&path, text).expect("write");
+        let path = tmp.0.join("state.bin");
+        let mut state = sample_state(9);
+        state.version = STATE_VERSION + 1;
+        fs::write(&path, encode(&path, &state).expect("encode")).expect("write");
         let err = load(&path).expect_err("other version accepted");
-        let expected = u64::from(STATE_VERSION) + 1;
-        assert!(matches!(err, StateError::Version { found, .. } if found == expected));
+        assert!(
+            matches!(err, StateError::Version { found, expected, .. }
+                if found == STATE_VERSION + 1 && expected == STATE_VERSION),
+            "{err:?}"
+        );
         let msg = err.to_string();
         assert!(
-            msg.contains("state.json") && msg.contains("move the file away"),
+            msg.contains("state.bin") && msg.contains("move the file away"),
             "{msg}"
         );
     }
@@ -591,6 +833,79 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn every_port_active_fits_in_one_mebibyte() {
+        // Every port with a distinct, irregular history: full-precision rates and
+        // baselines, large counters, the worst case for the compressor.
+        let mut det = Detector::new(DetectorConfig::default());
+        let mut cum = vec![0u64; PORTS];
+        let t0 = Duration::from_secs(1_700_000_000);
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        for i in 0..40u64 {
+            for c in cum.iter_mut() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *c += 1 + x % 1000;
+            }
+            det.step(t0 + Duration::from_millis(5_000 * i + x % 900), &cum);
+        }
+        let state = det.snapshot();
+        assert_eq!(state.ports.len(), PORTS);
+        let tmp = TempDir::new("size");
+        let path = tmp.0.join("state.bin");
+        let written = save(&path, &state).expect("save");
+        let size = fs::metadata(&path).expect("stat").len();
+        assert_eq!(size, written as u64);
+        eprintln!("state file with all {PORTS} ports active: {size} bytes");
+        assert!(size <= 1 << 20, "{size} bytes");
+        assert_eq!(load(&path).expect("load"), Some(state));
+    }
+
+    #[test]
+    fn temp_file_never_follows_a_planted_link() {
+        let tmp = TempDir::new("symlink");
+        let path = tmp.0.join("state.bin");
+        let victim = tmp.0.join("victim");
+        fs::write(&victim, b"precious").expect("write");
+        // The names of the old scheme and some guesses of the new one.
+        for name in [
+            format!(".state.bin.tmp.{}", std::process::id()),
+            ".state.bin.tmp".to_string(),
+        ] {
+            std::os::unix::fs::symlink(&victim, tmp.0.join(name)).expect("symlink");
+        }
+        save(&path, &sample_state(10)).expect("save");
+        assert_eq!(fs::read(&victim).expect("read"), b"precious");
+        assert!(load(&path).expect("load").is_some());
+    }
+
+    #[test]
+    fn stale_temp_files_are_removed_and_quarantine_keeps_every_bad_file() {
+        let tmp = TempDir::new("stale");
+        let path = tmp.0.join("state.bin");
+        fs::write(tmp.0.join(".state.bin.tmpAbC123"), b"half").expect("write");
+        fs::write(tmp.0.join(".other.tmpAbC123"), b"not ours").expect("write");
+        assert_eq!(remove_stale_temp_files(&path), 1);
+        assert_eq!(tmp.entries(), vec![".other.tmpAbC123"]);
+
+        fs::write(&path, b"bad one").expect("write");
+        let first = quarantine(&path).expect("quarantine");
+        fs::write(&path, b"bad two").expect("write");
+        let second = quarantine(&path).expect("quarantine");
+        assert_ne!(first, second);
+        assert!(!path.exists());
+        assert_eq!(fs::read(&first).unwrap(), b"bad one");
+        assert_eq!(fs::read(&second).unwrap(), b"bad two");
+        assert!(
+            first
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("state.bin.bad-")
+        );
     }
 
     #[test]

@@ -1108,3 +1108,54 @@ fn every_port_is_its_own_counter() {
     assert_eq!(delta.get(PacketClass::Syn), 3 * ports.len() as u64);
     delta.check_invariants().expect("invariants");
 }
+
+/// Pins the calling thread to `cpu` (BPF_PROG_TEST_RUN runs on the calling CPU).
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is valid; the set and affinity calls only write it and
+    // the thread's mask.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "cannot run on CPU {cpu}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Issue 10: a SYN on a CPU whose id has no slice in the port map (as on a sparse
+/// possible-CPU mask with a map sized by the CPU count) is counted in the no-slot
+/// counter, not lost silently; a SYN on a CPU with a slice is counted by port.
+#[test]
+fn syn_on_a_cpu_without_a_slice_is_counted_as_such() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert!(
+        cpus >= 2,
+        "this test needs 2 CPUs (one with a slice, one without)"
+    );
+    // One slice: CPU 0 only.
+    let sensor =
+        Sensor::unattached_sized(Hook::Xdp, LinkKind::Ethernet, 1).expect("load with one slice");
+    let frame = syn4(445).build();
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                pin_to_cpu(1);
+                sensor.test_run(&frame, 3).expect("test run on CPU 1");
+            })
+            .join()
+            .unwrap();
+        scope
+            .spawn(|| {
+                pin_to_cpu(0);
+                sensor.test_run(&frame, 2).expect("test run on CPU 0");
+            })
+            .join()
+            .unwrap();
+    });
+    assert_eq!(sensor.read_syn_no_slot().unwrap(), 3);
+    assert_eq!(counters(&sensor).ports[445], 2);
+    assert_eq!(counters(&sensor).classes.get(PacketClass::Syn), 5);
+}

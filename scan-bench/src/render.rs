@@ -48,6 +48,7 @@ pub fn run(iterations: usize) -> Result<RenderResults> {
     let classes = [("eth0".to_string(), ClassCounts::default())];
     let attachments = [Attachment {
         interface: "eth0".into(),
+        ifindex: 2,
         mode: AttachMode::Native,
         kind: LinkKind::Ethernet,
         adopted: false,
@@ -62,6 +63,7 @@ pub fn run(iterations: usize) -> Result<RenderResults> {
             detector: &detector,
             breadth: &breadth,
             attachments: &attachments,
+            configured: &[],
             watch_ports: watch,
             top_ports: top,
             export_hold: scan_agent::config::DEFAULT_EXPORT_HOLD,

@@ -42,6 +42,10 @@ static SCAN_CLASSES: PerCpuArray<ClassCounters> = PerCpuArray::with_max_entries(
 #[unsafe(no_mangle)]
 static SCAN_DEBUG: Global<u32> = Global::new(0);
 
+/// SYNs whose CPU has no slice in `SCAN_PORT_SYNS` (see `scan_common::SYN_NO_SLOT_MAP`).
+#[map]
+static SCAN_SYN_NO_SLOT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 const ETH_HLEN: usize = 14;
 const VLAN_HLEN: usize = 4;
 /// PPPoE header (6 bytes) and the PPP protocol field (2 bytes).
@@ -185,6 +189,9 @@ fn count_syn(port: u16) {
     let index = cpu.wrapping_mul(PORTS).wrapping_add(port as u32);
     if let Some(counter) = SCAN_PORT_SYNS.get_ptr_mut(index) {
         // SAFETY: this CPU's own slot (see `Counters::bump`).
+        unsafe { *counter += 1 };
+    } else if let Some(counter) = SCAN_SYN_NO_SLOT.get_ptr_mut(0) {
+        // SAFETY: a per-CPU value, written only by this CPU.
         unsafe { *counter += 1 };
     }
 }

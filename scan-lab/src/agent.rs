@@ -222,7 +222,7 @@ impl Scratch {
     }
 
     pub fn state_file(&self) -> PathBuf {
-        self.dir.join("state.json")
+        self.dir.join("state.bin")
     }
 
     /// A file in the temporary directory.

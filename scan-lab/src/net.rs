@@ -175,12 +175,7 @@ impl Lab {
     }
 
     fn build(&mut self, quiet: bool) -> Result<()> {
-        let (ns, host_if, peer_if) = (&self.namespace, &self.host_if, &self.peer_if);
-        let in_ns = |args: &[&str]| {
-            let mut full = vec!["-n", ns];
-            full.extend_from_slice(args);
-            ip(&full)
-        };
+        let ns = &self.namespace;
         ip(&["netns", "add", ns])?;
         if quiet {
             // Before the peer arrives, so that it never starts IPv6.
@@ -194,6 +189,23 @@ impl Lab {
                 "net.ipv6.conf.default.disable_ipv6=1",
             ])?;
         }
+        self.add_pair(quiet)
+    }
+
+    /// Deletes the veth pair and creates it again under the same names and addresses (a
+    /// new ifindex), as a PPP or VLAN interface that goes and comes back.
+    pub fn recreate_pair(&mut self) -> Result<()> {
+        ip(&["link", "del", &self.host_if])?;
+        self.add_pair(false)
+    }
+
+    fn add_pair(&mut self, quiet: bool) -> Result<()> {
+        let (ns, host_if, peer_if) = (&self.namespace, &self.host_if, &self.peer_if);
+        let in_ns = |args: &[&str]| {
+            let mut full = vec!["-n", ns];
+            full.extend_from_slice(args);
+            ip(&full)
+        };
         // The peer end is created in the namespace: deleting the namespace (on
         // drop, or as a stale leftover) always deletes the pair.
         ip(&[

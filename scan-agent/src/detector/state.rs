@@ -25,7 +25,9 @@ pub struct DetectorState {
     /// Total weight of the baseline average, `0..=1`.
     #[serde(with = "exact_f64")]
     pub baseline_weight: f64,
-    /// Ports with any state, in port order.
+    /// Ports with any state, in port order. Binary formats store them by column
+    /// (`crate::state::port_columns`), which compresses to a fraction of the rows.
+    #[serde(with = "crate::state::port_columns")]
     pub ports: Vec<PortSnapshot>,
     /// Absolute hour (UNIX time / 3600) the profile accumulators belong to.
     pub profile_hour: Option<u64>,
@@ -165,18 +167,26 @@ impl DetectorState {
     }
 }
 
-/// Serde helpers: `f64` as a string that parses back to the identical value.
+/// Serde helpers: `f64` as a string that parses back to the identical value (JSON), or as
+/// its 8 bytes (binary formats).
 mod exact_f64 {
     use serde::{Deserialize, Deserializer, Serializer, de::Error};
     use std::borrow::Cow;
 
     pub fn serialize<S: Serializer>(value: &f64, serializer: S) -> Result<S::Ok, S::Error> {
+        // Binary formats (the state file's postcard) store the 8 bytes, exact and compact.
+        if !serializer.is_human_readable() {
+            return serializer.serialize_f64(*value);
+        }
         // `Debug` prints the shortest string that parses back to the same bits, switching to
         // exponent notation for very small and very large values.
         serializer.collect_str(&format_args!("{value:?}"))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+        if !deserializer.is_human_readable() {
+            return f64::deserialize(deserializer);
+        }
         let text = Cow::<'de, str>::deserialize(deserializer)?;
         text.parse::<f64>()
             .map_err(|e| D::Error::custom(format!("{text:?} is not a number: {e}")))
