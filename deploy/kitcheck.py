@@ -34,6 +34,8 @@ METRICS = {
     "scan_syn_packets_total",
     "scan_syn_rate",
     "scan_syn_baseline_rate",
+    "scan_syn_expected_rate",
+    "scan_port_learning_state",
     "scan_surge_ratio",
     "scan_surge_flagged",
     "scan_surge_threshold",

@@ -7,6 +7,7 @@
 //! root-side end of the pair (an `ip netns exec` would hide /sys/fs/bpf).
 pub mod agent;
 pub mod campaign;
+pub mod eval;
 pub mod frames;
 pub mod http;
 pub mod links;

@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup|run|test|package|fuzz|fuzz-inputs|capture-campaign|bench|soak`.
+//! Project tasks: `cargo xtask setup|run|test|package|fuzz|fuzz-inputs|capture-campaign|bench|soak|eval`.
 mod fuzz_inputs;
 mod package;
 mod setup;
@@ -72,6 +72,13 @@ enum Task {
         #[arg(long, default_value_t = 30.0)]
         minutes: f64,
     },
+    /// Detection scorecard: generated scenarios through the real XDP program and detector;
+    /// prints a table and writes target/eval/summary.json.
+    Eval {
+        /// Only the quick subset (what `cargo xtask test` runs).
+        #[arg(long)]
+        quick: bool,
+    },
     /// Run the differential parser test on many frames (release build).
     Fuzz {
         #[arg(long, default_value_t = 5_000_000)]
@@ -131,6 +138,24 @@ fn main() -> Result<()> {
             setup::setup()?;
             require_root("the soak creates a lab namespace and attaches XDP")?;
             soak(minutes)
+        }
+        Task::Eval { quick } => {
+            setup::setup()?;
+            require_root("the scorecard loads the XDP program and creates a lab veth")?;
+            let mut c = cmd("cargo");
+            c.args([
+                "run",
+                "--release",
+                "-p",
+                "scan-lab",
+                "--bin",
+                "scan-eval",
+                "--",
+            ]);
+            if quick {
+                c.args(["--quick", "--out", "target/eval/quick-summary.json"]);
+            }
+            run(&mut c)
         }
         Task::Fuzz { frames, seed } => {
             setup::setup()?;
@@ -215,6 +240,20 @@ fn test() -> Result<()> {
     let mut bench = cmd("cargo");
     bench.args(["run", "--release", "-p", "scan-bench", "--", "--quick"]);
     steps.push(("benchmarks (quick smoke run)", bench));
+
+    // The detection scorecard's quick subset: it must pass (done-when criteria per scenario).
+    let mut eval = cmd("cargo");
+    eval.args([
+        "run",
+        "--release",
+        "-p",
+        "scan-lab",
+        "--bin",
+        "scan-eval",
+        "--",
+    ])
+    .args(["--quick", "--out", "target/eval/quick-summary.json"]);
+    steps.push(("detection scorecard (quick subset)", eval));
 
     let total = steps.len();
     let mut failed = Vec::new();

@@ -148,6 +148,9 @@ def main():
         labels = f'job="{JOB}",instance="{inst}",port="{port}"'
         series.append(("scan_syn_rate", labels, encode(rate, o_rate)))
         series.append(("scan_syn_baseline_rate", labels, encode(base, o_base)))
+        # A 3x smooth cycle on busy ports is what the plain baseline covers; the expectation
+        # exported is that baseline (state "baseline").
+        series.append(("scan_syn_expected_rate", labels, encode(base, o_base)))
         series.append(("scan_surge_ratio", labels, encode(ratio, o_ratio)))
 
     n = TOTAL_H * PER_HOUR
@@ -219,7 +222,7 @@ def main():
     w("              port: \"445\"")
     w("            exp_annotations:")
     w("              summary: 'SYN surge to TCP port 445 on router1:9745: 9.9x normal'")
-    w("              description: 'TCP port 445 on router1:9745 receives 80 SYN/s against a learned baseline of 8.00 SYN/s (surge ratio 9.9), from (unknown) distinct sources to (unknown) distinct targets over the short window. Scanning of one port far above its normal level has preceded worm outbreaks.'")
+    w("              description: 'TCP port 445 on router1:9745 receives 80 SYN/s against an expected 8.00 SYN/s (surge ratio 9.9), from (unknown) distinct sources to (unknown) distinct targets over the short window. Scanning of one port far above its normal level has preceded worm outbreaks.'")
     w("              runbook: \"https://runbooks.example.org/scan-agent#portscansurge (replace with your copy of deploy/README.md, section PortScanSurge)\"")
     text = "\n".join(out) + "\n"
 

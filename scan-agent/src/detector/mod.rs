@@ -39,12 +39,13 @@
 //!
 //! **Spike limit.** After warm-up the short-term rate is fed at most
 //! `cap = SPIKE_LIMIT * (max(r, e) + floor)` per step (`e` the expectation below, `SPIKE_LIMIT =
-//! 4`). This is the Huber-type cleaning of robust exponential smoothing (Gelper, Fried & Croux,
+//! 6`). This is the Huber-type cleaning of robust exponential smoothing (Gelper, Fried & Croux,
 //! "Robust forecasting with exponential and Holt-Winters smoothing", J. Forecasting 2010),
 //! one-sided: a single scanner's hundred-odd SYNs within seconds on a 0.1 SYN/s port move `r` by
-//! about 0.06 SYN/s instead of 1.7 SYN/s, so it is not a surge of the port; a sustained surge
-//! still grows `r` by up to `1 + 3 * g_s` (24% at the defaults) per step and is flagged within
-//! seconds of the unlimited rate.
+//! about 0.09 SYN/s instead of 1.7 SYN/s (ratio 1.5, and about 2 if the burst straddles two
+//! steps), so it is not a surge of the port; a surge of up to 6x is not limited at all, and a
+//! larger one still grows `r` by up to `1 + 5 * g_s` (40% at the defaults) per step, so it is
+//! flagged within seconds of the unlimited rate.
 //!
 //! # Expectation: seasonal profile for busy ports, plain baseline for quiet ones
 //!
@@ -143,7 +144,15 @@
 //!   level), at least two short windows after its start: e.g. 83 s for 5x, 4 minutes for 50x,
 //!   7 minutes for 1000x.
 //!
-//! MEASURED_PLACEHOLDER
+//! Measured by `cargo xtask eval` (generated weeks through the real XDP program, defaults; see
+//! `scan_lab::eval`): 5x-50x surges of 15-60 minutes during a morning ramp, at night, at midday
+//! and on a weekend are one episode each, flagged 15-100 s after they start and ended 45-170 s
+//! after they stop; no false episode from the second day on, on business-hours ports (10x
+//! day/night, steep ramp, weekends), gentler 3x cycles, flat background with single-host
+//! bursts and a week with a public holiday; a 5x permanent level is accepted after about
+//! 5-6 hours. Known limit: a 5x surge starting 20 minutes before a day's morning ramp, on a day
+//! whose ramp comes 24 minutes later than the previous day's, took 125 s to flag (the
+//! expectation already had the ramp).
 //!
 //! # Unobserved time, counter resets, clock steps
 //!
@@ -175,7 +184,10 @@
 //! about 390 bytes each in a binary encoding (about 1.2 KB each as JSON). A step compares the counters with the
 //! references in 4 KiB blocks (`memcmp`), then updates only the ports that changed or still have
 //! state: O(PORTS) whatever the gap, plus O(profiles) for the hour bookkeeping (and at most
-//! 168 bins per profile once when a gap is crossed). STEP_COST_PLACEHOLDER
+//! 168 bins per profile once when a gap is crossed). Measured (`scan-eval --step-cost`, release
+//! build, 2 shared cores under load): all 65,536 ports active and 512 profiled, a step takes
+//! 0.72 ms (median), the step across an hour boundary about 1 ms; the process's peak RSS is
+//! 6 MiB.
 
 pub mod profile;
 mod state;
@@ -366,9 +378,10 @@ const SUB_BLOCK: usize = 32;
 pub const MIN_EPISODE_WINDOWS: u32 = 2;
 /// Spike limit: after warm-up, one step's rate feeds the short-term rate at most this many
 /// times `max(rate, expected) + floor`. One scanner's burst of a hundred SYNs in a few seconds
-/// moves the short-term rate of a quiet port by a few hundredths of a SYN/s instead of a few
-/// SYN/s; a real surge still grows the rate by up to `1 + 3 * g` (24% at the defaults) per step.
-pub const SPIKE_LIMIT: f64 = 4.0;
+/// moves the short-term rate of a quiet port by a tenth of a SYN/s instead of a few SYN/s; a
+/// surge of up to 6x is not limited, a larger one still grows the rate by up to `1 + 5 * g`
+/// (40% at the defaults) per step.
+pub const SPIKE_LIMIT: f64 = 6.0;
 /// A step longer than this (seconds) is not booked into any hour of the profiles: a mean over a
 /// long gap has no shape.
 const MAX_PROFILE_STEP: f64 = 300.0;
