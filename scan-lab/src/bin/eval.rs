@@ -3,7 +3,7 @@ use std::{fs, path::PathBuf, time::Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use scan_agent::sensor::{ModeChoice, Sensor};
+use scan_agent::sensor::{AttachRequest, HookChoice, ModeChoice, Sensor};
 use scan_lab::{Lab, eval};
 
 #[derive(Parser)]
@@ -53,7 +53,14 @@ fn main() -> Result<()> {
         // grace periods, about 20 ms, per run otherwise). Nothing is sent on the pair.
         let lab = Lab::create_quiet()?;
         sensor
-            .attach(&lab.host_if, ModeChoice::Native, false)
+            .attach(
+                &lab.host_if,
+                AttachRequest {
+                    hook: HookChoice::Xdp,
+                    xdp_mode: ModeChoice::Native,
+                },
+                false,
+            )
             .with_context(|| format!("attaching natively to the lab veth {}", lab.host_if))?;
         let started = Instant::now();
         let outcome = eval::run(scenario, &sensor)?;
