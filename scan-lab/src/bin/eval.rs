@@ -3,7 +3,7 @@ use std::{fs, path::PathBuf, time::Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use scan_agent::sensor::{AttachRequest, HookChoice, ModeChoice, Sensor};
+use scan_agent::sensor::{AttachRequest, HookChoice, ModeChoice, MultiprogChoice, Sensor};
 use scan_lab::{Lab, eval};
 
 #[derive(Parser)]
@@ -58,6 +58,9 @@ fn main() -> Result<()> {
                 AttachRequest {
                     hook: HookChoice::Xdp,
                     xdp_mode: ModeChoice::Native,
+                    // XDP alone: a libxdp dispatcher would be what the kernel's dispatcher
+                    // holds, and the test runs of our program would swap it again.
+                    multiprog: MultiprogChoice::Off,
                 },
                 false,
             )
