@@ -3,8 +3,8 @@ use std::{fs, path::PathBuf, time::Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use scan_agent::sensor::{AttachRequest, HookChoice, ModeChoice, MultiprogChoice, Sensor};
-use scan_lab::{Lab, eval};
+use scan_agent::sensor::{Hook, LinkKind, Sensor};
+use scan_lab::eval;
 
 #[derive(Parser)]
 #[command(about = "Replays generated scenarios through the real XDP program and detector")]
@@ -44,27 +44,10 @@ fn main() -> Result<()> {
     let mut results = Vec::new();
     let mut all_passed = true;
     for scenario in &scenarios {
-        // Fresh private maps per scenario.
-        let mut sensor = Sensor::load(None).context(
+        // Fresh private maps per scenario; the program is loaded for test runs only.
+        let sensor = Sensor::unattached(Hook::Xdp, LinkKind::Ethernet).context(
             "loading the XDP program (needs root, or CAP_BPF + CAP_NET_ADMIN, and a kernel with BPF)",
         )?;
-        // Attached in native mode to a quiet lab veth, the program stays in the kernel's XDP
-        // dispatcher, so a test run with repeat > 1 does not swap the dispatcher (two RCU
-        // grace periods, about 20 ms, per run otherwise). Nothing is sent on the pair.
-        let lab = Lab::create_quiet()?;
-        sensor
-            .attach(
-                &lab.host_if,
-                AttachRequest {
-                    hook: HookChoice::Xdp,
-                    xdp_mode: ModeChoice::Native,
-                    // XDP alone: a libxdp dispatcher would be what the kernel's dispatcher
-                    // holds, and the test runs of our program would swap it again.
-                    multiprog: MultiprogChoice::Off,
-                },
-                false,
-            )
-            .with_context(|| format!("attaching natively to the lab veth {}", lab.host_if))?;
         let started = Instant::now();
         let outcome = eval::run(scenario, &sensor)?;
         println!(
