@@ -129,7 +129,7 @@ pub struct RunArgs {
     pub attach: Option<HookChoice>,
     /// on: XDP through a libxdp dispatcher (join the interface's, or make one that
     /// xdp-filter, xdp-loader and other libxdp users can join); off: XDP alone on
-    /// the hook [default: on]
+    /// the hook [default: off]
     #[arg(long, value_enum)]
     pub xdp_multiprog: Option<MultiprogChoice>,
     /// One port map per interface instead of one shared by all (costs

@@ -253,9 +253,12 @@ pub enum HookChoice {
 pub enum MultiprogChoice {
     /// XDP through a libxdp dispatcher: join the one on the interface, or make one
     /// that others (xdp-filter, xdp-loader) can join later.
-    #[default]
     On,
-    /// XDP alone on the hook (a bpf_link no other program can share).
+    /// XDP alone on the hook (a bpf_link no other program can share). The default until
+    /// the dispatcher path has run on a kernel that allows freplace programs (this
+    /// project's test kernel refuses them), and because it needs /sys/fs/bpf/xdp
+    /// writable, which the hardened unit does not grant.
+    #[default]
     Off,
 }
 
