@@ -240,7 +240,7 @@ base=$(settled)
 id=$(xdp_id)
 dpkg_ns -r scan-agent
 if [[ $(ns systemctl is-active scan-agent) != active && -n $(xdp_id) && $(xdp_id) == "$id" ]] &&
-   ns test -d /sys/fs/bpf/scan-agent && ns test -s /var/lib/scan-agent/state.json && ! ns test -e /usr/bin/scan-agent; then
+   ns test -d /sys/fs/bpf/scan-agent && ns test -s /var/lib/scan-agent/state.bin && ! ns test -e /usr/bin/scan-agent; then
   result OK "dpkg -r with keep_attached = true: service and binary gone, program still attached (xdp id $id), pins and state kept"
 else
   result FAIL "dpkg -r (keep_attached): active=$(ns systemctl is-active scan-agent) xdp=$(xdp_id) pins=$(ns ls /sys/fs/bpf/scan-agent | tr '\n' ' ')"
@@ -254,7 +254,7 @@ n=$(( $(count_is $((base + 10))) - base ))
 conf false
 ns systemctl restart scan-agent && wait_active
 dpkg_ns -r scan-agent
-if [[ $n == 10 && -z $(xdp_id) ]] && ns test -d /sys/fs/bpf/scan-agent && ns test -s /var/lib/scan-agent/state.json; then
+if [[ $n == 10 && -z $(xdp_id) ]] && ns test -d /sys/fs/bpf/scan-agent && ns test -s /var/lib/scan-agent/state.bin; then
   result OK "reinstall adopted the kept program (counts kept, 10 new SYNs counted); dpkg -r with keep_attached = false: detached, pins and state kept"
 else
   result FAIL "reinstall/remove: new SYNs counted=$n (want 10, counts kept) xdp=$(xdp_id) pins=$(ns ls /sys/fs/bpf/scan-agent 2>&1 | tr '\n' ' ')"
