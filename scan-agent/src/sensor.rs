@@ -1004,12 +1004,12 @@ impl Sensor {
                 if route == Route::Dispatcher {
                     match self.attach_dispatcher(interface, kind, request.xdp_mode, keep) {
                         Ok(attachment) => return Ok(attachment),
-                        // Only when the hook is free (a dispatcher that is there is
-                        // never replaced): XDP alone, as libxdp falls back too.
+                        // Whatever failed (freplace refused, /sys/fs/bpf/xdp not
+                        // writable under a sandbox, a mode the driver refuses): when the
+                        // hook is still free, XDP alone, as libxdp falls back too. A
+                        // dispatcher that is there is never replaced.
                         Err(SensorError::Dispatcher { source, .. })
-                            if matches!(*source, dispatcher::DispatcherError::NoFreplace(_))
-                                && xdp_hook::query(ifindex(interface)?)
-                                    .is_ok_and(|h| h.is_none()) =>
+                            if xdp_hook::query(index).is_ok_and(|h| h.is_none()) =>
                         {
                             log::warn!(
                                 "{interface}: {source}; attaching XDP alone (other programs \

@@ -198,6 +198,41 @@ fn a_foreign_xdp_program_is_never_replaced() {
     assert_eq!(xdp_prog_id(&lab.host_if), Some(foreign));
 }
 
+/// `--xdp-multiprog on` on a free hook: the agent makes a libxdp dispatcher where the
+/// kernel allows freplace programs, and otherwise (this project's test kernel refuses
+/// BPF_PROG_TYPE_EXT loads with EPERM) falls back to XDP alone and says why. Either
+/// way every SYN is counted, and stopping leaves the hook free.
+#[test]
+fn xdp_multiprog_makes_a_dispatcher_or_falls_back_to_xdp_alone() {
+    let lab = Lab::create_quiet().expect("creating the lab (needs root and network namespaces)");
+    let scratch = scratch("multiprog");
+    let mut agent = start(
+        &lab.host_if,
+        &scratch,
+        &["--attach", "xdp", "--xdp-multiprog", "on"],
+        "multiprog",
+    );
+    let per_port = BTreeMap::from([(445, 11), (23, 3)]);
+    assert_eq!(lab.inject(syn_frames(&lab, &per_port)).unwrap(), 14);
+    let metrics = agent.metrics_after_poll().unwrap();
+    let log = agent.log_text();
+    let hook = if log.contains("attaching XDP alone") {
+        "xdp"
+    } else {
+        "xdp_dispatcher"
+    };
+    assert_eq!(
+        attached(&metrics, &lab.host_if, hook),
+        1.0,
+        "{log}\n{metrics}"
+    );
+    assert_eq!(flag(&metrics, &lab.host_if, "syn"), 14.0, "{metrics}");
+    assert_eq!(port(&metrics, 445), 11.0);
+    assert_eq!(port(&metrics, 23), 3.0);
+    assert!(agent.stop(libc::SIGTERM).unwrap().success());
+    assert_eq!(xdp_prog_id(&lab.host_if), None, "stopping frees the hook");
+}
+
 /// TCX order: the agent's link goes first, so a TCX program that drops (or accepts:
 /// TC_ACT_OK ends the chain) runs after it and the agent still sees every packet.
 #[test]
