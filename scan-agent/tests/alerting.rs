@@ -46,24 +46,7 @@ fn test_rules(scratch: &Scratch) -> PathBuf {
 
 /// The agent with the test settings and `web_config`; `curl` reaches it over HTTPS.
 fn start_agent(lab: &Lab, scratch: &Scratch, web_config: &Path, curl: Vec<String>) -> Agent {
-    let mut args: Vec<String> = [
-        "--iface",
-        &lab.host_if,
-        "--interval",
-        "1s",
-        "--short-window",
-        "5s",
-        "--baseline-window",
-        "5m",
-        "--warmup",
-        "5s",
-        "--watch-ports",
-        "22,445",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(scratch.agent_args());
+    let mut args = scratch.run_args(&lab.host_if, &["--watch-ports", "22,445"]);
     args.extend(["--web.config.file".into(), web_config.display().to_string()]);
     Agent::start_with(
         AGENT.as_ref(),
@@ -411,25 +394,9 @@ fn a_sweep_is_a_surge_and_a_worm_is_distributed_too() {
     lab.add_addresses(&targets, &worm_sources)
         .expect("adding lab addresses");
 
-    let mut args: Vec<String> = [
-        "--iface",
-        &lab.host_if,
-        "--interval",
-        "1s",
-        "--short-window",
-        "5s",
-        "--baseline-window",
-        "5m",
-        "--warmup",
-        "5s",
-        "--watch-ports",
-        "22,445",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(scratch.agent_args());
-    let agent = Agent::start(AGENT.as_ref(), &args, &scratch.file("agent.log")).expect("agent");
+    let agent = scratch
+        .start_agent(&lab.host_if, &["--watch-ports", "22,445"], "agent")
+        .expect("agent");
     let monitoring = Monitoring::start(agent.listen, &rules, &scratch.file("monitoring"), "1s")
         .expect("Prometheus and Alertmanager (Debian packages, installed by cargo xtask setup)");
     let surge_445 = || {

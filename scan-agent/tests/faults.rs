@@ -13,11 +13,7 @@ const AGENT: &str = env!("CARGO_BIN_EXE_scan-agent");
 
 /// Short windows so that "3 baseline windows" is 30 s.
 fn args(lab: &Lab, scratch: &Scratch, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "--iface",
-        &lab.host_if,
-        "--interval",
-        "1s",
+    let mut flags = vec![
         "--short-window",
         "2s",
         "--baseline-window",
@@ -30,13 +26,9 @@ fn args(lab: &Lab, scratch: &Scratch, extra: &[&str]) -> Vec<String> {
         "10s",
         "--watch-ports",
         "22,445,9999",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(scratch.agent_args());
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args
+    ];
+    flags.extend(extra);
+    scratch.run_args(&lab.host_if, &flags)
 }
 
 fn start(lab: &Lab, scratch: &Scratch, extra: &[&str], run: &str) -> Agent {
@@ -463,9 +455,11 @@ fn full_or_read_only_state_directory_costs_nothing_but_saves() {
     let (lab, scratch) = lab_and_scratch("statefs");
     let fs = SmallFs::mount(&scratch);
     let state = fs.0.join("state.bin");
-    let mut run = args(&lab, &scratch, &[]);
-    let at = run.iter().position(|a| a == "--state-file").unwrap() + 1;
-    run[at] = state.display().to_string();
+    let run = args(
+        &lab,
+        &scratch,
+        &["--state-file", &state.display().to_string()],
+    );
     let agent = Agent::start(AGENT.as_ref(), &run, &scratch.file("1.log")).expect("start");
     let mut sent = 0.0;
     let mut traffic = |n: u32| {

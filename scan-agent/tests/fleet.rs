@@ -20,26 +20,13 @@ const SURGE_RATE: f64 = 60.0;
 const SURGE_LIMIT: Duration = Duration::from_secs(60);
 
 fn start_agent(lab: &Lab, scratch: &Scratch) -> Agent {
-    let mut args: Vec<String> = [
-        "--iface",
-        &lab.host_if,
-        "--interval",
-        "1s",
-        "--short-window",
-        "5s",
-        "--baseline-window",
-        "5m",
-        "--warmup",
-        "5s",
-        "--surge-threshold",
-        "4",
-        "--watch-ports",
-        "22,445",
-    ]
-    .map(String::from)
-    .to_vec();
-    args.extend(scratch.agent_args());
-    Agent::start(AGENT.as_ref(), &args, &scratch.file("agent.log")).expect("agent starts")
+    scratch
+        .start_agent(
+            &lab.host_if,
+            &["--surge-threshold", "4", "--watch-ports", "22,445"],
+            "agent",
+        )
+        .expect("agent starts")
 }
 
 /// Runs `check` every 500 ms until it returns Some, or fails after `limit` naming `what`.

@@ -34,15 +34,7 @@ fn assert_counts_kept(before: &str, after: &str) {
 }
 
 fn agent_args(lab: &Lab, scratch: &Scratch, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "--iface",
-        &lab.host_if,
-        "--interval",
-        "1s",
-        "--short-window",
-        "5s",
-        "--baseline-window",
-        "5m",
+    let mut flags = vec![
         "--warmup",
         "8s",
         "--surge-threshold",
@@ -53,13 +45,9 @@ fn agent_args(lab: &Lab, scratch: &Scratch, extra: &[&str]) -> Vec<String> {
         "22,80,445,3389,8080,9998,9999",
         "--top-ports",
         "5",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(scratch.agent_args());
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args
+    ];
+    flags.extend(extra);
+    scratch.run_args(&lab.host_if, &flags)
 }
 
 fn port_total(metrics: &str, port: u16) -> f64 {

@@ -17,25 +17,11 @@ fn scratch(tag: &str) -> Scratch {
 }
 
 fn start(interface: &str, scratch: &Scratch, extra: &[&str], run: &str) -> Agent {
-    let mut args: Vec<String> = [
-        "--iface",
-        interface,
-        "--interval",
-        "1s",
-        "--short-window",
-        "5s",
-        "--baseline-window",
-        "5m",
-        "--warmup",
-        "8s",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(scratch.agent_args());
-    args.extend(extra.iter().map(|s| s.to_string()));
-    Agent::start(AGENT.as_ref(), &args, &scratch.file(&format!("{run}.log")))
-        .unwrap_or_else(|e| panic!("agent run {run:?} does not start: {e:#}"))
+    let mut flags = vec!["--warmup", "8s"];
+    flags.extend(extra);
+    scratch
+        .start_agent(interface, &flags, run)
+        .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// The value of the series of `name` whose labels contain every one of `labels` (0

@@ -56,28 +56,22 @@ fn sgr_params(text: &str) -> Vec<String> {
 fn top_in_a_terminal_shows_the_surge_sorts_filters_and_quits_cleanly() {
     let lab = Lab::create().expect("creating the lab (needs root and network namespaces)");
     let scratch = Scratch::new("top", AGENT.as_ref()).expect("scratch directories");
-    let mut args: Vec<String> = [
-        "--iface",
-        &lab.host_if,
-        "--interval",
-        "1s",
-        "--short-window",
-        "5s",
-        "--baseline-window",
-        "5m",
-        "--warmup",
-        "6s",
-        "--surge-threshold",
-        "4",
-        "--watch-ports",
-        "22,80,445",
-        "--top-ports",
-        "5",
-    ]
-    .map(String::from)
-    .to_vec();
-    args.extend(scratch.agent_args());
-    let agent = Agent::start(AGENT.as_ref(), &args, &scratch.file("agent.log")).expect("agent");
+    let agent = scratch
+        .start_agent(
+            &lab.host_if,
+            &[
+                "--warmup",
+                "6s",
+                "--surge-threshold",
+                "4",
+                "--watch-ports",
+                "22,80,445",
+                "--top-ports",
+                "5",
+            ],
+            "agent",
+        )
+        .expect("agent");
     let url = format!("http://{}", agent.listen);
 
     // Normal traffic through the warm-up, then a surge on 445 (all bounded in count).

@@ -230,6 +230,52 @@ impl Scratch {
         self.dir.join(name)
     }
 
+    /// `scan-agent run` arguments for a lab test on `iface`: this scratch's pin path and
+    /// state file and short timings (1 s polls, 5 s short window, 5 min baseline, 5 s
+    /// warm-up: minutes of a router's life in seconds). A flag in `flags` that is one of
+    /// those replaces its value; any other flag is appended as given.
+    pub fn run_args(&self, iface: &str, flags: &[&str]) -> Vec<String> {
+        let mut defaults: Vec<(&str, String)> = vec![
+            ("--interval", "1s".into()),
+            ("--short-window", "5s".into()),
+            ("--baseline-window", "5m".into()),
+            ("--warmup", "5s".into()),
+            ("--pin-path", self.pin_path.display().to_string()),
+            ("--state-file", self.state_file().display().to_string()),
+        ];
+        let mut appended = Vec::new();
+        let mut i = 0;
+        while i < flags.len() {
+            let default = defaults.iter_mut().find(|(flag, _)| *flag == flags[i]);
+            match (default, flags.get(i + 1)) {
+                (Some((_, value)), Some(given)) => {
+                    *value = given.to_string();
+                    i += 2;
+                }
+                _ => {
+                    appended.push(flags[i].to_string());
+                    i += 1;
+                }
+            }
+        }
+        let mut args = vec!["--iface".to_string(), iface.to_string()];
+        for (flag, value) in defaults {
+            args.extend([flag.to_string(), value]);
+        }
+        args.extend(appended);
+        args
+    }
+
+    /// Starts the agent with [`Self::run_args`]; its log is `<run>.log` here.
+    pub fn start_agent(&self, iface: &str, flags: &[&str], run: &str) -> Result<Agent> {
+        Agent::start(
+            &self.agent,
+            &self.run_args(iface, flags),
+            &self.file(&format!("{run}.log")),
+        )
+        .with_context(|| format!("agent run {run:?} does not start"))
+    }
+
     /// `--pin-path` and `--state-file` for `scan-agent run`.
     pub fn agent_args(&self) -> Vec<String> {
         vec![
