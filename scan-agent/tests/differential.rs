@@ -45,8 +45,9 @@ use etherparse::{
 use scan_agent::sensor::{Hook, LinkKind, Sensor};
 use scan_common::{ClassCounts, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, PORTS, PacketClass};
 use scan_lab::{
-    frames::{Frame, Ipv6Ext, Rng, ether_type, ip_proto, tcp},
+    frames::{Frame, Ipv6Ext, ether_type, ip_proto, tcp},
     pcap::write_pcap,
+    rng::Rng,
     testrun::is_refused_test_input,
 };
 

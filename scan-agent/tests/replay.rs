@@ -32,11 +32,12 @@ use scan_agent::{
 use scan_common::{PacketClass, PacketClass::*};
 use scan_lab::{
     frames::{
-        Frame, Rng,
+        Frame,
         corpus::{self, Capture, START},
         tcp,
     },
     pcap::{write_pcap, write_pcap_link, write_pcapng},
+    rng::Rng,
 };
 
 /// A directory under the system temp dir, removed on drop.

@@ -22,7 +22,7 @@ use scan_agent::{
     sensor::{Hook, LinkKind, Sensor},
 };
 
-use crate::frames::{Rng, corpus};
+use crate::{frames::corpus, rng::Rng};
 
 /// What a campaign did.
 #[derive(Debug, Default)]

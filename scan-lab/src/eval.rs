@@ -37,7 +37,10 @@ use scan_agent::{
 };
 use serde_json::{Value, json};
 
-use crate::frames::{Frame, tcp};
+use crate::{
+    frames::{Frame, tcp},
+    rng::Rng,
+};
 
 /// Monday 2023-11-13 00:00 UTC.
 pub const MONDAY: Duration = Duration::from_secs(1_699_833_600);
@@ -298,43 +301,6 @@ pub fn scenarios() -> Vec<Scenario> {
     ]
 }
 
-/// splitmix64 with a Poisson sampler (Knuth below 30, rounded normal above).
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn uniform(&mut self) -> f64 {
-        ((self.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64
-    }
-
-    fn poisson(&mut self, mean: f64) -> u64 {
-        if mean <= 0.0 {
-            return 0;
-        }
-        if mean <= 30.0 {
-            let limit = (-mean).exp();
-            let mut k = 0;
-            let mut p = self.uniform();
-            while p > limit {
-                k += 1;
-                p *= self.uniform();
-            }
-            k
-        } else {
-            let z = (-2.0 * self.uniform().ln()).sqrt()
-                * (2.0 * std::f64::consts::PI * self.uniform()).cos();
-            (mean + mean.sqrt() * z).round().max(0.0) as u64
-        }
-    }
-}
-
 /// An episode as the scorer sees it: seconds since the scenario start.
 #[derive(Clone, Copy, Debug)]
 struct Seen {
@@ -362,7 +328,7 @@ pub fn run(scenario: &Scenario, sensor: &Sensor) -> Result<Outcome> {
     let config = DetectorConfig::default();
     let step = config.interval.as_secs();
     let mut detector = Detector::new(config);
-    let mut rng = Rng(scenario.seed);
+    let mut rng = Rng::new(scenario.seed);
     let frames: Vec<Vec<u8>> = scenario
         .ports
         .iter()

@@ -959,70 +959,6 @@ pub fn internet_checksum(sum: u32, bytes: &[u8]) -> u16 {
     !(sum as u16)
 }
 
-/// A small, fast, seedable random number generator (SplitMix64): reproducible corpora
-/// and fuzz runs without a dependency.
-#[derive(Clone, Debug)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (0 when `n` is 0).
-    pub fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            return 0;
-        }
-        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
-    }
-
-    /// Uniform in `lo..=hi`.
-    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.below(hi - lo + 1)
-    }
-
-    /// True with probability `p`.
-    pub fn chance(&mut self, p: f64) -> bool {
-        self.unit() < p
-    }
-
-    /// Uniform in `[0, 1)`.
-    pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    pub fn u8(&mut self) -> u8 {
-        self.next_u64() as u8
-    }
-
-    pub fn u16(&mut self) -> u16 {
-        self.next_u64() as u16
-    }
-
-    pub fn u32(&mut self) -> u32 {
-        self.next_u64() as u32
-    }
-
-    /// `len` random bytes.
-    pub fn bytes(&mut self, len: usize) -> Vec<u8> {
-        (0..len).map(|_| self.u8()).collect()
-    }
-
-    /// One element of a non-empty slice.
-    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len() as u64) as usize]
-    }
-}
-
 /// Realistic captures with timestamps, for replay tests, demos and benchmarks.
 ///
 /// Every generator is deterministic (seeded) and returns, with its frames, what the
@@ -1034,7 +970,8 @@ pub mod corpus {
 
     use scan_common::PacketClass;
 
-    use super::{Frame, Ipv6Ext, Net, Rng, Transport, tcp};
+    use super::{Frame, Ipv6Ext, Net, Transport, tcp};
+    use crate::rng::Rng;
 
     /// 2026-03-02T10:00:00Z, the start of every corpus capture.
     pub const START: Duration = Duration::from_secs(1_772_445_600);
