@@ -296,6 +296,19 @@ pub const WEB_CONFIG: crate::input::InputKind = crate::input::InputKind {
     example: "/etc/scan-agent/web-config.yml",
 };
 
+/// The PEM certificates in `bytes`, read from `file`: at least one.
+fn pem_certificates(file: &Path, bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(bytes)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{file:?} is not PEM ({e})"))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{file:?} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+        ));
+    }
+    Ok(certs)
+}
+
 fn version(key: &str, text: &str) -> Result<&'static SupportedProtocolVersion, String> {
     match text {
         "TLS13" => Ok(&rustls::version::TLS13),
@@ -367,21 +380,9 @@ fn build_tls(
         crate::input::read_regular(path, WEB_CONFIG, MAX_FILE_BYTES)
             .map_err(|e| err(key, format!("{path:?}: {e}")))
     };
-    let certs: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_slice_iter(&read("tls_server_config.cert_file", &cert_file)?)
-            .collect::<Result<_, _>>()
-            .map_err(|e| {
-                err(
-                    "tls_server_config.cert_file",
-                    format!("{cert_file:?} is not a PEM certificate chain ({e})"),
-                )
-            })?;
-    if certs.is_empty() {
-        return Err(err(
-            "tls_server_config.cert_file",
-            format!("{cert_file:?} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"),
-        ));
-    }
+    let certificates =
+        |key: &str, file: &Path| pem_certificates(file, &read(key, file)?).map_err(|m| err(key, m));
+    let certs = certificates("tls_server_config.cert_file", &cert_file)?;
     let key = PrivateKeyDer::from_pem_slice(&read("tls_server_config.key_file", &key_file)?)
         .map_err(|e| {
             err(
@@ -442,27 +443,13 @@ fn build_tls(
             let ca = resolve(ca);
             files.push(ca.clone());
             let mut roots = rustls::RootCertStore::empty();
-            for cert in
-                CertificateDer::pem_slice_iter(&read("tls_server_config.client_ca_file", &ca)?)
-            {
-                let cert = cert.map_err(|e| {
-                    err(
-                        "tls_server_config.client_ca_file",
-                        format!("{ca:?} is not PEM ({e})"),
-                    )
-                })?;
+            for cert in certificates("tls_server_config.client_ca_file", &ca)? {
                 roots.add(cert).map_err(|e| {
                     err(
                         "tls_server_config.client_ca_file",
                         format!("{ca:?}: a certificate cannot be used as a CA: {e}"),
                     )
                 })?;
-            }
-            if roots.is_empty() {
-                return Err(err(
-                    "tls_server_config.client_ca_file",
-                    format!("{ca:?} holds no PEM certificate"),
-                ));
             }
             let mut builder =
                 WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
