@@ -4,7 +4,7 @@
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Command},
     time::{Duration, Instant},
 };
 
@@ -13,7 +13,7 @@ use anyhow::{Context, Result, bail};
 use crate::{agent::free_port, http};
 
 pub struct Monitoring {
-    children: Vec<Child>,
+    servers: Servers,
     pub prometheus: SocketAddr,
     pub alertmanager: SocketAddr,
     pub dir: PathBuf,
@@ -35,16 +35,11 @@ impl Monitoring {
         interval: &str,
         scrape: &str,
     ) -> Result<Self> {
-        std::fs::create_dir_all(dir)?;
+        let mut servers = Servers::new(dir)?;
         let prometheus: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-        let alertmanager: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let rules = std::fs::canonicalize(rules)
             .with_context(|| format!("rule file {}", rules.display()))?;
-        std::fs::write(
-            dir.join("alertmanager.yml"),
-            "route:\n  receiver: lab\n  group_by: [alertname, port, instance]\n  \
-             group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\nreceivers:\n  - name: lab\n",
-        )?;
+        let alertmanager = servers.start_alertmanager()?;
         std::fs::write(
             dir.join("prometheus.yml"),
             format!(
@@ -55,30 +50,8 @@ impl Monitoring {
                 rules = rules.display()
             ),
         )?;
-        let log = |name: &str| -> Result<Stdio> {
-            Ok(std::fs::File::create(dir.join(format!("{name}.log")))?.into())
-        };
-        let mut monitoring = Self {
-            children: Vec::new(),
-            prometheus,
-            alertmanager,
-            dir: dir.into(),
-        };
-        monitoring.children.push(
-            Command::new("prometheus-alertmanager")
-                .arg(format!(
-                    "--config.file={}",
-                    dir.join("alertmanager.yml").display()
-                ))
-                .arg(format!("--storage.path={}", dir.join("am-data").display()))
-                .arg(format!("--web.listen-address={alertmanager}"))
-                .arg("--cluster.listen-address=")
-                .stdout(log("alertmanager")?)
-                .stderr(log("alertmanager-err")?)
-                .spawn()
-                .context("starting prometheus-alertmanager (Debian package)")?,
-        );
-        monitoring.children.push(
+        servers.spawn(
+            "prometheus",
             Command::new("prometheus")
                 .arg(format!(
                     "--config.file={}",
@@ -88,51 +61,25 @@ impl Monitoring {
                     "--storage.tsdb.path={}",
                     dir.join("prom-data").display()
                 ))
-                .arg(format!("--web.listen-address={prometheus}"))
-                .stdout(log("prometheus")?)
-                .stderr(log("prometheus-err")?)
-                .spawn()
-                .context("starting prometheus (Debian package)")?,
-        );
-        monitoring.wait_ready(Duration::from_secs(60))?;
-        Ok(monitoring)
+                .arg(format!("--web.listen-address={prometheus}")),
+        )?;
+        servers.wait_ready(&[alertmanager, prometheus])?;
+        Ok(Self {
+            servers,
+            prometheus,
+            alertmanager,
+            dir: dir.into(),
+        })
     }
 
-    fn wait_ready(&self, limit: Duration) -> Result<()> {
-        let started = Instant::now();
-        for (addr, path) in [
-            (self.alertmanager, "/-/ready"),
-            (self.prometheus, "/-/ready"),
-        ] {
-            loop {
-                if let Ok((200, _)) = http::get(addr, path) {
-                    break;
-                }
-                if started.elapsed() > limit {
-                    bail!(
-                        "{addr} not ready after {limit:?}; logs in {}",
-                        self.dir.display()
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        }
-        Ok(())
+    /// The last lines of both servers' logs, for a failure message.
+    pub fn log_tails(&self) -> String {
+        self.servers.log_tails()
     }
 
     /// The value of the instant `query` in Prometheus, if it returns a sample.
     pub fn query(&self, query: &str) -> Result<Option<f64>> {
-        let encoded: String = query
-            .bytes()
-            .map(|b| {
-                if b.is_ascii_alphanumeric() || b"_-.~".contains(&b) {
-                    (b as char).to_string()
-                } else {
-                    format!("%{b:02X}")
-                }
-            })
-            .collect();
-        let (status, body) = http::get(self.prometheus, &format!("/api/v1/query?query={encoded}"))?;
+        let (status, body) = http::get(self.prometheus, &query_path(query))?;
         if status != 200 {
             bail!("prometheus answered {status}: {body}");
         }
@@ -195,15 +142,132 @@ fn adapt(from: &Path, to: &Path, replace: &[(&str, String)]) -> Result<()> {
     Ok(std::fs::write(to, text)?)
 }
 
-fn spawn(dir: &Path, name: &str, command: &mut Command) -> Result<Child> {
-    let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
-    command
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .with_context(|| {
-            format!("starting {name} (Debian packages prometheus, prometheus-alertmanager)")
+/// The monitoring servers of one test: their processes and their logs
+/// (`<dir>/<name>.log`), stopped on drop.
+struct Servers {
+    children: Vec<Child>,
+    dir: PathBuf,
+}
+
+impl Servers {
+    fn new(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Self {
+            children: Vec::new(),
+            dir: dir.into(),
         })
+    }
+
+    fn spawn(&mut self, name: &str, command: &mut Command) -> Result<()> {
+        let log = std::fs::File::create(self.dir.join(format!("{name}.log")))?;
+        let child = command
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| {
+                format!("starting {name} (Debian packages prometheus, prometheus-alertmanager)")
+            })?;
+        self.children.push(child);
+        Ok(())
+    }
+
+    /// Alertmanager on a free port, with one receiver and 1 s grouping so that a test
+    /// sees an alert within seconds.
+    fn start_alertmanager(&mut self) -> Result<SocketAddr> {
+        let listen: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let config = self.dir.join("alertmanager.yml");
+        std::fs::write(
+            &config,
+            "route:\n  receiver: lab\n  group_by: [alertname, port, instance]\n  \
+             group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\nreceivers:\n  - name: lab\n",
+        )?;
+        let storage = self.dir.join("am-data");
+        self.spawn(
+            "alertmanager",
+            Command::new("prometheus-alertmanager")
+                .arg(format!("--config.file={}", config.display()))
+                .arg(format!("--storage.path={}", storage.display()))
+                .arg(format!("--web.listen-address={listen}"))
+                .arg("--cluster.listen-address="),
+        )?;
+        Ok(listen)
+    }
+
+    /// Waits until every server at `addresses` answers `/-/ready` (60 s at most); fails
+    /// at once, with the logs, if one exits.
+    fn wait_ready(&mut self, addresses: &[SocketAddr]) -> Result<()> {
+        let started = Instant::now();
+        for &addr in addresses {
+            while !matches!(http::get(addr, "/-/ready"), Ok((200, _))) {
+                if self
+                    .children
+                    .iter_mut()
+                    .any(|c| c.try_wait().ok().flatten().is_some())
+                {
+                    bail!("a monitoring server exited; {}", self.log_tails());
+                }
+                if started.elapsed() > Duration::from_secs(60) {
+                    bail!("{addr} not ready after 60 s; {}", self.log_tails());
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        Ok(())
+    }
+
+    /// The last lines of every server's log, for a failure message.
+    fn log_tails(&self) -> String {
+        let mut out = String::new();
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return out;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "log") {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                out.push_str(&format!("\n--- {}:\n", path.display()));
+                for line in &lines[lines.len().saturating_sub(5)..] {
+                    out.push_str(line);
+                    out.push('\n');
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            // SAFETY: kill on our own child's pid.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        }
+        for child in &mut self.children {
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(10) {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The query API path for an instant query of `promql`, URL-encoded.
+fn query_path(promql: &str) -> String {
+    let mut path = String::from("/api/v1/query?query=");
+    for b in promql.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            path.push(b as char);
+        } else {
+            path.push_str(&format!("%{b:02X}"));
+        }
+    }
+    path
 }
 
 /// A fleet on remote-write, from the shipped deploy/prometheus/fleet/ files: one Prometheus
@@ -211,7 +275,7 @@ fn spawn(dir: &Path, name: &str, command: &mut Command) -> Result<Child> {
 /// to one central Prometheus (central.yml, remote-write receiver, the given rules), which
 /// alerts to one Alertmanager.
 pub struct Fleet {
-    children: Vec<Child>,
+    servers: Servers,
     pub central: SocketAddr,
     pub alertmanager: SocketAddr,
     pub dir: PathBuf,
@@ -228,34 +292,11 @@ impl Fleet {
         dir: &Path,
         interval: &str,
     ) -> Result<Self> {
-        std::fs::create_dir_all(dir)?;
+        let mut servers = Servers::new(dir)?;
         let central: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-        let alertmanager: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let rules = std::fs::canonicalize(rules)
             .with_context(|| format!("rule file {}", rules.display()))?;
-        let mut fleet = Self {
-            children: Vec::new(),
-            central,
-            alertmanager,
-            dir: dir.into(),
-        };
-        std::fs::write(
-            dir.join("alertmanager.yml"),
-            "route:\n  receiver: lab\n  group_by: [alertname, port, instance]\n  \
-             group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\nreceivers:\n  - name: lab\n",
-        )?;
-        fleet.children.push(spawn(
-            dir,
-            "alertmanager",
-            Command::new("prometheus-alertmanager")
-                .arg(format!(
-                    "--config.file={}",
-                    dir.join("alertmanager.yml").display()
-                ))
-                .arg(format!("--storage.path={}", dir.join("am-data").display()))
-                .arg(format!("--web.listen-address={alertmanager}"))
-                .arg("--cluster.listen-address="),
-        )?);
+        let alertmanager = servers.start_alertmanager()?;
         adapt(
             &fleet_dir.join("central.yml"),
             &dir.join("central.yml"),
@@ -268,8 +309,7 @@ impl Fleet {
                 ("127.0.0.1:9093", alertmanager.to_string()),
             ],
         )?;
-        fleet.children.push(spawn(
-            dir,
+        servers.spawn(
             "central",
             Command::new("prometheus")
                 .arg(format!(
@@ -282,7 +322,7 @@ impl Fleet {
                 ))
                 .arg(format!("--web.listen-address={central}"))
                 .arg("--web.enable-remote-write-receiver"),
-        )?);
+        )?;
         let mut ready = vec![alertmanager, central];
         for (i, (agent, name)) in agents.iter().enumerate() {
             let listen: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
@@ -306,8 +346,7 @@ impl Fleet {
                     ),
                 ],
             )?;
-            fleet.children.push(spawn(
-                dir,
+            servers.spawn(
                 &format!("agent-mode-{i}"),
                 Command::new("prometheus")
                     .arg("--enable-feature=agent")
@@ -317,26 +356,16 @@ impl Fleet {
                         dir.join(format!("agent-data-{i}")).display()
                     ))
                     .arg(format!("--web.listen-address={listen}")),
-            )?);
+            )?;
             ready.push(listen);
         }
-        let started = Instant::now();
-        for addr in ready {
-            while !matches!(http::get(addr, "/-/ready"), Ok((200, _))) {
-                if fleet
-                    .children
-                    .iter_mut()
-                    .any(|c| c.try_wait().ok().flatten().is_some())
-                {
-                    bail!("a monitoring server exited; {}", fleet.log_tails());
-                }
-                if started.elapsed() > Duration::from_secs(60) {
-                    bail!("{addr} not ready after 60 s; {}", fleet.log_tails());
-                }
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        }
-        Ok(fleet)
+        servers.wait_ready(&ready)?;
+        Ok(Self {
+            servers,
+            central,
+            alertmanager,
+            dir: dir.into(),
+        })
     }
 
     /// The active Alertmanager alert named `name` whose labels include `labels`, if any.
@@ -350,36 +379,12 @@ impl Fleet {
 
     /// The last lines of every server's log, for a failure message.
     pub fn log_tails(&self) -> String {
-        let mut out = String::new();
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
-            return out;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.extension().is_some_and(|e| e == "log") {
-                let text = std::fs::read_to_string(&path).unwrap_or_default();
-                let lines: Vec<&str> = text.lines().collect();
-                out.push_str(&format!("\n--- {}:\n", path.display()));
-                for line in &lines[lines.len().saturating_sub(5)..] {
-                    out.push_str(line);
-                    out.push('\n');
-                }
-            }
-        }
-        out
+        self.servers.log_tails()
     }
 
     /// An instant query on the central Prometheus: the result vector.
     pub fn query(&self, promql: &str) -> Result<Vec<serde_json::Value>> {
-        let mut encoded = String::new();
-        for b in promql.bytes() {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                encoded.push(b as char);
-            } else {
-                encoded.push_str(&format!("%{b:02X}"));
-            }
-        }
-        let (status, body) = http::get(self.central, &format!("/api/v1/query?query={encoded}"))?;
+        let (status, body) = http::get(self.central, &query_path(promql))?;
         if status != 200 {
             bail!("central Prometheus answered {status} to {promql}: {body}");
         }
@@ -388,35 +393,5 @@ impl Fleet {
             .as_array()
             .cloned()
             .unwrap_or_default())
-    }
-}
-
-impl Drop for Fleet {
-    fn drop(&mut self) {
-        stop_all(&mut self.children);
-    }
-}
-
-fn stop_all(children: &mut [Child]) {
-    for child in children.iter_mut() {
-        // SAFETY: kill on our own child's pid.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    }
-    for child in children.iter_mut() {
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(10) {
-            if let Ok(Some(_)) = child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-}
-
-impl Drop for Monitoring {
-    fn drop(&mut self) {
-        stop_all(&mut self.children);
     }
 }
