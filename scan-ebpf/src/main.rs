@@ -156,12 +156,9 @@ fn run<const RAW: bool, C: Packet>(ctx: &C, outer_tags: usize) {
         return;
     };
     let counters = Counters(counters);
+    let frame = Frame::of(ctx);
     counters.bump(PacketClass::Seen);
-    let (outcome, syn) = if RAW {
-        classify_ip(ctx, &counters)
-    } else {
-        classify_ethernet(ctx, &counters, outer_tags)
-    };
+    let (outcome, syn) = classify::<RAW>(frame, &counters, outer_tags);
     counters.bump(outcome);
     let syn_port = syn.as_ref().map(|syn| syn.port);
     if let Some(syn) = syn {
@@ -196,6 +193,24 @@ fn count_syn(port: u16) {
     }
 }
 
+/// The frame's bounds, read from the context once: the counter bumps write through
+/// raw pointers, so LLVM would otherwise reload `data` and `data_end` after each.
+#[derive(Clone, Copy)]
+struct Frame {
+    start: usize,
+    end: usize,
+}
+
+impl Frame {
+    #[inline(always)]
+    fn of<C: Packet>(ctx: &C) -> Self {
+        Self {
+            start: ctx.start(),
+            end: ctx.end(),
+        }
+    }
+}
+
 /// `N` bytes of the frame, checked against `data_end` once. Fields are read in
 /// place: copying whole headers to the stack cost ~10 ns per IPv6 packet.
 #[derive(Clone, Copy)]
@@ -210,12 +225,20 @@ impl<const N: usize> Header<N> {
         unsafe { *self.0.add(I) }
     }
 
+    /// Byte `i` of the header, for the wider reads (their `I` is checked).
+    #[inline(always)]
+    fn byte_at(self, i: usize) -> u8 {
+        // SAFETY: `i < N`, asserted at compile time by every caller.
+        unsafe { *self.0.add(i) }
+    }
+
     /// Big-endian u16 at bytes `I`, `I + 1`.
     #[inline(always)]
     fn be16<const I: usize>(self) -> u16 {
         const { assert!(I + 1 < N) };
-        // SAFETY: as in `byte`.
-        unsafe { u16::from_be_bytes([*self.0.add(I), *self.0.add(I + 1)]) }
+        // Assembled by hand: with `from_be_bytes` LLVM builds the little-endian
+        // value and byte-swaps it, one more instruction per 16-bit field.
+        (u16::from(self.byte_at(I)) << 8) | u16::from(self.byte_at(I + 1))
     }
 
     /// Big-endian u32 at bytes `I..I + 4`.
@@ -237,14 +260,14 @@ impl<const N: usize> Header<N> {
 
 /// The `N` bytes at `offset`, or `None` if the frame is shorter.
 #[inline(always)]
-fn header<const N: usize, C: Packet>(ctx: &C, offset: usize) -> Option<Header<N>> {
-    has_bytes(ctx, offset, N).then(|| Header((ctx.start() + offset) as *const u8))
+fn header<const N: usize>(frame: Frame, offset: usize) -> Option<Header<N>> {
+    has_bytes(frame, offset, N).then(|| Header((frame.start + offset) as *const u8))
 }
 
 /// Whether the frame holds `len` bytes at `offset`: the one bounds check.
 #[inline(always)]
-fn has_bytes<C: Packet>(ctx: &C, offset: usize, len: usize) -> bool {
-    ctx.start() + offset + len <= ctx.end()
+fn has_bytes(frame: Frame, offset: usize, len: usize) -> bool {
+    frame.start + offset + len <= frame.end
 }
 
 /// A counted SYN: its destination port and, with the sketches on, its addresses.
@@ -276,76 +299,97 @@ impl Network {
     }
 }
 
-/// Returns the outcome class of a frame that starts with an Ethernet header and,
-/// for a SYN, its destination port (and addresses).
+/// Where a link-layer header leads: the IP header at an offset, or the end of
+/// parsing with an outcome.
+#[derive(Clone, Copy)]
+enum Link {
+    Ipv4(usize),
+    Ipv6(usize),
+    End(PacketClass),
+}
+
+/// Returns the outcome class of a packet and, for a SYN, its destination port (and
+/// addresses): the link layer first (Ethernet, VLAN tags, PPPoE; or none on an L3
+/// link), then one shared IPv4/IPv6/TCP parser, so each is inlined (and verified)
+/// once per entry point rather than once per link path.
 #[inline(always)]
-fn classify_ethernet<C: Packet>(
-    ctx: &C,
+fn classify<const RAW: bool>(
+    frame: Frame,
     counters: &Counters,
     outer_tags: usize,
 ) -> (PacketClass, Option<Syn>) {
-    let Some(eth) = header::<ETH_HLEN, C>(ctx, 0) else {
-        return (PacketClass::Truncated, None);
+    let link = if RAW {
+        raw_ip(frame)
+    } else {
+        ethernet(frame, counters, outer_tags)
+    };
+    match link {
+        Link::Ipv4(offset) => {
+            counters.bump(PacketClass::Ipv4);
+            ipv4(frame, offset)
+        }
+        Link::Ipv6(offset) => {
+            counters.bump(PacketClass::Ipv6);
+            ipv6(frame, offset)
+        }
+        Link::End(outcome) => (outcome, None),
+    }
+}
+
+/// A frame that starts with an Ethernet header, with up to [`MAX_VLAN_TAGS`] tags
+/// (`outer_tags` of them already taken out of the frame by the stack) and an
+/// optional PPPoE session header.
+#[inline(always)]
+fn ethernet(frame: Frame, counters: &Counters, outer_tags: usize) -> Link {
+    let Some(eth) = header::<ETH_HLEN>(frame, 0) else {
+        return Link::End(PacketClass::Truncated);
     };
     if outer_tags != 0 {
         counters.bump(PacketClass::Vlan);
     }
     let mut ether_type = eth.be16::<12>();
     let mut offset = ETH_HLEN;
-    // `outer_tags` (0 or 1) tags were already taken out of the frame by the stack.
     for tag in outer_tags..MAX_VLAN_TAGS + 1 {
         if ether_type != ETH_P_8021Q && ether_type != ETH_P_8021AD {
             break;
         }
         if tag == MAX_VLAN_TAGS {
-            return (PacketClass::HeaderLimit, None);
+            return Link::End(PacketClass::HeaderLimit);
         }
         if tag == 0 {
             counters.bump(PacketClass::Vlan);
         }
-        let Some(vlan) = header::<VLAN_HLEN, C>(ctx, offset) else {
-            return (PacketClass::Truncated, None);
+        let Some(vlan) = header::<VLAN_HLEN>(frame, offset) else {
+            return Link::End(PacketClass::Truncated);
         };
         ether_type = vlan.be16::<2>();
         offset += VLAN_HLEN;
     }
     match ether_type {
-        ETH_P_IP => {
-            counters.bump(PacketClass::Ipv4);
-            ipv4(ctx, offset)
-        }
-        ETH_P_IPV6 => {
-            counters.bump(PacketClass::Ipv6);
-            ipv6(ctx, offset)
-        }
+        ETH_P_IP => Link::Ipv4(offset),
+        ETH_P_IPV6 => Link::Ipv6(offset),
         ETH_P_PPP_SES => {
             counters.bump(PacketClass::Pppoe);
-            pppoe(ctx, counters, offset)
+            pppoe(frame, offset)
         }
-        _ => (PacketClass::NonIp, None),
+        _ => Link::End(PacketClass::NonIp),
     }
 }
 
 /// A PPPoE session frame: the PPPoE header, then the PPP protocol field.
 #[inline(always)]
-fn pppoe<C: Packet>(ctx: &C, counters: &Counters, offset: usize) -> (PacketClass, Option<Syn>) {
-    let Some(session) = header::<PPPOE_HLEN, C>(ctx, offset) else {
-        return (PacketClass::Truncated, None);
+fn pppoe(frame: Frame, offset: usize) -> Link {
+    let Some(session) = header::<PPPOE_HLEN>(frame, offset) else {
+        return Link::End(PacketClass::Truncated);
     };
     if session.byte::<0>() != PPPOE_VER_TYPE || session.byte::<1>() != 0 {
-        return (PacketClass::BadHeader, None);
+        return Link::End(PacketClass::BadHeader);
     }
     match session.be16::<6>() {
-        PPP_IP => {
-            counters.bump(PacketClass::Ipv4);
-            ipv4(ctx, offset + PPPOE_HLEN)
-        }
-        PPP_IPV6 => {
-            counters.bump(PacketClass::Ipv6);
-            ipv6(ctx, offset + PPPOE_HLEN)
-        }
+        PPP_IP => Link::Ipv4(offset + PPPOE_HLEN),
+        PPP_IPV6 => Link::Ipv6(offset + PPPOE_HLEN),
         // LCP, IPCP, CHAP, ...: link control, not IP.
-        _ => (PacketClass::NonIp, None),
+        _ => Link::End(PacketClass::NonIp),
     }
 }
 
@@ -355,35 +399,31 @@ fn pppoe<C: Packet>(ctx: &C, counters: &Counters, offset: usize) -> (PacketClass
 /// `data + 1 <= data_end` into `data < data_end`, which the verifier does not
 /// accept as a bound.)
 #[inline(always)]
-fn classify_ip<C: Packet>(ctx: &C, counters: &Counters) -> (PacketClass, Option<Syn>) {
-    let Some(first) = header::<IPV4_HLEN, C>(ctx, 0) else {
-        return (PacketClass::Truncated, None);
+fn raw_ip(frame: Frame) -> Link {
+    let Some(first) = header::<IPV4_HLEN>(frame, 0) else {
+        return Link::End(PacketClass::Truncated);
     };
     match first.byte::<0>() >> 4 {
-        4 => {
-            counters.bump(PacketClass::Ipv4);
-            ipv4(ctx, 0)
-        }
-        6 => {
-            counters.bump(PacketClass::Ipv6);
-            ipv6(ctx, 0)
-        }
-        _ => (PacketClass::NonIp, None),
+        4 => Link::Ipv4(0),
+        6 => Link::Ipv6(0),
+        _ => Link::End(PacketClass::NonIp),
     }
 }
 
 #[inline(always)]
-fn ipv4<C: Packet>(ctx: &C, offset: usize) -> (PacketClass, Option<Syn>) {
-    let Some(ip) = header::<IPV4_HLEN, C>(ctx, offset) else {
+fn ipv4(frame: Frame, offset: usize) -> (PacketClass, Option<Syn>) {
+    let Some(ip) = header::<IPV4_HLEN>(frame, offset) else {
         return (PacketClass::Truncated, None);
     };
-    let header_len = ((ip.byte::<0>() & 0x0F) as usize) * 4;
-    if ip.byte::<0>() >> 4 != 4 || header_len < IPV4_HLEN {
+    // Version 4 and IHL >= 5 (20 bytes): 0x45..=0x4F, one compare.
+    let version_ihl = ip.byte::<0>();
+    if version_ihl.wrapping_sub(0x45) > 0x0A {
         return (PacketClass::BadHeader, None);
     }
+    let header_len = ((version_ihl & 0x0F) as usize) * 4;
     // Options included, the whole header must be in the frame before any field
     // past it (fragment, protocol) decides the class.
-    if !has_bytes(ctx, offset, header_len) {
+    if !has_bytes(frame, offset, header_len) {
         return (PacketClass::Truncated, None);
     }
     // A fragment with a non-zero offset carries no TCP header.
@@ -394,12 +434,12 @@ fn ipv4<C: Packet>(ctx: &C, offset: usize) -> (PacketClass, Option<Syn>) {
     if ip.byte::<9>() != IPPROTO_TCP {
         return (PacketClass::NonTcp, None);
     }
-    tcp(ctx, offset + header_len, Network::V4(ip))
+    tcp(frame, offset + header_len, Network::V4(ip))
 }
 
 #[inline(always)]
-fn ipv6<C: Packet>(ctx: &C, offset: usize) -> (PacketClass, Option<Syn>) {
-    let Some(ip) = header::<IPV6_HLEN, C>(ctx, offset) else {
+fn ipv6(frame: Frame, offset: usize) -> (PacketClass, Option<Syn>) {
+    let Some(ip) = header::<IPV6_HLEN>(frame, offset) else {
         return (PacketClass::Truncated, None);
     };
     if ip.byte::<0>() >> 4 != 6 {
@@ -410,7 +450,7 @@ fn ipv6<C: Packet>(ctx: &C, offset: usize) -> (PacketClass, Option<Syn>) {
     for walked in 0..MAX_IPV6_EXT_HEADERS + 1 {
         let current = next_header;
         match current {
-            IPPROTO_TCP => return tcp(ctx, offset, Network::V6(ip)),
+            IPPROTO_TCP => return tcp(frame, offset, Network::V6(ip)),
             IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS | IPV6_FRAGMENT | IPV6_AH => {}
             _ => return (PacketClass::NonTcp, None),
         }
@@ -419,7 +459,7 @@ fn ipv6<C: Packet>(ctx: &C, offset: usize) -> (PacketClass, Option<Syn>) {
         }
         // Every extension header is at least 8 bytes and starts with
         // (next header, length).
-        let Some(ext) = header::<8, C>(ctx, offset) else {
+        let Some(ext) = header::<8>(frame, offset) else {
             return (PacketClass::Truncated, None);
         };
         next_header = ext.byte::<0>();
@@ -434,7 +474,7 @@ fn ipv6<C: Packet>(ctx: &C, offset: usize) -> (PacketClass, Option<Syn>) {
             IPV6_AH => (ext.byte::<1>() as usize + 2) * 4,
             _ => (ext.byte::<1>() as usize + 1) * 8,
         };
-        if !has_bytes(ctx, offset, header_len) {
+        if !has_bytes(frame, offset, header_len) {
             return (PacketClass::Truncated, None);
         }
         offset += header_len;
@@ -444,15 +484,15 @@ fn ipv6<C: Packet>(ctx: &C, offset: usize) -> (PacketClass, Option<Syn>) {
 
 /// A whole TCP header (options included) must be in the frame to be counted.
 #[inline(always)]
-fn tcp<C: Packet>(ctx: &C, offset: usize, network: Network) -> (PacketClass, Option<Syn>) {
-    let Some(tcp) = header::<TCP_HLEN, C>(ctx, offset) else {
+fn tcp(frame: Frame, offset: usize, network: Network) -> (PacketClass, Option<Syn>) {
+    let Some(tcp) = header::<TCP_HLEN>(frame, offset) else {
         return (PacketClass::Truncated, None);
     };
     let header_len = ((tcp.byte::<12>() >> 4) as usize) * 4;
     if header_len < TCP_HLEN {
         return (PacketClass::BadHeader, None);
     }
-    if !has_bytes(ctx, offset, header_len) {
+    if !has_bytes(frame, offset, header_len) {
         return (PacketClass::Truncated, None);
     }
     let flags = tcp.byte::<13>();
