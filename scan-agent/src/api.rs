@@ -1,13 +1,17 @@
 //! The JSON API (`/api/v1/ports`, `/api/v1/ports/{port}`): its types (shared with
 //! `scan-agent top`, which reads them), the recent per-port history it serves (sparklines,
-//! episode starts), and the rendering from the detector's view.
-use std::collections::{HashMap, VecDeque};
+//! episode starts), the per-port table a poll publishes for it ([`PortTable`]), and the
+//! rendering from the detector's view.
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+};
 
 use serde::{Deserialize, Serialize};
 
 use crate::{
     breadth::BreadthView,
-    detector::{Detector, PortStatus},
+    detector::{Detector, PORTS, PortStatus, StatusView},
     prefixes::{PrefixShare, PrefixView},
 };
 
@@ -149,26 +153,94 @@ impl Recent {
     }
 }
 
+/// Every port's kernel counter, short-term rate and baseline at one poll: what
+/// `/api/v1/ports/{port}` needs to answer for a port that is not exported (1.5 MiB).
+pub struct PortTable {
+    counts: Box<[u64]>,
+    rate: Box<[f64]>,
+    baseline: Box<[f64]>,
+}
+
+impl PortTable {
+    fn zeroed() -> Self {
+        Self {
+            counts: vec![0; PORTS].into_boxed_slice(),
+            rate: vec![0.0; PORTS].into_boxed_slice(),
+            baseline: vec![0.0; PORTS].into_boxed_slice(),
+        }
+    }
+
+    /// Kernel cumulative SYNs to `port`.
+    pub fn count(&self, port: u16) -> u64 {
+        self.counts[usize::from(port)]
+    }
+
+    /// SYNs over all ports (wrapping, as the kernel's counters do).
+    pub fn total(&self) -> u64 {
+        self.counts.iter().fold(0u64, |s, &v| s.wrapping_add(v))
+    }
+
+    /// `port`'s status in `view`, the detector's view of the same poll.
+    pub fn status(&self, view: &StatusView, port: u16) -> PortStatus {
+        let p = usize::from(port);
+        view.status(port, self.rate[p], self.baseline[p])
+    }
+}
+
+/// Tables kept for reuse: at most [`PortTables::KEEP`] (the published one and the one before),
+/// so a poll refills the table of the view before last (which no request holds once the view
+/// was replaced and its requests finished) instead of allocating: with all 65,536 ports active
+/// two tables (3 MiB) exist, plus one per view a slow request still holds.
+#[derive(Default)]
+pub struct PortTables {
+    tables: VecDeque<Arc<PortTable>>,
+}
+
+impl PortTables {
+    /// Tables kept.
+    pub const KEEP: usize = 2;
+
+    /// A table of `counts` (kernel cumulative SYNs, index = port; missing ports are 0) and the
+    /// detector's rates and baselines, in a kept table nobody else holds, or a new one.
+    pub fn publish(&mut self, counts: &[u64], detector: &Detector) -> Arc<PortTable> {
+        let free = self
+            .tables
+            .iter_mut()
+            .position(|table| Arc::get_mut(table).is_some());
+        let mut table = match free.and_then(|at| self.tables.remove(at)) {
+            Some(table) => table,
+            None => Arc::new(PortTable::zeroed()),
+        };
+        let fill = Arc::get_mut(&mut table).expect("a new or unshared table");
+        let (rate, baseline) = detector.rates();
+        let n = counts.len().min(PORTS);
+        fill.counts[..n].copy_from_slice(&counts[..n]);
+        fill.counts[n..].fill(0);
+        fill.rate.copy_from_slice(rate);
+        fill.baseline.copy_from_slice(baseline);
+        self.tables.push_back(Arc::clone(&table));
+        while self.tables.len() > Self::KEEP {
+            self.tables.pop_front();
+        }
+        table
+    }
+}
+
 /// What the API renders from.
 pub struct ApiInput<'a> {
-    pub detector: &'a Detector,
+    pub detector: &'a StatusView,
+    pub table: &'a PortTable,
     pub breadth: &'a BreadthView,
     pub prefixes: &'a PrefixView,
     pub recent: &'a Recent,
-    /// Kernel cumulative SYNs per port (index = port).
-    pub ports: &'a [u64],
     pub exported: &'a [PortStatus],
     /// Detector time of the last poll, UNIX seconds.
     pub time: f64,
 }
 
 impl ApiInput<'_> {
-    fn syn_total(&self, port: u16) -> u64 {
-        self.ports.get(usize::from(port)).copied().unwrap_or(0)
-    }
-
     fn view(&self, status: &PortStatus) -> PortView {
-        let mut view = self.recent.view(status, self.syn_total(status.port));
+        let mut view = self.recent.view(status, self.table.count(status.port));
         if let Some(b) = self.breadth.get(&status.port) {
             view.sources = Some(b.sources);
             view.sources_baseline = Some(b.sources_baseline);
@@ -197,7 +269,7 @@ impl ApiInput<'_> {
             surge_threshold: detector.config().surge_threshold,
             warming_up: detector.warming_up(),
             warmup_remaining_seconds: detector.warmup_remaining().as_secs_f64(),
-            syn_total_all_ports: self.ports.iter().fold(0u64, |s, &v| s.wrapping_add(v)),
+            syn_total_all_ports: self.table.total(),
             ports_left_out: detector.active_ports().saturating_sub(active_exported),
             ports,
         }
@@ -205,7 +277,7 @@ impl ApiInput<'_> {
 
     /// `/api/v1/ports/{port}`: any port, exported or not.
     pub fn port(&self, port: u16) -> PortView {
-        self.view(&self.detector.status(port))
+        self.view(&self.table.status(self.detector, port))
     }
 }
 
@@ -290,6 +362,54 @@ mod tests {
             !recent.rates.contains_key(&80),
             "idle, unexported port dropped"
         );
+    }
+
+    #[test]
+    fn port_tables_are_reused_once_no_view_holds_them() {
+        let mut detector = Detector::new(config());
+        let mut counts = vec![0u64; 65536];
+        let mut tables = PortTables::default();
+        let mut published = Vec::new();
+        for t in 0..20u64 {
+            counts[445] += 3;
+            counts[usize::from(t as u16 * 3000)] += 1;
+            detector.step(Duration::from_secs(1_000 + t), &counts);
+            let table = tables.publish(&counts, &detector);
+            let view = detector.status_view();
+            for port in [0, 445, 3000, 57_000, 65_535] {
+                assert_eq!(table.count(port), counts[usize::from(port)]);
+                assert_eq!(table.status(&view, port), detector.status(port));
+            }
+            assert_eq!(table.total(), counts.iter().sum::<u64>());
+            published.push(table);
+            // What the published view does: the one before is released.
+            if published.len() > 1 {
+                published.remove(0);
+            }
+        }
+        // Only two tables ever existed: the current one and the one before, refilled.
+        let current = Arc::as_ptr(&published[0]);
+        counts[80] = 1;
+        detector.step(Duration::from_secs(2_000), &counts);
+        let next = tables.publish(&counts, &detector);
+        assert_ne!(Arc::as_ptr(&next), current);
+        drop(published);
+        let again = tables.publish(&counts, &detector);
+        assert_eq!(
+            Arc::as_ptr(&again),
+            current,
+            "the released table is refilled"
+        );
+        // A table still held by a slow request is never refilled under it.
+        let held = again;
+        counts[80] = 5;
+        for _ in 0..4 {
+            let t = tables.publish(&counts, &detector);
+            assert_ne!(Arc::as_ptr(&t), Arc::as_ptr(&held));
+        }
+        assert_eq!(held.count(80), 1);
+        // A shorter counter slice: the rest are 0.
+        assert_eq!(tables.publish(&[7; 3], &detector).count(80), 0);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use scan_common::{ClassCounts, PORTS};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    api::Recent,
+    api::{PortTables, Recent},
     breadth::Breadth,
     config::AgentConfig,
     detector::{Detector, DetectorState, StepOutcome},
@@ -20,7 +20,7 @@ use crate::{
     prefixes::{Prefixes, SAMPLES_PER_SECOND},
     sensor::{AttachRequest, LinkKind, Sensor},
     state,
-    web::{self, ApiData, Published, View},
+    web::{self, ApiData, ApiParts, Published, View},
 };
 
 struct Shared {
@@ -38,6 +38,8 @@ struct Shared {
     ports: Vec<u64>,
     /// Rate history and episode starts for the JSON API.
     recent: Recent,
+    /// The per-port tables published for the JSON API, refilled in place.
+    tables: PortTables,
     /// The last packet-class counters read (kept when a read fails).
     /// Class counters per attached interface.
     classes: Vec<(String, ClassCounts)>,
@@ -211,6 +213,7 @@ pub async fn run(mut config: AgentConfig) -> Result<()> {
         metrics: self_metrics,
         ports: vec![0; PORTS as usize],
         recent: Recent::new(interval),
+        tables: PortTables::default(),
         breadth: Breadth::new(&config.detector),
         prefixes: Prefixes::default(),
         samples: Vec::new(),
@@ -408,15 +411,18 @@ fn poll(shared: &SharedState) -> View {
         problem,
         attachments: View::describe_attachments(attachments),
         telemetry_path: s.config.telemetry_path.clone(),
-        api: ApiData {
-            detector: s.detector.clone(),
-            breadth: s.breadth.view(),
-            prefixes: s.prefixes.view(),
-            recent: s.recent.clone(),
-            ports: s.ports.clone(),
-            exported,
-            time: now.as_secs_f64(),
-        },
+        api: ApiData::new(
+            &s.detector,
+            &s.ports,
+            &mut s.tables,
+            ApiParts {
+                breadth: s.breadth.view(),
+                prefixes: s.prefixes.view(),
+                recent: s.recent.clone(),
+                exported,
+                time: now.as_secs_f64(),
+            },
+        ),
     }
 }
 
@@ -574,23 +580,36 @@ fn count_detector_events(s: &mut Shared) {
 /// nothing happens); a failed save is retried at the next tick.
 #[derive(Default)]
 struct Saver {
-    last_saved: Option<DetectorState>,
+    /// Fingerprint of the bytes last written (not the state itself: with every port active
+    /// that is 2 MiB kept for a comparison). The encoding is deterministic, so equal states
+    /// give equal bytes; a changed state passes for unchanged only on a 64-bit collision.
+    last_saved: Option<u64>,
 }
 
 impl Saver {
     fn save(&mut self, shared: &SharedState) {
+        use std::hash::{Hash, Hasher};
         // Encoding and fsync happen outside the lock so polls and scrapes do not wait.
         let (path, snapshot) = {
             let s = lock(shared);
             (s.config.state_file.clone(), s.detector.snapshot())
         };
-        if self.last_saved.as_ref() == Some(&snapshot) {
-            return;
-        }
-        match state::save(&path, &snapshot) {
-            Ok(bytes) => {
+        let encoded = state::encode(&path, &snapshot);
+        drop(snapshot);
+        let written = encoded.and_then(|bytes| {
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            bytes.hash(&mut hasher);
+            let fingerprint = hasher.finish();
+            if self.last_saved == Some(fingerprint) {
+                return Ok(None);
+            }
+            state::write(&path, &bytes).map(|written| Some((written, fingerprint)))
+        });
+        match written {
+            Ok(None) => {}
+            Ok(Some((bytes, fingerprint))) => {
                 lock(shared).metrics.state_file_bytes.set(bytes as i64);
-                self.last_saved = Some(snapshot);
+                self.last_saved = Some(fingerprint);
             }
             Err(e) => {
                 lock(shared).metrics.state_save_errors.inc();

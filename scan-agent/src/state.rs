@@ -300,6 +300,12 @@ fn dir_of(path: &Path) -> &Path {
 /// directory if it is missing. On error the previous state file is untouched and the
 /// temporary file is removed. Returns the bytes written.
 pub fn save(path: &Path, state: &DetectorState) -> Result<usize, StateError> {
+    let bytes = encode(path, state)?;
+    write(path, &bytes)
+}
+
+/// Writes `bytes` (from [`encode`]) to `path` as [`save`] does; returns their length.
+pub fn write(path: &Path, bytes: &[u8]) -> Result<usize, StateError> {
     let Some(name) = file_name_of(path) else {
         return Err(StateError::NotAFile {
             path: path.to_path_buf(),
@@ -310,7 +316,6 @@ pub fn save(path: &Path, state: &DetectorState) -> Result<usize, StateError> {
         dir: dir.to_path_buf(),
         source,
     })?;
-    let bytes = encode(path, state)?;
     let prefix = temp_prefix(name);
     // tempfile opens with O_CREAT|O_EXCL (which never follows a symlink) under a random
     // name, and removes the file if it is dropped before `persist`.
@@ -323,7 +328,7 @@ pub fn save(path: &Path, state: &DetectorState) -> Result<usize, StateError> {
         .prefix(&prefix)
         .tempfile_in(dir)
         .map_err(|e| write_error(&dir.join(&prefix), e))?;
-    tmp.write_all(&bytes)
+    tmp.write_all(bytes)
         .and_then(|()| tmp.as_file().sync_all())
         .map_err(|e| write_error(tmp.path(), e))?;
     tmp.persist(path).map_err(|e| StateError::Rename {
@@ -410,23 +415,29 @@ pub fn encode(path: &Path, state: &DetectorState) -> Result<Vec<u8>, StateError>
         source,
     };
     let plain = postcard::to_stdvec(state).map_err(encode_error)?;
-    let mut deflate =
-        DeflateEncoder::new(Vec::with_capacity(plain.len() / 2), Compression::default());
+    // Deflated straight after a header placeholder, patched at the end: one output buffer.
+    let mut out = Vec::with_capacity(HEADER_LEN + plain.len() / 2);
+    out.resize(HEADER_LEN, 0);
+    let mut deflate = DeflateEncoder::new(out, Compression::default());
     // Writing to a Vec cannot fail.
     deflate
         .write_all(&plain)
-        .and_then(|()| deflate.try_finish())
         .map_err(|_| encode_error(postcard::Error::SerializeBufferFull))?;
-    let payload = deflate.get_ref();
+    drop(plain);
+    let mut bytes = deflate
+        .finish()
+        .map_err(|_| encode_error(postcard::Error::SerializeBufferFull))?;
+    let payload = &bytes[HEADER_LEN..];
     let len = u32::try_from(payload.len())
         .map_err(|_| encode_error(postcard::Error::SerializeBufferFull))?;
-    let mut bytes = Vec::with_capacity(HEADER_LEN + payload.len());
-    bytes.extend_from_slice(&MAGIC);
-    bytes.extend_from_slice(&FORMAT.to_le_bytes());
-    bytes.extend_from_slice(&0u16.to_le_bytes());
-    bytes.extend_from_slice(&len.to_le_bytes());
-    bytes.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
-    bytes.extend_from_slice(payload);
+    let crc = crc32fast::hash(payload);
+    let mut header = Vec::with_capacity(HEADER_LEN);
+    header.extend_from_slice(&MAGIC);
+    header.extend_from_slice(&FORMAT.to_le_bytes());
+    header.extend_from_slice(&0u16.to_le_bytes());
+    header.extend_from_slice(&len.to_le_bytes());
+    header.extend_from_slice(&crc.to_le_bytes());
+    bytes[..HEADER_LEN].copy_from_slice(&header);
     Ok(bytes)
 }
 

@@ -10,9 +10,9 @@ use std::{
 };
 
 use scan_agent::{
-    api::Recent,
+    api::{PortTables, Recent},
     detector::{Detector, DetectorConfig},
-    web::{self, ApiData, Limits, Published, ServerCounters, View, WebConfigSource},
+    web::{self, ApiData, ApiParts, Limits, Published, ServerCounters, View, WebConfigSource},
 };
 use scan_lab::pki::{Pki, bcrypt_hash};
 
@@ -47,15 +47,18 @@ fn view() -> View {
         problem: None,
         attachments: vec![],
         telemetry_path: "/metrics".into(),
-        api: ApiData {
-            recent: Recent::new(config.interval),
-            breadth: Default::default(),
-            prefixes: Default::default(),
-            detector: Detector::new(config),
-            ports: vec![0; 65536],
-            exported: vec![],
-            time: 0.0,
-        },
+        api: ApiData::new(
+            &Detector::new(config.clone()),
+            &[],
+            &mut PortTables::default(),
+            ApiParts {
+                recent: Recent::new(config.interval),
+                breadth: Default::default(),
+                prefixes: Default::default(),
+                exported: vec![],
+                time: 0.0,
+            },
+        ),
     }
 }
 

@@ -1,8 +1,11 @@
 //! Part 4a: the real agent binary on a lab veth. RSS once it has seen SYNs on
 //! all 65,536 ports, its CPU over a window at the default interval while every
-//! port keeps receiving SYNs, the time to scrape /metrics over HTTP, and HTTP pressure:
+//! port keeps receiving SYNs, its memory and poll time over a window in which every port
+//! keeps receiving SYNs *and* clients scrape every endpoint (against the idle agent of the
+//! same run), the time to scrape /metrics over HTTP, and HTTP pressure:
 //! scrapes while 1,000 idle connections are held open, and whether 200 scrapes/s delay
 //! the polls (the gaps between poll timestamps, against the same without load).
+//! Memory is the sum over the agent's processes (it may run as more than one).
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -10,12 +13,18 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use scan_lab::{Agent, Lab, Scratch, http::sample};
+use scan_lab::{
+    Agent, Lab, Scratch,
+    http::sample,
+    procs::{self, Usage},
+};
 
 use crate::{cpu, proc, stats, trafgen};
 
 pub struct Settings {
     pub cpu_window: Duration,
+    /// How long every port gets SYNs while clients scrape (memory and poll time).
+    pub memory_window: Duration,
     pub scrapes: usize,
     /// How long 200 scrapes/s run (and the quiet comparison before them).
     pub pressure: Duration,
@@ -25,9 +34,71 @@ pub struct Settings {
 pub const PRESSURE_RATE: u32 = 200;
 /// Idle connections held open during the idle-connection scrapes.
 pub const IDLE_CONNECTIONS: usize = 1000;
+/// Requests per second during the memory window, spread over [`SCRAPED`].
+pub const MEMORY_SCRAPE_RATE: u32 = 20;
+/// What the memory window's clients fetch in turn (`{port}`: a different port each time).
+pub const SCRAPED: [&str; 4] = ["/metrics", "/api/v1/ports", "/api/v1/ports/{port}", "/"];
+
+/// Poll-time figures from `scan_agent_poll_duration_seconds` (reading the counters, the
+/// detector step, sketches): between two scrapes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Polls {
+    pub count: f64,
+    pub mean_ms: f64,
+    /// Polls that took at most 2 ms (the histogram's 0.002 bucket).
+    pub within_2ms: f64,
+}
+
+impl Polls {
+    fn read(text: &str) -> (f64, f64, f64) {
+        let name = "scan_agent_poll_duration_seconds";
+        (
+            sample(text, &format!("{name}_count"), "").unwrap_or(0.0),
+            sample(text, &format!("{name}_sum"), "").unwrap_or(0.0),
+            sample(text, &format!("{name}_bucket"), "le=\"0.002\"").unwrap_or(f64::NAN),
+        )
+    }
+
+    /// The polls between exposition `before` and `after`.
+    fn between(before: &str, after: &str) -> Self {
+        let (c0, s0, b0) = Self::read(before);
+        let (c1, s1, b1) = Self::read(after);
+        let count = c1 - c0;
+        Self {
+            count,
+            mean_ms: if count > 0.0 {
+                (s1 - s0) / count * 1e3
+            } else {
+                f64::NAN
+            },
+            within_2ms: b1 - b0,
+        }
+    }
+}
+
+/// Memory of the agent's processes at the points of the run.
+#[derive(Clone, Debug, Default)]
+pub struct Memory {
+    /// Attached, two polls done, no SYN yet: the baseline of the same run.
+    pub idle: Vec<Usage>,
+    /// Right after SYNs reached all 65,536 ports.
+    pub active: Vec<Usage>,
+    /// Median and largest sum of VmRSS (KiB) over the second half of the memory window.
+    pub steady_kib: f64,
+    pub steady_max_kib: u64,
+    /// Median VmRSS (KiB) per process over the second half of the window, by pid.
+    pub steady_by_pid: Vec<(u32, f64)>,
+    /// At the end of the window (VmHWM: the peak over each process's life).
+    pub end: Vec<Usage>,
+    pub window_s: f64,
+    pub scrapes: u64,
+    pub idle_polls: Polls,
+    pub loaded_polls: Polls,
+}
 
 pub struct AgentResults {
     pub binary: PathBuf,
+    pub memory: Memory,
     pub rss_mib: f64,
     pub hwm_mib: f64,
     pub ports_active: f64,
@@ -99,6 +170,15 @@ pub fn run(settings: &Settings, binary: &Path, dir: &Path) -> Result<AgentResult
 
 fn measure(settings: &Settings, lab: &Lab, dir: &Path, agent: &Agent) -> Result<AgentResults> {
     let pid = agent.pid().context("the agent has no pid")?;
+    // The baseline of this run: attached, polling, nothing counted yet.
+    let first = agent.metrics()?;
+    agent.wait_poll()?;
+    let idle_metrics = agent.metrics_after_poll()?;
+    let mut memory = Memory {
+        idle: procs::tree(pid)?,
+        idle_polls: Polls::between(&first, &idle_metrics),
+        ..Memory::default()
+    };
     // Warm-up: two SYNs to every port, then two detector steps (default 5 s each).
     let all_ports = trafgen::Flood {
         packets: 2 * 65_536,
@@ -124,7 +204,9 @@ fn measure(settings: &Settings, lab: &Lab, dir: &Path, agent: &Agent) -> Result<
             2 * 65_536
         );
     }
-    let (rss, hwm) = cpu::rss_kib(pid)?;
+    memory.active = procs::tree(pid)?;
+    let rss = procs::total(&memory.active).0;
+    let hwm: u64 = memory.active.iter().map(|u| u.hwm_kib).sum();
 
     // CPU window: every port keeps getting about one SYN per interval.
     let background_pps = (65_536.0 / interval.as_secs_f64()).ceil() as u64;
@@ -146,6 +228,7 @@ fn measure(settings: &Settings, lab: &Lab, dir: &Path, agent: &Agent) -> Result<
         bail!("the background flood ended early");
     }
     drop(flood);
+    memory_window(settings, lab, dir, agent, pid, background_pps, &mut memory)?;
 
     let mut bytes = 0;
     let mut times = Vec::new();
@@ -159,6 +242,7 @@ fn measure(settings: &Settings, lab: &Lab, dir: &Path, agent: &Agent) -> Result<
     let (poll_gap_pressure_s, scrapes, seconds) =
         scrape_for(agent, settings.pressure, PRESSURE_RATE)?;
     Ok(AgentResults {
+        memory,
         idle_scrape_ms_max,
         pressure_rate: scrapes as f64 / seconds,
         pressure_s: seconds,
@@ -176,6 +260,104 @@ fn measure(settings: &Settings, lab: &Lab, dir: &Path, agent: &Agent) -> Result<
         scrape_ms: stats::median(&times),
         scrape_bytes: bytes,
     })
+}
+
+/// Every port keeps getting SYNs while clients fetch every endpoint at
+/// [`MEMORY_SCRAPE_RATE`]: the RSS of every process of the agent sampled twice a second,
+/// the polls' time from the agent's histogram.
+fn memory_window(
+    settings: &Settings,
+    lab: &Lab,
+    dir: &Path,
+    agent: &Agent,
+    pid: u32,
+    background_pps: u64,
+    memory: &mut Memory,
+) -> Result<()> {
+    let window = settings.memory_window;
+    let background = trafgen::Flood {
+        packets: background_pps * (window.as_secs() + 30),
+        rate_pps: background_pps,
+        first_port: 0,
+        last_port: 65_535,
+    };
+    let mut flood = background.spawn(lab, dir)?;
+    proc::sleep(Duration::from_secs(1))?;
+    let before = agent.metrics()?;
+    let started = Instant::now();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (samples, scrapes) = std::thread::scope(|scope| -> Result<_> {
+        let client = scope.spawn(|| -> Result<u64> {
+            let period = Duration::from_secs_f64(1.0 / f64::from(MEMORY_SCRAPE_RATE));
+            let mut next = Instant::now();
+            let mut done = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
+                next += period;
+                // Ports spread over the range, a different one each time.
+                let port = (done * 7_919 % 65_536).to_string();
+                let path = SCRAPED[(done % SCRAPED.len() as u64) as usize].replace("{port}", &port);
+                let (status, body) = agent.get(&path)?;
+                if status != 200 || body.is_empty() {
+                    bail!("{path} answered {status}: {body}");
+                }
+                done += 1;
+            }
+            Ok(done)
+        });
+        let mut samples = Vec::new();
+        let sampled = (|| -> Result<()> {
+            while started.elapsed() < window {
+                samples.push((started.elapsed(), procs::tree(pid)?));
+                proc::sleep(Duration::from_millis(500))?;
+            }
+            Ok(())
+        })();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let scrapes = client
+            .join()
+            .unwrap_or_else(|_| bail!("the scrape thread panicked"));
+        sampled?;
+        Ok((samples, scrapes?))
+    })?;
+    memory.window_s = started.elapsed().as_secs_f64();
+    let after = agent.metrics()?;
+    if !flood.running() {
+        bail!("the background flood ended early");
+    }
+    drop(flood);
+    memory.loaded_polls = Polls::between(&before, &after);
+    memory.scrapes = scrapes;
+    let steady: Vec<&Vec<Usage>> = samples
+        .iter()
+        .filter(|(t, _)| *t >= window / 2)
+        .map(|(_, tree)| tree)
+        .collect();
+    let totals: Vec<f64> = steady
+        .iter()
+        .map(|tree| procs::total(tree).0 as f64)
+        .collect();
+    memory.steady_kib = stats::median(&totals);
+    memory.steady_max_kib = totals.iter().fold(0.0, |m: f64, &t| m.max(t)) as u64;
+    let mut pids: Vec<u32> = steady
+        .iter()
+        .flat_map(|t| t.iter().map(|u| u.pid))
+        .collect();
+    pids.sort_unstable();
+    pids.dedup();
+    memory.steady_by_pid = pids
+        .into_iter()
+        .map(|p| {
+            let rss: Vec<f64> = steady
+                .iter()
+                .filter_map(|t| t.iter().find(|u| u.pid == p))
+                .map(|u| u.rss_kib as f64)
+                .collect();
+            (p, stats::median(&rss))
+        })
+        .collect();
+    memory.end = procs::tree(pid)?;
+    Ok(())
 }
 
 /// The slowest of 5 scrapes while [`IDLE_CONNECTIONS`] connections that never send a

@@ -112,19 +112,3 @@ fn stat_cpu_ns(pid: u32) -> Result<u64> {
     };
     Ok((get(11) + get(12)) * (1_000_000_000 / clock_ticks_per_second()))
 }
-
-/// (VmRSS, VmHWM) of process `pid`, in KiB.
-pub fn rss_kib(pid: u32) -> Result<(u64, u64)> {
-    let text = fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("reading /proc/{pid}/status"))?;
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse::<u64>().ok())
-    };
-    match (field("VmRSS:"), field("VmHWM:")) {
-        (Some(rss), Some(hwm)) => Ok((rss, hwm)),
-        _ => bail!("no VmRSS/VmHWM in /proc/{pid}/status"),
-    }
-}

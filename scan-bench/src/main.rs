@@ -42,6 +42,10 @@ struct Args {
     /// Run only these parts (repeatable); BENCHMARKS.md is then left alone.
     #[arg(long, value_enum)]
     only: Vec<Part>,
+    /// Measure this agent binary instead of building target/release/scan-agent (to compare
+    /// two builds in one session); BENCHMARKS.md is then left alone.
+    #[arg(long)]
+    agent_binary: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -82,6 +86,7 @@ impl Plan {
                 },
                 agent: agent::Settings {
                     cpu_window: Duration::from_secs(10),
+                    memory_window: Duration::from_secs(10),
                     scrapes: 3,
                     pressure: Duration::from_secs(6),
                 },
@@ -106,6 +111,7 @@ impl Plan {
                 },
                 agent: agent::Settings {
                     cpu_window: Duration::from_secs(60),
+                    memory_window: Duration::from_secs(60),
                     scrapes: 21,
                     pressure: Duration::from_secs(30),
                 },
@@ -270,7 +276,10 @@ fn bench() -> Result<Vec<String>> {
             render::run(plan.render_iterations)
         });
         results.agent = part(&mut results, "agent", || {
-            let binary = agent::build_binary(&root, &target)?;
+            let binary = match &args.agent_binary {
+                Some(binary) => binary.clone(),
+                None => agent::build_binary(&root, &target)?,
+            };
             agent::run(&plan.agent, &binary, &scratch.0)
         });
     }
@@ -286,7 +295,7 @@ fn bench() -> Result<Vec<String>> {
     let results_md = out_dir.join("results.md");
     std::fs::write(&results_md, &section)?;
     eprintln!("\nwrote {} and {}", summary.display(), results_md.display());
-    if !args.quick && args.only.is_empty() {
+    if !args.quick && args.only.is_empty() && args.agent_binary.is_none() {
         let benchmarks = root.join("BENCHMARKS.md");
         report::rewrite(&benchmarks, &section)?;
         eprintln!("rewrote the results section of {}", benchmarks.display());

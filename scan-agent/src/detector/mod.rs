@@ -502,8 +502,8 @@ struct OpenEpisode {
     peak_ratio: f64,
 }
 
-/// Per-port surge detector. See the module documentation for the maths.
-/// `Clone` so that each poll can publish an immutable copy for HTTP to render from.
+/// Per-port surge detector. See the module documentation for the maths. (HTTP renders from a
+/// [`StatusView`] and a copy of [`Detector::rates`], not from a clone of this.)
 #[derive(Clone)]
 pub struct Detector {
     config: DetectorConfig,
@@ -598,6 +598,130 @@ fn by_ratio(a: &PortStatus, b: &PortStatus) -> std::cmp::Ordering {
 
 fn secs(t: Duration) -> f64 {
     t.as_secs_f64()
+}
+
+/// A status ordered by rank: the highest ratio (ties: the lowest port) is the *smallest*, so a
+/// max-heap of them pops the lowest-ranked first and sorts highest-ranked first.
+struct Ranked(PortStatus);
+
+impl PartialEq for Ranked {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other).is_eq()
+    }
+}
+
+impl Eq for Ranked {}
+
+impl PartialOrd for Ranked {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Ranked {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        by_ratio(&self.0, &other.0)
+    }
+}
+
+/// The status of `port` from its rate and baseline, its profile's adjustment and reference
+/// (`None`: no profile), its open episode's start and the warm-up: the one definition behind
+/// [`Detector::status`] and [`StatusView::status`].
+fn port_status(
+    port: u16,
+    rate: f64,
+    baseline: f64,
+    seasonal: Option<(f64, Option<f64>)>,
+    episode_start: Option<Duration>,
+    warming_up: bool,
+    floor: f64,
+) -> PortStatus {
+    let (adjust, reference) = seasonal.unwrap_or((1.0, None));
+    let e = expected_floor(adjust, reference, baseline, floor);
+    let episode_start = if warming_up { None } else { episode_start };
+    PortStatus {
+        port,
+        rate,
+        baseline,
+        expected: (e - floor).max(0.0),
+        ratio: (rate + floor) / e,
+        flagged: episode_start.is_some(),
+        episode_start,
+        learning: if warming_up {
+            LearningState::WarmingUp
+        } else if reference.is_some() {
+            LearningState::Seasonal
+        } else if seasonal.is_some() {
+            LearningState::Learning
+        } else {
+            LearningState::Baseline
+        },
+    }
+}
+
+/// The detector after a step, minus its per-port arrays: see [`Detector::status_view`].
+/// Small (config, the profiled ports' level and reference, the open episodes), immutable.
+#[derive(Clone, Debug)]
+pub struct StatusView {
+    config: DetectorConfig,
+    history: Duration,
+    active_ports: usize,
+    profiled_ports: usize,
+    /// `(port, adjust, reference now)` of every profiled port, by port.
+    seasonal: Vec<(u16, f64, Option<f64>)>,
+    /// `(port, start)` of every open episode, by port.
+    episodes: Vec<(u16, Duration)>,
+}
+
+impl StatusView {
+    /// What [`Detector::status`] returned for `port` at the step this view was taken, given
+    /// the port's `rate` and `baseline` then ([`Detector::rates`]).
+    pub fn status(&self, port: u16, rate: f64, baseline: f64) -> PortStatus {
+        let seasonal = self
+            .seasonal
+            .binary_search_by_key(&port, |entry| entry.0)
+            .ok()
+            .map(|at| (self.seasonal[at].1, self.seasonal[at].2));
+        let episode_start = self
+            .episodes
+            .binary_search_by_key(&port, |entry| entry.0)
+            .ok()
+            .map(|at| self.episodes[at].1);
+        port_status(
+            port,
+            rate,
+            baseline,
+            seasonal,
+            episode_start,
+            self.warming_up(),
+            self.config.effective_floor(),
+        )
+    }
+
+    /// As [`Detector::warming_up`].
+    pub fn warming_up(&self) -> bool {
+        self.history < self.config.warmup
+    }
+
+    /// As [`Detector::warmup_remaining`].
+    pub fn warmup_remaining(&self) -> Duration {
+        self.config.warmup.saturating_sub(self.history)
+    }
+
+    /// As [`Detector::active_ports`].
+    pub fn active_ports(&self) -> usize {
+        self.active_ports
+    }
+
+    /// As [`Detector::profiled_ports`].
+    pub fn profiled_ports(&self) -> usize {
+        self.profiled_ports
+    }
+
+    /// As [`Detector::config`].
+    pub fn config(&self) -> &DetectorConfig {
+        &self.config
+    }
 }
 
 impl Detector {
@@ -930,41 +1054,61 @@ impl Detector {
     /// The state of one port after the last step.
     pub fn status(&self, port: u16) -> PortStatus {
         let p = usize::from(port);
-        let floor = self.config.effective_floor();
-        let (adjust, reference, profiled) = match self.profiles.get(p) {
-            Some(slot) => (
+        port_status(
+            port,
+            self.rate[p],
+            self.baseline[p],
+            self.seasonal(p),
+            self.episodes.get(&port).map(|open| open.start),
+            self.warming_up(),
+            self.config.effective_floor(),
+        )
+    }
+
+    /// A profiled port's adjustment `A` and its reference at the last step (`None` while
+    /// learning); `None` for a port without a profile.
+    fn seasonal(&self, p: usize) -> Option<(f64, Option<f64>)> {
+        self.profiles.get(p).map(|slot| {
+            (
                 slot.adjust,
                 self.last_now.and_then(|t| slot.reference_at(secs(t))),
-                true,
-            ),
-            None => (1.0, None, false),
-        };
-        let e = expected_floor(adjust, reference, self.baseline[p], floor);
-        let rate = self.rate[p];
-        let warming_up = self.warming_up();
-        let episode_start = if warming_up {
-            None
-        } else {
-            self.episodes.get(&port).map(|open| open.start)
-        };
-        PortStatus {
-            port,
-            rate,
-            baseline: self.baseline[p],
-            expected: (e - floor).max(0.0),
-            ratio: (rate + floor) / e,
-            flagged: episode_start.is_some(),
-            episode_start,
-            learning: if warming_up {
-                LearningState::WarmingUp
-            } else if reference.is_some() {
-                LearningState::Seasonal
-            } else if profiled {
-                LearningState::Learning
-            } else {
-                LearningState::Baseline
-            },
+            )
+        })
+    }
+
+    /// Everything [`Detector::status`] needs besides the per-port short-term rates and
+    /// baselines ([`Detector::rates`]), as an immutable value: readers such as the HTTP view
+    /// answer for any port from it and a copy of those two arrays, without a copy of the
+    /// whole detector (whose counters, live list and profile bins they never need).
+    pub fn status_view(&self) -> StatusView {
+        let mut seasonal: Vec<(u16, f64, Option<f64>)> = self
+            .profiles
+            .slots
+            .iter()
+            .filter_map(|slot| {
+                let (adjust, reference) = self.seasonal(usize::from(slot.port))?;
+                Some((slot.port, adjust, reference))
+            })
+            .collect();
+        seasonal.sort_unstable_by_key(|entry| entry.0);
+        StatusView {
+            config: self.config.clone(),
+            history: self.history,
+            active_ports: self.active_ports(),
+            profiled_ports: self.profiles.slots.len(),
+            seasonal,
+            // A BTreeMap iterates in port order.
+            episodes: self
+                .episodes
+                .iter()
+                .map(|(&port, open)| (port, open.start))
+                .collect(),
         }
+    }
+
+    /// Short-term rates and baselines (SYN/s) of every port, index = port.
+    pub fn rates(&self) -> (&[f64], &[f64]) {
+        (&self.rate, &self.baseline)
     }
 
     /// Episodes that ended at the last step, by port.
@@ -1003,23 +1147,23 @@ impl Detector {
     }
 
     /// Up to `k` active ports (short-term rate at least [`ACTIVE_RATE`]) with the highest ratio,
-    /// highest first, ties by port number.
+    /// highest first, ties by port number. Memory O(k), not O(active ports): a bounded heap.
     pub fn top_ports(&self, k: usize) -> Vec<PortStatus> {
         if k == 0 {
             return Vec::new();
         }
-        let mut ports: Vec<PortStatus> = self
-            .live
-            .iter()
-            .filter(|&&port| self.rate[usize::from(port)] >= ACTIVE_RATE)
-            .map(|&port| self.status(port))
-            .collect();
-        if k < ports.len() {
-            ports.select_nth_unstable_by(k - 1, by_ratio);
-            ports.truncate(k);
+        let mut heap = std::collections::BinaryHeap::with_capacity(k.min(self.live.len()) + 1);
+        for &port in &self.live {
+            if self.rate[usize::from(port)] < ACTIVE_RATE {
+                continue;
+            }
+            heap.push(Ranked(self.status(port)));
+            if heap.len() > k {
+                // The lowest-ranked of k + 1.
+                heap.pop();
+            }
         }
-        ports.sort_unstable_by(by_ratio);
-        ports
+        heap.into_sorted_vec().into_iter().map(|r| r.0).collect()
     }
 
     /// All ports in a surge episode, highest ratio first, ties by port number (empty while

@@ -1037,3 +1037,65 @@ fn a_restore_with_profiles_continues_exactly() {
     assert!(a.det.status(80).flagged);
     assert_eq!(a.det.snapshot(), b.snapshot());
 }
+
+/// Every port's status from a [`StatusView`] and the copied rates is exactly the detector's,
+/// in every learning state and in an episode; `top_ports` (a bounded heap) ranks exactly as a
+/// full sort of every active port's status.
+#[test]
+fn the_status_view_answers_exactly_as_the_detector() {
+    let ports: Vec<(u16, f64)> = vec![(443, 20.0), (80, 4.0), (22, 0.3), (3389, 0.05)];
+    let mut sim = Sim::at(DetectorConfig::default(), 17, &ports, MONDAY);
+    let check = |det: &Detector, seen: &mut Vec<LearningState>| {
+        let view = det.status_view();
+        let (rate, baseline) = det.rates();
+        for port in 0..=u16::MAX {
+            let p = usize::from(port);
+            let status = det.status(port);
+            assert_eq!(view.status(port, rate[p], baseline[p]), status);
+            if !seen.contains(&status.learning) && rate[p] > 0.0 {
+                seen.push(status.learning);
+            }
+        }
+        assert_eq!(view.warming_up(), det.warming_up());
+        assert_eq!(view.warmup_remaining(), det.warmup_remaining());
+        assert_eq!(view.active_ports(), det.active_ports());
+        assert_eq!(view.profiled_ports(), det.profiled_ports());
+        let mut all: Vec<PortStatus> = (0..=u16::MAX)
+            .filter(|&port| rate[usize::from(port)] >= ACTIVE_RATE)
+            .map(|port| det.status(port))
+            .collect();
+        all.sort_unstable_by(by_ratio);
+        for k in [1, 3, all.len(), all.len() + 2] {
+            assert_eq!(det.top_ports(k), all[..k.min(all.len())].to_vec());
+        }
+    };
+    let mut seen = Vec::new();
+    let mut flagged_seen = false;
+    // A 10x surge on 80 on the second day (seasonal by then).
+    let surge = |p: u16, base: f64, t: Duration| {
+        let normal = if p == 22 || p == 3389 {
+            base
+        } else {
+            business(base, t, None)
+        };
+        let on = p == 80 && t >= DAY + 10 * HOUR && t < DAY + 11 * HOUR;
+        normal * if on { 10.0 } else { 1.0 }
+    };
+    let checkpoints = [
+        5 * MINUTE,
+        2 * HOUR,
+        DAY + 9 * HOUR,
+        DAY + 10 * HOUR + 10 * MINUTE,
+    ];
+    for at in checkpoints {
+        while sim.elapsed() < at {
+            sim.step(surge);
+        }
+        check(&sim.det, &mut seen);
+        flagged_seen |= sim.det.status(80).flagged;
+    }
+    assert!(flagged_seen, "80 is in an episode at the last checkpoint");
+    for state in LearningState::ALL {
+        assert!(seen.contains(&state), "{state:?} not covered: {seen:?}");
+    }
+}

@@ -40,7 +40,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tower_service::Service as _;
 
 pub use tls::{WebConfig, WebConfigError, WebConfigSource};
-pub use view::{ApiData, Published, View};
+pub use view::{ApiData, ApiParts, Published, View};
 
 /// Bounds on what one client can make the server hold.
 #[derive(Clone, Copy, Debug)]

@@ -13,9 +13,9 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 
 use crate::{
-    api::{ApiInput, PortView, PortsResponse, Recent},
+    api::{ApiInput, PortTable, PortTables, PortView, PortsResponse, Recent},
     breadth::BreadthView,
-    detector::{Detector, PortStatus},
+    detector::{Detector, PortStatus, StatusView},
     prefixes::PrefixView,
     sensor::Attachment,
 };
@@ -37,28 +37,66 @@ pub struct View {
     pub api: ApiData,
 }
 
+/// Ports on the index page.
+pub const INDEX_PORTS: usize = 10;
+
 /// The detector's view and the kernel counters at the poll, for the JSON API and the
-/// index page.
+/// index page. Not a copy of the detector: its summary ([`StatusView`], a few KiB), the
+/// per-port table (`PortTable`, refilled in place from poll to poll) and the rows of the
+/// exported ports.
 pub struct ApiData {
-    pub detector: Detector,
-    pub breadth: BreadthView,
+    detector: StatusView,
+    table: Arc<PortTable>,
+    breadth: BreadthView,
     /// Top source prefixes of the flagged ports.
+    prefixes: PrefixView,
+    recent: Recent,
+    exported: Vec<PortStatus>,
+    /// The index page's ports ([`Detector::top_ports`] of [`INDEX_PORTS`]).
+    top: Vec<PortStatus>,
+    /// Detector time of the poll, UNIX seconds.
+    time: f64,
+}
+
+/// What a poll hands to [`ApiData::new`] besides the detector and the counters.
+pub struct ApiParts {
+    pub breadth: BreadthView,
     pub prefixes: PrefixView,
     pub recent: Recent,
-    pub ports: Vec<u64>,
+    /// The exported ports' statuses (the `/api/v1/ports` rows).
     pub exported: Vec<PortStatus>,
     /// Detector time of the poll, UNIX seconds.
     pub time: f64,
 }
 
 impl ApiData {
+    /// The API's data after a poll: `counts` are the kernel's cumulative SYNs per port read
+    /// at it; the per-port table is taken from (and kept in) `tables`.
+    pub fn new(
+        detector: &Detector,
+        counts: &[u64],
+        tables: &mut PortTables,
+        parts: ApiParts,
+    ) -> Self {
+        Self {
+            detector: detector.status_view(),
+            table: tables.publish(counts, detector),
+            top: detector.top_ports(INDEX_PORTS),
+            breadth: parts.breadth,
+            prefixes: parts.prefixes,
+            recent: parts.recent,
+            exported: parts.exported,
+            time: parts.time,
+        }
+    }
+
     fn input(&self) -> ApiInput<'_> {
         ApiInput {
             detector: &self.detector,
+            table: &self.table,
             breadth: &self.breadth,
             prefixes: &self.prefixes,
             recent: &self.recent,
-            ports: &self.ports,
             exported: &self.exported,
             time: self.time,
         }
@@ -122,7 +160,7 @@ impl View {
     pub fn index_html(&self) -> String {
         let detector = &self.api.detector;
         let mut rows = String::new();
-        for p in detector.top_ports(10) {
+        for p in &self.api.top {
             let breadth = self.api.breadth.get(&p.port).map_or_else(
                 || "<td>-</td><td>-</td>".to_string(),
                 |b| {
@@ -221,15 +259,18 @@ mod tests {
             problem,
             attachments,
             telemetry_path: "/metrics".into(),
-            api: ApiData {
-                recent: Recent::new(config.interval),
-                breadth: Default::default(),
-                prefixes: Default::default(),
-                detector: Detector::new(config),
-                ports: vec![0; 65536],
-                exported: vec![],
-                time: 0.0,
-            },
+            api: ApiData::new(
+                &Detector::new(config.clone()),
+                &[],
+                &mut PortTables::default(),
+                ApiParts {
+                    recent: Recent::new(config.interval),
+                    breadth: Default::default(),
+                    prefixes: Default::default(),
+                    exported: vec![],
+                    time: 0.0,
+                },
+            ),
         }
     }
 
