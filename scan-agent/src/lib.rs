@@ -5,6 +5,7 @@ pub mod breadth;
 pub mod capture;
 pub mod check;
 pub mod config;
+pub mod counters;
 pub mod cpus;
 pub mod daemon;
 pub mod detector;

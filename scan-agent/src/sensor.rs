@@ -1,7 +1,10 @@
-//! The kernel side as the agent sees it: loads the embedded program once per
-//! interface (entry point chosen by hook and link type), pins and reuses its maps,
-//! attaches it (XDP alone, as a libxdp dispatcher component, or TCX; adopting a
-//! link kept from an earlier run), and reads the counters.
+//! The programs side of the sensor: loads the embedded program once per interface
+//! (entry point chosen by hook and link type), pins and reuses its maps, attaches it
+//! (XDP alone, as a libxdp dispatcher component, or TCX; adopting a link kept from an
+//! earlier run). Everything here needs capabilities. The maps it loads are read
+//! through [`Counters`] (the maps side, `crate::counters`), which a [`Sensor`]
+//! dereferences to; `scan-agent run` hands those maps to its unprivileged worker
+//! ([`crate::privsep`]).
 //!
 //! One load per interface: each load has its own class-counter map, so the
 //! counters are per interface with one constant-key lookup per packet (no
@@ -9,14 +12,13 @@
 //! The port map is shared through its pin unless `--per-interface-ports`.
 use std::{
     fs, io,
-    os::fd::AsFd as _,
+    ops::{Deref, DerefMut},
     path::{Path, PathBuf},
-    ptr::NonNull,
 };
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Map, MapData, MapInfo, MapType, PerCpuArray, RingBuf},
+    maps::{Map, MapData, MapInfo, MapType},
     programs::{
         Extension, LinkOrder, ProgramError, SchedClassifier, TcAttachType, TestRun as _,
         TestRunOptions, Xdp, XdpMode,
@@ -26,12 +28,15 @@ use aya::{
     },
 };
 use scan_common::{
-    CLASSES_MAP, ClassCounters, ClassCounts, DEBUG_GLOBAL, PORT_SYNS_MAP, PORTS, SAMPLES_BYTES,
-    SAMPLES_MAP, SKETCH_MAP, SKETCH_PROBES, SKETCH_SLOTS, SKETCH_SWITCH, SYN_NO_SLOT_MAP, Sketch,
-    SketchSlot, SourceSample, program_name, sketch_slot_home,
+    CLASSES_MAP, ClassCounters, DEBUG_GLOBAL, PORT_SYNS_MAP, PORTS, SAMPLES_BYTES, SAMPLES_MAP,
+    SKETCH_MAP, SKETCH_SLOTS, SKETCH_SWITCH, SYN_NO_SLOT_MAP, SketchSlot, program_name,
 };
 
-use crate::{dispatcher, sketch::Distinct, xdp_hook};
+pub use crate::counters::{Counters, PortSketches};
+use crate::{
+    counters::{LoadMaps, PortCounterView, SketchView},
+    dispatcher, xdp_hook,
+};
 pub use scan_common::{Hook, LinkKind};
 
 /// The XDP program, built by `build.rs` from `scan-ebpf` and embedded.
@@ -169,6 +174,8 @@ pub enum SensorError {
     TestRun(Box<ProgramError>),
     #[error("no program is loaded for test runs (a bug: use Sensor::unattached)")]
     NoTestProgram,
+    #[error("the maps handed over by the attacher do not add up: {0} (a bug)")]
+    Layout(String),
 }
 
 /// How the program is attached to an interface.
@@ -304,171 +311,6 @@ impl Attachment {
     }
 }
 
-/// Read-only `mmap` of the per-CPU port counters (see `scan_common::PORT_SYNS_MAP`).
-struct PortCounterView {
-    base: NonNull<u64>,
-    entries: usize,
-    // Keeps the map alive while mapped.
-    _map: MapData,
-}
-
-// SAFETY: the mapping is read-only shared memory; reads are volatile u64 loads.
-unsafe impl Send for PortCounterView {}
-unsafe impl Sync for PortCounterView {}
-
-impl PortCounterView {
-    fn new(map: MapData, entries: usize) -> Result<Self, SensorError> {
-        let len = entries * size_of::<u64>();
-        // SAFETY: maps the BPF_F_MMAPABLE array read-only; the kernel lays the values
-        // out from offset 0 at their 8-byte stride.
-        let addr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ,
-                libc::MAP_SHARED,
-                std::os::fd::AsRawFd::as_raw_fd(&map.fd().as_fd()),
-                0,
-            )
-        };
-        if addr == libc::MAP_FAILED {
-            return Err(SensorError::Mmap(PORT_SYNS_MAP, io::Error::last_os_error()));
-        }
-        let base = NonNull::new(addr.cast::<u64>())
-            .ok_or_else(|| SensorError::Mmap(PORT_SYNS_MAP, io::Error::other("null mapping")))?;
-        Ok(Self {
-            base,
-            entries,
-            _map: map,
-        })
-    }
-
-    /// Sums the CPU slices into `out[port]`; no syscall.
-    fn sum_into(&self, out: &mut [u64]) {
-        out[..PORTS as usize].fill(0);
-        self.add_into(out);
-    }
-
-    /// Adds the CPU slices into `out[port]`.
-    fn add_into(&self, out: &mut [u64]) {
-        let ports = PORTS as usize;
-        for slice in 0..self.entries / ports {
-            let start = slice * ports;
-            for (port, total) in out[..ports].iter_mut().enumerate() {
-                // SAFETY: start + port < entries, inside the mapping; the kernel
-                // writes these words concurrently, so read each one volatile.
-                let value = unsafe { self.base.as_ptr().add(start + port).read_volatile() };
-                *total = total.wrapping_add(value);
-            }
-        }
-    }
-}
-
-impl Drop for PortCounterView {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly what `new` mapped.
-        unsafe { libc::munmap(self.base.as_ptr().cast(), self.entries * size_of::<u64>()) };
-    }
-}
-
-/// Read-write `mmap` of the sketch slots (see `scan_common::SKETCH_MAP`): the agent
-/// copies each used slot out and resets it, once per poll.
-struct SketchView {
-    base: NonNull<SketchSlot>,
-    // Keeps the map alive while mapped.
-    _map: MapData,
-}
-
-// SAFETY: shared memory accessed only through volatile reads and writes.
-unsafe impl Send for SketchView {}
-unsafe impl Sync for SketchView {}
-
-const SKETCH_VIEW_LEN: usize = SKETCH_SLOTS as usize * size_of::<SketchSlot>();
-
-impl SketchView {
-    fn new(map: MapData) -> Result<Self, SensorError> {
-        // SAFETY: maps the BPF_F_MMAPABLE array; values sit at their 8-byte stride,
-        // which is the struct's size (asserted in scan-common).
-        let addr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                SKETCH_VIEW_LEN,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                std::os::fd::AsRawFd::as_raw_fd(&map.fd().as_fd()),
-                0,
-            )
-        };
-        if addr == libc::MAP_FAILED {
-            return Err(SensorError::Mmap(SKETCH_MAP, io::Error::last_os_error()));
-        }
-        let base = NonNull::new(addr.cast::<SketchSlot>())
-            .ok_or_else(|| SensorError::Mmap(SKETCH_MAP, io::Error::other("null mapping")))?;
-        Ok(Self { base, _map: map })
-    }
-
-    fn slot(&self, index: usize) -> *mut SketchSlot {
-        debug_assert!(index < SKETCH_SLOTS as usize);
-        // SAFETY: index < SKETCH_SLOTS, inside the mapping.
-        unsafe { self.base.as_ptr().add(index) }
-    }
-
-    /// Copies a sketch out and resets it. The program writes concurrently: every
-    /// access is volatile, and an insert landing between the copy and the reset is
-    /// lost (a window of microseconds per poll).
-    fn take(sketch: *mut Sketch) -> Distinct {
-        // SAFETY: `sketch` points into the mapping; volatile 4-byte accesses only.
-        unsafe {
-            let len_ptr = &raw mut (*sketch).exact_len;
-            let len = len_ptr.read_volatile();
-            if len == 0 {
-                return Distinct::default();
-            }
-            let mut copy = Sketch {
-                exact_len: len,
-                exact: [0; scan_common::SKETCH_EXACT],
-                registers: [0; scan_common::SKETCH_REGISTERS],
-            };
-            let exact = (&raw mut (*sketch).exact).cast::<u32>();
-            for (i, value) in copy.exact.iter_mut().enumerate() {
-                *value = exact.add(i).read_volatile();
-            }
-            if len as usize > scan_common::SKETCH_EXACT {
-                let registers = (&raw mut (*sketch).registers).cast::<u32>();
-                let words = scan_common::SKETCH_REGISTERS / 4;
-                for i in 0..words {
-                    let word = registers.add(i).read_volatile();
-                    copy.registers[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
-                    registers.add(i).write_volatile(0);
-                }
-            } else {
-                // Registers of a list-sized sketch hold only what the list holds.
-                let registers = (&raw mut (*sketch).registers).cast::<u32>();
-                for i in 0..scan_common::SKETCH_REGISTERS / 4 {
-                    registers.add(i).write_volatile(0);
-                }
-            }
-            len_ptr.write_volatile(0);
-            Distinct::from_kernel(&copy)
-        }
-    }
-}
-
-impl Drop for SketchView {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly what `new` mapped.
-        unsafe { libc::munmap(self.base.as_ptr().cast(), SKETCH_VIEW_LEN) };
-    }
-}
-
-/// One port's sketches since the previous [`Sensor::take_sketches`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PortSketches {
-    pub port: u16,
-    pub sources: Distinct,
-    pub targets: Distinct,
-}
-
 /// The link a loaded instance holds.
 enum OwnedLink {
     Xdp(XdpLinkId),
@@ -479,19 +321,15 @@ enum OwnedLink {
     },
 }
 
-/// One load of the program: one entry point, its own class counters.
+/// One load of the program: one entry point; its maps are the [`LoadMaps`] of the
+/// same `id` in the sensor's [`Counters`].
 struct Instance {
+    id: u64,
     /// `None` for a program loaded only for test runs.
     interface: Option<String>,
     ebpf: Ebpf,
     hook: Hook,
     kind: LinkKind,
-    classes: PerCpuArray<MapData, ClassCounters>,
-    /// SYNs this instance could not count by port (expected 0; private, not pinned).
-    syn_no_slot: PerCpuArray<MapData, u64>,
-    /// `None` when the port map is the shared pinned one, already mapped by an
-    /// earlier instance.
-    ports: Option<PortCounterView>,
     /// The link this process owns and detaches at stop (not kept ones).
     owned: Option<OwnedLink>,
     /// A kept (pinned) link, with this process's own reference: removing its pin under
@@ -514,14 +352,28 @@ pub struct Sensor {
     debug: bool,
     /// Whether the programs keep the distinct-address sketches.
     sketches_on: bool,
-    /// The sketch map, shared by every load (through its pin).
-    sketches: Option<SketchView>,
-    /// Sampled SYN sources of flagged ports (with the sketches on), shared by every
-    /// load (through its pin) like the sketches.
-    samples: Option<RingBuf<MapData>>,
     per_interface_ports: bool,
     instances: Vec<Instance>,
+    /// The maps of every instance, and the shared ones.
+    counters: Counters,
+    /// The id of the next instance.
+    next_id: u64,
     attachments: Vec<Attachment>,
+}
+
+/// The sensor reads its counters through the maps side.
+impl Deref for Sensor {
+    type Target = Counters;
+
+    fn deref(&self) -> &Counters {
+        &self.counters
+    }
+}
+
+impl DerefMut for Sensor {
+    fn deref_mut(&mut self) -> &mut Counters {
+        &mut self.counters
+    }
 }
 
 /// Reads an interface's link type (ARPHRD_*) and says how its frames start.
@@ -795,10 +647,10 @@ impl Sensor {
             pin_dir: pin_dir.map(Path::to_path_buf),
             debug: false,
             sketches_on: sketches,
-            sketches: None,
-            samples: None,
             per_interface_ports: false,
             instances: Vec::new(),
+            counters: Counters::default(),
+            next_id: 0,
             attachments: Vec::new(),
         })
     }
@@ -901,22 +753,23 @@ impl Sensor {
         };
         loaded.map_err(|e| SensorError::Verifier(Box::new(e)))?;
 
-        let shared_ports_mapped = self.pin_dir.is_some()
-            && ports_interface.is_none()
-            && self.instances.iter().any(|i| i.ports.is_some());
+        // A pinned port map is shared: mapped once, by the first load, and kept while
+        // the sensor lives (also when that load's interface goes away).
+        let shared_ports = self.pin_dir.is_some() && ports_interface.is_none();
         let ports_map = take_map_data(&mut ebpf, PORT_SYNS_MAP)?;
-        let ports = if shared_ports_mapped {
-            None
+        let entries = port_entries(self.cpus) as usize;
+        let ports = if !shared_ports {
+            Some(PortCounterView::new(ports_map, entries)?)
         } else {
-            Some(PortCounterView::new(
-                ports_map,
-                port_entries(self.cpus) as usize,
-            )?)
+            if self.counters.shared_ports.is_none() {
+                self.counters.shared_ports = Some(PortCounterView::new(ports_map, entries)?);
+            }
+            None
         };
         // The first load maps the sketches; the others share that map through its pin.
-        if self.sketches_on && self.sketches.is_none() {
-            self.sketches = Some(SketchView::new(take_map_data(&mut ebpf, SKETCH_MAP)?)?);
-            self.samples = Some(
+        if self.sketches_on && self.counters.sketches.is_none() {
+            self.counters.sketches = Some(SketchView::new(take_map_data(&mut ebpf, SKETCH_MAP)?)?);
+            self.counters.samples = Some(
                 ebpf.take_map(SAMPLES_MAP)
                     .ok_or(SensorError::MissingMap(SAMPLES_MAP))?
                     .try_into()
@@ -942,14 +795,21 @@ impl Sensor {
                 name: SYN_NO_SLOT_MAP,
                 source: Box::new(source),
             })?;
+        let id = self.next_id;
+        self.next_id += 1;
+        self.counters.loads.push(LoadMaps {
+            id,
+            interface: interface.map(str::to_string),
+            classes,
+            syn_no_slot,
+            ports,
+        });
         Ok(Instance {
+            id,
             interface: interface.map(str::to_string),
             ebpf,
             hook,
             kind,
-            classes,
-            syn_no_slot,
-            ports,
             owned: None,
             kept: None,
         })
@@ -985,6 +845,26 @@ impl Sensor {
     /// in place (`bpf_link_update`), so no packet goes uncounted. With `keep`, the
     /// link is pinned so the program stays attached after this process exits.
     pub fn attach(
+        &mut self,
+        interface: &str,
+        request: AttachRequest,
+        keep: bool,
+    ) -> Result<Attachment, SensorError> {
+        let result = self.attach_loaded(interface, request, keep);
+        // Loads that failed to attach (or a refused dispatcher mode) leave their maps.
+        self.drop_unused_maps();
+        result
+    }
+
+    /// The maps of instances that are gone are closed.
+    fn drop_unused_maps(&mut self) {
+        let instances = &self.instances;
+        self.counters
+            .loads
+            .retain(|load| instances.iter().any(|i| i.id == load.id));
+    }
+
+    fn attach_loaded(
         &mut self,
         interface: &str,
         request: AttachRequest,
@@ -1330,6 +1210,7 @@ impl Sensor {
         self.attachments.retain(|a| !lost.contains(&a.interface));
         self.instances
             .retain(|i| i.interface.as_ref().is_none_or(|name| !lost.contains(name)));
+        self.drop_unused_maps();
         restored
     }
 
@@ -1351,6 +1232,7 @@ impl Sensor {
             }
             false
         });
+        self.drop_unused_maps();
     }
 
     /// Records that interface `ifindex` is now called `name` (the program stays). A kept
@@ -1366,6 +1248,9 @@ impl Sensor {
                 continue;
             }
             instance.interface = Some(name.to_string());
+            if let Some(load) = self.counters.loads.iter_mut().find(|l| l.id == instance.id) {
+                load.interface = Some(name.to_string());
+            }
             if let (Some(dir), Some((mode, _))) = (&self.pin_dir, &instance.kept) {
                 let from = link_pin_path(dir, &old, *mode);
                 if let Err(e) = fs::rename(&from, link_pin_path(dir, name, *mode)) {
@@ -1410,196 +1295,9 @@ impl Sensor {
         &self.attachments
     }
 
-    /// Per-port SYN totals, summed over CPUs and port maps, into `out` (length >= 65,536).
-    pub fn read_ports(&self, out: &mut [u64]) {
-        let mut views = self.instances.iter().filter_map(|i| i.ports.as_ref());
-        match views.next() {
-            Some(first) => first.sum_into(out),
-            None => out[..PORTS as usize].fill(0),
-        }
-        for view in views {
-            view.add_into(out);
-        }
-    }
-
     /// Whether the program was loaded with the sketches on.
     pub fn sketches_on(&self) -> bool {
         self.sketches_on
-    }
-
-    /// Appends the sketches of every port that has a slot and saw a SYN since the
-    /// last call, and resets them: each call returns one interval's sketches.
-    pub fn take_sketches(&self, out: &mut Vec<PortSketches>) {
-        let Some(view) = &self.sketches else {
-            return;
-        };
-        for index in 0..SKETCH_SLOTS as usize {
-            let slot = view.slot(index);
-            // SAFETY: inside the mapping; volatile read of the tag.
-            let tag = unsafe { (&raw const (*slot).port).read_volatile() };
-            if tag == 0 || tag > PORTS {
-                continue;
-            }
-            // SAFETY: as above.
-            let (sources, targets) = unsafe {
-                (
-                    SketchView::take(&raw mut (*slot).sources),
-                    SketchView::take(&raw mut (*slot).targets),
-                )
-            };
-            if sources.is_empty() && targets.is_empty() {
-                continue;
-            }
-            let port = (tag - 1) as u16;
-            // A port may hold two slots (see `SKETCH_PROBES`): one entry per port.
-            match out.iter_mut().find(|p| p.port == port) {
-                Some(entry) => {
-                    entry.sources.merge(&sources);
-                    entry.targets.merge(&targets);
-                }
-                None => out.push(PortSketches {
-                    port,
-                    sources,
-                    targets,
-                }),
-            }
-        }
-    }
-
-    /// Lets each of `ports` send up to `budget` SYN sources to the sample ring until
-    /// the next call; every other port sends none. Only ports holding a sketch slot
-    /// can be sampled (a flagged port has one: it received SYNs).
-    pub fn set_sample_budgets(&self, ports: &[u16], budget: u32) {
-        let Some(view) = &self.sketches else {
-            return;
-        };
-        for index in 0..SKETCH_SLOTS as usize {
-            let slot = view.slot(index);
-            // SAFETY: inside the mapping; volatile accesses.
-            unsafe {
-                let tag = (&raw const (*slot).port).read_volatile();
-                let sampled = tag != 0 && ports.contains(&((tag - 1) as u16));
-                let want = if sampled { budget } else { 0 };
-                let current = &raw mut (*slot).sample_budget;
-                if current.read_volatile() != want {
-                    current.write_volatile(want);
-                }
-            }
-        }
-    }
-
-    /// Appends the SYN sources sampled since the last call (see
-    /// [`Sensor::set_sample_budgets`]).
-    pub fn drain_samples(&mut self, out: &mut Vec<SourceSample>) {
-        let Some(ring) = &mut self.samples else {
-            return;
-        };
-        while let Some(item) = ring.next() {
-            if item.len() >= size_of::<SourceSample>() {
-                // SAFETY: the program writes whole `SourceSample`s (plain integers);
-                // the read is unaligned-safe.
-                out.push(unsafe { item.as_ptr().cast::<SourceSample>().read_unaligned() });
-            }
-        }
-    }
-
-    /// SYNs not sketched because every slot their port probed was taken (cumulative).
-    pub fn sketch_misses(&self) -> u64 {
-        let Some(view) = &self.sketches else {
-            return 0;
-        };
-        (0..SKETCH_SLOTS as usize)
-            .map(|index| {
-                // SAFETY: inside the mapping; volatile read.
-                u64::from(unsafe { (&raw const (*view.slot(index)).misses).read_volatile() })
-            })
-            .sum()
-    }
-
-    /// Frees `port`'s slot (if it has one) for other ports, discarding what it holds.
-    /// The agent frees the slots of ports idle for a whole short window.
-    pub fn free_sketch_slot(&self, port: u16) {
-        let Some(view) = &self.sketches else {
-            return;
-        };
-        let home = sketch_slot_home(port);
-        for probe in 0..SKETCH_PROBES {
-            let slot = view.slot(((home + probe) & (SKETCH_SLOTS - 1)) as usize);
-            // SAFETY: inside the mapping; volatile accesses.
-            unsafe {
-                if (&raw const (*slot).port).read_volatile() == u32::from(port) + 1 {
-                    SketchView::take(&raw mut (*slot).sources);
-                    SketchView::take(&raw mut (*slot).targets);
-                    (&raw mut (*slot).port).write_volatile(0);
-                }
-            }
-        }
-    }
-
-    /// Frees every slot, discarding what they hold: for a reader (replay) that takes
-    /// the sketches often and keeps its own union, so any number of ports take turns.
-    pub fn release_sketch_slots(&self) {
-        let Some(view) = &self.sketches else {
-            return;
-        };
-        for index in 0..SKETCH_SLOTS as usize {
-            let slot = view.slot(index);
-            // SAFETY: inside the mapping; volatile accesses.
-            unsafe {
-                if (&raw const (*slot).port).read_volatile() != 0 {
-                    SketchView::take(&raw mut (*slot).sources);
-                    SketchView::take(&raw mut (*slot).targets);
-                    (&raw mut (*slot).port).write_volatile(0);
-                }
-            }
-        }
-    }
-
-    /// Ports holding a sketch slot now.
-    pub fn sketched_ports(&self) -> usize {
-        let Some(view) = &self.sketches else {
-            return 0;
-        };
-        (0..SKETCH_SLOTS as usize)
-            .filter(|&index| {
-                // SAFETY: inside the mapping; volatile read of the tag.
-                unsafe { (&raw const (*view.slot(index)).port).read_volatile() != 0 }
-            })
-            .count()
-    }
-
-    /// Packet-class totals summed over CPUs and interfaces.
-    /// SYNs that found no port slot, summed over CPUs and loads (expected 0).
-    pub fn read_syn_no_slot(&self) -> Result<u64, SensorError> {
-        let mut total = 0u64;
-        for instance in &self.instances {
-            let values = instance
-                .syn_no_slot
-                .get(&0, 0)
-                .map_err(|source| SensorError::Map {
-                    name: SYN_NO_SLOT_MAP,
-                    source: Box::new(source),
-                })?;
-            total = values.iter().copied().fold(total, u64::wrapping_add);
-        }
-        Ok(total)
-    }
-
-    pub fn read_classes(&self) -> Result<ClassCounts, SensorError> {
-        let mut counts = ClassCounts::default();
-        for instance in &self.instances {
-            counts.add(&read_instance_classes(instance)?.0);
-        }
-        Ok(counts)
-    }
-
-    /// Packet-class totals per attached interface, summed over CPUs.
-    pub fn read_interface_classes(&self) -> Result<Vec<(String, ClassCounts)>, SensorError> {
-        self.instances
-            .iter()
-            .filter_map(|i| i.interface.as_ref().map(|name| (name, i)))
-            .map(|(name, i)| Ok((name.clone(), read_instance_classes(i)?)))
-            .collect()
     }
 
     /// Runs the test-run program once per `repeat` on `frame` through `BPF_PROG_TEST_RUN`.
@@ -1627,21 +1325,6 @@ impl Sensor {
         }
         .map_err(|e| SensorError::TestRun(Box::new(e)))
     }
-}
-
-fn read_instance_classes(instance: &Instance) -> Result<ClassCounts, SensorError> {
-    let values = instance
-        .classes
-        .get(&0, 0)
-        .map_err(|source| SensorError::Map {
-            name: CLASSES_MAP,
-            source: Box::new(source),
-        })?;
-    let mut counts = ClassCounts::default();
-    for cpu in values.iter() {
-        counts.add(&cpu.counts);
-    }
-    Ok(counts)
 }
 
 /// XDP alone on the hook, through a `bpf_link`.

@@ -1,0 +1,589 @@
+//! The maps side of the sensor: reads the counters the program writes, and nothing
+//! else. The per-CPU port counters and the sketch slots by `mmap`, the packet classes
+//! and the no-slot counter by map lookups, the sampled sources from a ring buffer;
+//! it writes only the sample budgets and resets taken sketches.
+//!
+//! None of this needs a capability once the maps are open (Linux >= 6.5 checks
+//! `kernel.unprivileged_bpf_disabled` only when a map is created or a program
+//! loaded): the unprivileged worker of `scan-agent run` (see [`crate::privsep`])
+//! builds its [`Counters`] from map fds the attacher hands over ([`Counters::export`],
+//! [`Counters::import`]); the attacher's [`crate::sensor::Sensor`] owns the programs
+//! and links, and its own `Counters` for replay, tests and benchmarks.
+use std::{
+    io,
+    os::fd::{AsFd as _, BorrowedFd, OwnedFd},
+    ptr::NonNull,
+};
+
+use aya::maps::{IterableMap as _, Map, MapData, PerCpuArray, RingBuf};
+use scan_common::{
+    CLASSES_MAP, ClassCounters, ClassCounts, PORT_SYNS_MAP, PORTS, SAMPLES_MAP, SKETCH_MAP,
+    SKETCH_PROBES, SKETCH_SLOTS, SYN_NO_SLOT_MAP, Sketch, SketchSlot, SourceSample,
+    sketch_slot_home,
+};
+
+use crate::{sensor::SensorError, sketch::Distinct};
+
+/// The maps of one load of the program (one per attached interface, plus one for
+/// test runs).
+pub(crate) struct LoadMaps {
+    /// Names the load across messages to the worker.
+    pub(crate) id: u64,
+    /// `None` for a program loaded only for test runs.
+    pub(crate) interface: Option<String>,
+    pub(crate) classes: PerCpuArray<MapData, ClassCounters>,
+    /// SYNs this load could not count by port (expected 0; private, not pinned).
+    pub(crate) syn_no_slot: PerCpuArray<MapData, u64>,
+    /// Its own port map (private maps, or `--per-interface-ports`); `None` when it
+    /// counts into the shared pinned one.
+    pub(crate) ports: Option<PortCounterView>,
+}
+
+/// Every map the agent reads.
+#[derive(Default)]
+pub struct Counters {
+    /// The port map shared by every load through its pin.
+    pub(crate) shared_ports: Option<PortCounterView>,
+    /// The sketch map, shared by every load (through its pin).
+    pub(crate) sketches: Option<SketchView>,
+    /// Sampled SYN sources of flagged ports (with the sketches on), shared by every
+    /// load (through its pin) like the sketches.
+    pub(crate) samples: Option<RingBuf<MapData>>,
+    pub(crate) loads: Vec<LoadMaps>,
+}
+
+/// Which maps a message to the worker carries, in the order of its fds (see
+/// [`Counters::export`]). The shared maps come once, in the first message.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Layout {
+    pub shared_ports: bool,
+    pub sketches: bool,
+    pub samples: bool,
+    /// Every load there is now; the fds of those the worker does not know yet follow.
+    pub loads: Vec<LoadLayout>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LoadLayout {
+    pub id: u64,
+    pub interface: Option<String>,
+    /// Its fds are in this message: class counters, no-slot counter, then its own
+    /// port map if `ports`.
+    pub new: bool,
+    pub ports: bool,
+}
+
+fn map_error(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> SensorError {
+    move |source| SensorError::Map {
+        name,
+        source: Box::new(source),
+    }
+}
+
+/// Rebuilds a map from an fd received from the attacher (BPF_OBJ_GET_INFO_BY_FD only).
+fn received(fd: OwnedFd, name: &'static str) -> Result<MapData, SensorError> {
+    MapData::from_fd(fd).map_err(map_error(name))
+}
+
+fn port_view(map: MapData) -> Result<PortCounterView, SensorError> {
+    let entries = map.info().map_err(map_error(PORT_SYNS_MAP))?.max_entries() as usize;
+    if entries == 0 || !entries.is_multiple_of(PORTS as usize) {
+        return Err(SensorError::Map {
+            name: PORT_SYNS_MAP,
+            source: Box::new(aya::maps::MapError::InvalidMapType { map_type: 0 }),
+        });
+    }
+    PortCounterView::new(map, entries)
+}
+
+impl Counters {
+    /// What the worker needs to read what this process reads: the layout and the
+    /// fds it lists (borrowed; sent with `SCM_RIGHTS`, which duplicates them). The
+    /// shared maps only with `shared`; per-load fds only of loads not in `known`, and
+    /// no more than `max_fds` in all: a new load that does not fit is left out of the
+    /// layout (the next export lists it).
+    pub fn export(
+        &self,
+        shared: bool,
+        known: &[u64],
+        max_fds: usize,
+    ) -> (Layout, Vec<BorrowedFd<'_>>) {
+        let mut fds = Vec::new();
+        let mut layout = Layout::default();
+        if shared {
+            if let Some(view) = &self.shared_ports {
+                layout.shared_ports = true;
+                fds.push(view.map().fd().as_fd());
+            }
+            if let Some(view) = &self.sketches {
+                layout.sketches = true;
+                fds.push(view.map().fd().as_fd());
+            }
+            if let Some(ring) = &self.samples {
+                layout.samples = true;
+                fds.push(ring.as_fd());
+            }
+        }
+        for load in &self.loads {
+            let new = !known.contains(&load.id);
+            if new && fds.len() + 2 + usize::from(load.ports.is_some()) > max_fds {
+                continue;
+            }
+            if new {
+                fds.push(load.classes.map().fd().as_fd());
+                fds.push(load.syn_no_slot.map().fd().as_fd());
+                if let Some(view) = &load.ports {
+                    fds.push(view.map().fd().as_fd());
+                }
+            }
+            layout.loads.push(LoadLayout {
+                id: load.id,
+                interface: load.interface.clone(),
+                new,
+                ports: load.ports.is_some(),
+            });
+        }
+        (layout, fds)
+    }
+
+    /// Applies a layout from the attacher with the fds that came with it (in
+    /// [`Counters::export`]'s order): adds the new loads, renames, and drops the loads
+    /// it no longer lists (their interface is gone).
+    pub fn import(&mut self, layout: &Layout, fds: Vec<OwnedFd>) -> Result<(), SensorError> {
+        let wanted = usize::from(layout.shared_ports)
+            + usize::from(layout.sketches)
+            + usize::from(layout.samples)
+            + layout
+                .loads
+                .iter()
+                .filter(|l| l.new)
+                .map(|l| 2 + usize::from(l.ports))
+                .sum::<usize>();
+        if fds.len() != wanted {
+            return Err(SensorError::Layout(format!(
+                "{} map fds received, {wanted} listed",
+                fds.len()
+            )));
+        }
+        let mut fds = fds.into_iter();
+        let mut next = || fds.next().expect("counted above");
+        if layout.shared_ports {
+            self.shared_ports = Some(port_view(received(next(), PORT_SYNS_MAP)?)?);
+        }
+        if layout.sketches {
+            self.sketches = Some(SketchView::new(received(next(), SKETCH_MAP)?)?);
+        }
+        if layout.samples {
+            self.samples = Some(
+                RingBuf::try_from(Map::RingBuf(received(next(), SAMPLES_MAP)?))
+                    .map_err(map_error(SAMPLES_MAP))?,
+            );
+        }
+        let mut loads = Vec::with_capacity(layout.loads.len());
+        for l in &layout.loads {
+            if !l.new {
+                let Some(at) = self.loads.iter().position(|have| have.id == l.id) else {
+                    return Err(SensorError::Layout(format!(
+                        "load {} listed as known, but it never came",
+                        l.id
+                    )));
+                };
+                let mut load = self.loads.swap_remove(at);
+                load.interface.clone_from(&l.interface);
+                loads.push(load);
+                continue;
+            }
+            let classes = PerCpuArray::try_from(Map::PerCpuArray(received(next(), CLASSES_MAP)?))
+                .map_err(map_error(CLASSES_MAP))?;
+            let syn_no_slot =
+                PerCpuArray::try_from(Map::PerCpuArray(received(next(), SYN_NO_SLOT_MAP)?))
+                    .map_err(map_error(SYN_NO_SLOT_MAP))?;
+            let ports = if l.ports {
+                Some(port_view(received(next(), PORT_SYNS_MAP)?)?)
+            } else {
+                None
+            };
+            loads.push(LoadMaps {
+                id: l.id,
+                interface: l.interface.clone(),
+                classes,
+                syn_no_slot,
+                ports,
+            });
+        }
+        // Loads not listed any more are dropped here (their maps closed).
+        self.loads = loads;
+        Ok(())
+    }
+
+    /// Per-port SYN totals, summed over CPUs and port maps, into `out` (length >= 65,536).
+    pub fn read_ports(&self, out: &mut [u64]) {
+        let mut views = self
+            .shared_ports
+            .iter()
+            .chain(self.loads.iter().filter_map(|l| l.ports.as_ref()));
+        match views.next() {
+            Some(first) => first.sum_into(out),
+            None => out[..PORTS as usize].fill(0),
+        }
+        for view in views {
+            view.add_into(out);
+        }
+    }
+
+    /// Appends the sketches of every port that has a slot and saw a SYN since the
+    /// last call, and resets them: each call returns one interval's sketches.
+    pub fn take_sketches(&self, out: &mut Vec<PortSketches>) {
+        let Some(view) = &self.sketches else {
+            return;
+        };
+        for index in 0..SKETCH_SLOTS as usize {
+            let slot = view.slot(index);
+            // SAFETY: inside the mapping; volatile read of the tag.
+            let tag = unsafe { (&raw const (*slot).port).read_volatile() };
+            if tag == 0 || tag > PORTS {
+                continue;
+            }
+            // SAFETY: as above.
+            let (sources, targets) = unsafe {
+                (
+                    SketchView::take(&raw mut (*slot).sources),
+                    SketchView::take(&raw mut (*slot).targets),
+                )
+            };
+            if sources.is_empty() && targets.is_empty() {
+                continue;
+            }
+            let port = (tag - 1) as u16;
+            // A port may hold two slots (see `SKETCH_PROBES`): one entry per port.
+            match out.iter_mut().find(|p| p.port == port) {
+                Some(entry) => {
+                    entry.sources.merge(&sources);
+                    entry.targets.merge(&targets);
+                }
+                None => out.push(PortSketches {
+                    port,
+                    sources,
+                    targets,
+                }),
+            }
+        }
+    }
+
+    /// Lets each of `ports` send up to `budget` SYN sources to the sample ring until
+    /// the next call; every other port sends none. Only ports holding a sketch slot
+    /// can be sampled (a flagged port has one: it received SYNs).
+    pub fn set_sample_budgets(&self, ports: &[u16], budget: u32) {
+        let Some(view) = &self.sketches else {
+            return;
+        };
+        for index in 0..SKETCH_SLOTS as usize {
+            let slot = view.slot(index);
+            // SAFETY: inside the mapping; volatile accesses.
+            unsafe {
+                let tag = (&raw const (*slot).port).read_volatile();
+                let sampled = tag != 0 && ports.contains(&((tag - 1) as u16));
+                let want = if sampled { budget } else { 0 };
+                let current = &raw mut (*slot).sample_budget;
+                if current.read_volatile() != want {
+                    current.write_volatile(want);
+                }
+            }
+        }
+    }
+
+    /// Appends the SYN sources sampled since the last call (see
+    /// [`Counters::set_sample_budgets`]).
+    pub fn drain_samples(&mut self, out: &mut Vec<SourceSample>) {
+        let Some(ring) = &mut self.samples else {
+            return;
+        };
+        while let Some(item) = ring.next() {
+            if item.len() >= size_of::<SourceSample>() {
+                // SAFETY: the program writes whole `SourceSample`s (plain integers);
+                // the read is unaligned-safe.
+                out.push(unsafe { item.as_ptr().cast::<SourceSample>().read_unaligned() });
+            }
+        }
+    }
+
+    /// SYNs not sketched because every slot their port probed was taken (cumulative).
+    pub fn sketch_misses(&self) -> u64 {
+        let Some(view) = &self.sketches else {
+            return 0;
+        };
+        (0..SKETCH_SLOTS as usize)
+            .map(|index| {
+                // SAFETY: inside the mapping; volatile read.
+                u64::from(unsafe { (&raw const (*view.slot(index)).misses).read_volatile() })
+            })
+            .sum()
+    }
+
+    /// Frees `port`'s slot (if it has one) for other ports, discarding what it holds.
+    /// The agent frees the slots of ports idle for a whole short window.
+    pub fn free_sketch_slot(&self, port: u16) {
+        let Some(view) = &self.sketches else {
+            return;
+        };
+        let home = sketch_slot_home(port);
+        for probe in 0..SKETCH_PROBES {
+            let slot = view.slot(((home + probe) & (SKETCH_SLOTS - 1)) as usize);
+            // SAFETY: inside the mapping; volatile accesses.
+            unsafe {
+                if (&raw const (*slot).port).read_volatile() == u32::from(port) + 1 {
+                    SketchView::take(&raw mut (*slot).sources);
+                    SketchView::take(&raw mut (*slot).targets);
+                    (&raw mut (*slot).port).write_volatile(0);
+                }
+            }
+        }
+    }
+
+    /// Frees every slot, discarding what they hold: for a reader (replay) that takes
+    /// the sketches often and keeps its own union, so any number of ports take turns.
+    pub fn release_sketch_slots(&self) {
+        let Some(view) = &self.sketches else {
+            return;
+        };
+        for index in 0..SKETCH_SLOTS as usize {
+            let slot = view.slot(index);
+            // SAFETY: inside the mapping; volatile accesses.
+            unsafe {
+                if (&raw const (*slot).port).read_volatile() != 0 {
+                    SketchView::take(&raw mut (*slot).sources);
+                    SketchView::take(&raw mut (*slot).targets);
+                    (&raw mut (*slot).port).write_volatile(0);
+                }
+            }
+        }
+    }
+
+    /// Ports holding a sketch slot now.
+    pub fn sketched_ports(&self) -> usize {
+        let Some(view) = &self.sketches else {
+            return 0;
+        };
+        (0..SKETCH_SLOTS as usize)
+            .filter(|&index| {
+                // SAFETY: inside the mapping; volatile read of the tag.
+                unsafe { (&raw const (*view.slot(index)).port).read_volatile() != 0 }
+            })
+            .count()
+    }
+
+    /// Packet-class totals summed over CPUs and interfaces.
+    /// SYNs that found no port slot, summed over CPUs and loads (expected 0).
+    pub fn read_syn_no_slot(&self) -> Result<u64, SensorError> {
+        let mut total = 0u64;
+        for load in &self.loads {
+            let values = load
+                .syn_no_slot
+                .get(&0, 0)
+                .map_err(|source| SensorError::Map {
+                    name: SYN_NO_SLOT_MAP,
+                    source: Box::new(source),
+                })?;
+            total = values.iter().copied().fold(total, u64::wrapping_add);
+        }
+        Ok(total)
+    }
+
+    pub fn read_classes(&self) -> Result<ClassCounts, SensorError> {
+        let mut counts = ClassCounts::default();
+        for load in &self.loads {
+            counts.add(&read_load_classes(load)?.0);
+        }
+        Ok(counts)
+    }
+
+    /// Packet-class totals per attached interface, summed over CPUs.
+    pub fn read_interface_classes(&self) -> Result<Vec<(String, ClassCounts)>, SensorError> {
+        self.loads
+            .iter()
+            .filter_map(|i| i.interface.as_ref().map(|name| (name, i)))
+            .map(|(name, i)| Ok((name.clone(), read_load_classes(i)?)))
+            .collect()
+    }
+}
+
+fn read_load_classes(load: &LoadMaps) -> Result<ClassCounts, SensorError> {
+    let values = load.classes.get(&0, 0).map_err(|source| SensorError::Map {
+        name: CLASSES_MAP,
+        source: Box::new(source),
+    })?;
+    let mut counts = ClassCounts::default();
+    for cpu in values.iter() {
+        counts.add(&cpu.counts);
+    }
+    Ok(counts)
+}
+
+/// Read-only `mmap` of the per-CPU port counters (see `scan_common::PORT_SYNS_MAP`).
+pub(crate) struct PortCounterView {
+    base: NonNull<u64>,
+    entries: usize,
+    // Keeps the map alive while mapped.
+    map: MapData,
+}
+
+// SAFETY: the mapping is read-only shared memory; reads are volatile u64 loads.
+unsafe impl Send for PortCounterView {}
+unsafe impl Sync for PortCounterView {}
+
+impl PortCounterView {
+    pub(crate) fn new(map: MapData, entries: usize) -> Result<Self, SensorError> {
+        let len = entries * size_of::<u64>();
+        // SAFETY: maps the BPF_F_MMAPABLE array read-only; the kernel lays the values
+        // out from offset 0 at their 8-byte stride.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                std::os::fd::AsRawFd::as_raw_fd(&map.fd().as_fd()),
+                0,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(SensorError::Mmap(PORT_SYNS_MAP, io::Error::last_os_error()));
+        }
+        let base = NonNull::new(addr.cast::<u64>())
+            .ok_or_else(|| SensorError::Mmap(PORT_SYNS_MAP, io::Error::other("null mapping")))?;
+        Ok(Self { base, entries, map })
+    }
+
+    fn map(&self) -> &MapData {
+        &self.map
+    }
+
+    /// Sums the CPU slices into `out[port]`; no syscall.
+    fn sum_into(&self, out: &mut [u64]) {
+        out[..PORTS as usize].fill(0);
+        self.add_into(out);
+    }
+
+    /// Adds the CPU slices into `out[port]`.
+    fn add_into(&self, out: &mut [u64]) {
+        let ports = PORTS as usize;
+        for slice in 0..self.entries / ports {
+            let start = slice * ports;
+            for (port, total) in out[..ports].iter_mut().enumerate() {
+                // SAFETY: start + port < entries, inside the mapping; the kernel
+                // writes these words concurrently, so read each one volatile.
+                let value = unsafe { self.base.as_ptr().add(start + port).read_volatile() };
+                *total = total.wrapping_add(value);
+            }
+        }
+    }
+}
+
+impl Drop for PortCounterView {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly what `new` mapped.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.entries * size_of::<u64>()) };
+    }
+}
+
+/// Read-write `mmap` of the sketch slots (see `scan_common::SKETCH_MAP`): the agent
+/// copies each used slot out and resets it, once per poll.
+pub(crate) struct SketchView {
+    base: NonNull<SketchSlot>,
+    // Keeps the map alive while mapped.
+    map: MapData,
+}
+
+// SAFETY: shared memory accessed only through volatile reads and writes.
+unsafe impl Send for SketchView {}
+unsafe impl Sync for SketchView {}
+
+const SKETCH_VIEW_LEN: usize = SKETCH_SLOTS as usize * size_of::<SketchSlot>();
+
+impl SketchView {
+    pub(crate) fn new(map: MapData) -> Result<Self, SensorError> {
+        // SAFETY: maps the BPF_F_MMAPABLE array; values sit at their 8-byte stride,
+        // which is the struct's size (asserted in scan-common).
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                SKETCH_VIEW_LEN,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                std::os::fd::AsRawFd::as_raw_fd(&map.fd().as_fd()),
+                0,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(SensorError::Mmap(SKETCH_MAP, io::Error::last_os_error()));
+        }
+        let base = NonNull::new(addr.cast::<SketchSlot>())
+            .ok_or_else(|| SensorError::Mmap(SKETCH_MAP, io::Error::other("null mapping")))?;
+        Ok(Self { base, map })
+    }
+
+    fn map(&self) -> &MapData {
+        &self.map
+    }
+
+    fn slot(&self, index: usize) -> *mut SketchSlot {
+        debug_assert!(index < SKETCH_SLOTS as usize);
+        // SAFETY: index < SKETCH_SLOTS, inside the mapping.
+        unsafe { self.base.as_ptr().add(index) }
+    }
+
+    /// Copies a sketch out and resets it. The program writes concurrently: every
+    /// access is volatile, and an insert landing between the copy and the reset is
+    /// lost (a window of microseconds per poll).
+    fn take(sketch: *mut Sketch) -> Distinct {
+        // SAFETY: `sketch` points into the mapping; volatile 4-byte accesses only.
+        unsafe {
+            let len_ptr = &raw mut (*sketch).exact_len;
+            let len = len_ptr.read_volatile();
+            if len == 0 {
+                return Distinct::default();
+            }
+            let mut copy = Sketch {
+                exact_len: len,
+                exact: [0; scan_common::SKETCH_EXACT],
+                registers: [0; scan_common::SKETCH_REGISTERS],
+            };
+            let exact = (&raw mut (*sketch).exact).cast::<u32>();
+            for (i, value) in copy.exact.iter_mut().enumerate() {
+                *value = exact.add(i).read_volatile();
+            }
+            if len as usize > scan_common::SKETCH_EXACT {
+                let registers = (&raw mut (*sketch).registers).cast::<u32>();
+                let words = scan_common::SKETCH_REGISTERS / 4;
+                for i in 0..words {
+                    let word = registers.add(i).read_volatile();
+                    copy.registers[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
+                    registers.add(i).write_volatile(0);
+                }
+            } else {
+                // Registers of a list-sized sketch hold only what the list holds.
+                let registers = (&raw mut (*sketch).registers).cast::<u32>();
+                for i in 0..scan_common::SKETCH_REGISTERS / 4 {
+                    registers.add(i).write_volatile(0);
+                }
+            }
+            len_ptr.write_volatile(0);
+            Distinct::from_kernel(&copy)
+        }
+    }
+}
+
+impl Drop for SketchView {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly what `new` mapped.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), SKETCH_VIEW_LEN) };
+    }
+}
+
+/// One port's sketches since the previous [`Counters::take_sketches`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortSketches {
+    pub port: u16,
+    pub sources: Distinct,
+    pub targets: Distinct,
+}
