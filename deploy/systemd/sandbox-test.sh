@@ -17,13 +17,16 @@
 #   1. the unit as shipped starts; the agent runs as a non-root user with exactly
 #      CAP_BPF CAP_NET_ADMIN CAP_PERFMON, no_new_privs and a seccomp filter; sees / and
 #      /sys/fs/bpf read-only and /sys/fs/bpf/scan-agent and /var/lib/scan-agent read-write;
+#   1b. the process listening on the metrics port is the agent's worker, not MainPID,
+#      and every thread of it has CapEff, CapPrm and CapAmb zero (and no_new_privs);
 #   2. it attaches to v0, and 100 SYNs sent to port 445 from v1 are counted exactly;
 #   3. `systemctl stop` ends it with exit status 0 and a state file is written;
 #   4. after `systemctl start` again the kernel count (pinned maps) is still 100;
 #   and negative controls, each a copy of the kit with one line changed, which must FAIL:
 #   5. ReadWritePaths=/sys/fs/bpf instead of the pin directory (ProtectKernelTunables wins);
 #   6. without CAP_PERFMON (the verifier refuses the program);
-#   7. without the tmpfiles.d line that lets non-root users traverse /sys/fs/bpf.
+#   7. without the tmpfiles.d line that lets non-root users traverse /sys/fs/bpf;
+#   8. without SystemCallFilter=capset (the worker cannot drop its capabilities).
 set -uo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -174,6 +177,24 @@ if boot "$here"; then
     else
       result FAIL "shipped unit: sandbox not as expected: uid=$uid CapEff=$capeff CapBnd=$capbnd NoNewPrivs=$nnp Seccomp=$seccomp /=$(opt /) /sys/fs/bpf=$(opt /sys/fs/bpf) pin=$(opt /sys/fs/bpf/scan-agent) state=$(opt /var/lib/scan-agent)"
     fi
+    # The worker: MainPID's child; it alone holds the socket listening on 9745 (0x2611).
+    worker=$(ns cat "/proc/$pid/task/$pid/children" | awk '{print $1}')
+    inode=$(ns awk '$4 == "0A" && $2 ~ /:2611$/ {print $10}' /proc/net/tcp /proc/net/tcp6 | head -1)
+    holders=
+    for p in $pid $worker; do
+      ns ls -l "/proc/$p/fd" 2>/dev/null | grep -q "socket:\[$inode\]" && holders="$holders $p"
+    done
+    held= threads=0
+    for t in $(ns ls "/proc/$worker/task" 2>/dev/null); do
+      threads=$((threads + 1))
+      held="$held$(ns awk '/^(CapEff|CapPrm|CapAmb):/ && $2 != "0000000000000000" {printf " %s%s", $1, $2}
+                           /^NoNewPrivs:/ && $2 != "1" {printf " NoNewPrivs:0"}' "/proc/$worker/task/$t/status")"
+    done
+    if [[ -n $worker && -n $inode && $holders == " $worker" && $threads -ge 3 && -z $held ]]; then
+      result OK "shipped unit: the listener on 9745 is the worker (pid $worker, not MainPID $pid); its $threads threads have CapEff, CapPrm, CapAmb 0"
+    else
+      result FAIL "shipped unit: worker '$worker', listening socket inode '$inode' held by '$holders', $threads threads, capabilities held:${held:- none}"
+    fi
     mac=$(ns ip -o link show v0 | grep -o 'link/ether [0-9a-f:]*' | cut -d' ' -f2)
     ns python3 /run/sdtest/syn.py v1 "$mac" 445 100
     # /metrics shows the last poll (every 5 s): wait up to three polls for the count.
@@ -236,6 +257,7 @@ negative() { # negative NAME SED_FILE SED_EXPR
 negative "ReadWritePaths=/sys/fs/bpf" scan-agent.service 's|^ReadWritePaths=/sys/fs/bpf/scan-agent$|ReadWritePaths=/sys/fs/bpf|'
 negative "no CAP_PERFMON" scan-agent.service 's|CAP_BPF CAP_NET_ADMIN CAP_PERFMON|CAP_BPF CAP_NET_ADMIN|g'
 negative "bpffs root left 0700" scan-agent.tmpfiles.conf '/^z \/sys\/fs\/bpf /d'
+negative "no SystemCallFilter=capset" scan-agent.service '/^SystemCallFilter=capset$/d'
 
 echo "$passed passed, $failed failed"
 [[ $failed -eq 0 ]]

@@ -81,6 +81,10 @@ pub enum Command {
     /// (used by packaging).
     #[command(hide = true)]
     GenerateDocs(crate::docs::DocsArgs),
+    /// The unprivileged part of `run` (HTTP, polls, state), started by `run` itself
+    /// with the same arguments and its channel at fd 3 (see `privsep`).
+    #[command(hide = true)]
+    Worker(Box<RunArgs>),
 }
 
 /// Detector flags shared by `run` and `replay`.

@@ -146,6 +146,11 @@ impl Counters {
         (layout, fds)
     }
 
+    /// How many loads of the program there are (each with its maps).
+    pub fn loads(&self) -> usize {
+        self.loads.len()
+    }
+
     /// Applies a layout from the attacher with the fds that came with it (in
     /// [`Counters::export`]'s order): adds the new loads, renames, and drops the loads
     /// it no longer lists (their interface is gone).

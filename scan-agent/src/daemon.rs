@@ -1,7 +1,14 @@
-//! `scan-agent run`: attach, poll the counters into the detector, publish each poll's
-//! view for the HTTP server (`web`), save state; on SIGINT/SIGTERM save state, detach
-//! (unless kept) and exit 0.
+//! `scan-agent run`, in two processes (issue 12; the design is in [`crate::privsep`]):
+//! - [`run`], the attacher: validates, binds the listeners, loads and attaches the
+//!   program, starts the worker and hands it the listeners and maps, then only watches
+//!   interfaces and re-attaches; when the worker stops, it detaches (unless kept) and
+//!   exits with the worker's status.
+//! - [`worker`], without capabilities: polls the counters into the detector,
+//!   publishes each poll's view for the HTTP server (`web`), saves state; on
+//!   SIGINT/SIGTERM (or when the attacher is gone) it saves state and exits.
 use std::{
+    ffi::OsString,
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, OwnedFd},
     sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -14,19 +21,25 @@ use crate::{
     api::{PortTables, Recent},
     breadth::Breadth,
     config::AgentConfig,
+    counters::Counters,
     detector::{Detector, DetectorState, StepOutcome},
     interfaces, limits,
     metrics::{Metrics, Snapshot},
     prefixes::{Prefixes, SAMPLES_PER_SECOND},
-    sensor::{AttachRequest, LinkKind, Sensor},
+    privsep::{self, ToWorker, Update, WireAttachment},
+    sensor::{AttachRequest, Attachment, LinkKind, Sensor},
     state,
     web::{self, ApiData, ApiParts, Published, View},
 };
 
+/// The worker's state.
 struct Shared {
     config: AgentConfig,
     clock: DetectorClock,
-    sensor: Sensor,
+    /// The maps, from the attacher.
+    counters: Counters,
+    /// What the attacher has attached (its last [`Update`]).
+    attachments: Vec<Attachment>,
     detector: Detector,
     /// Distinct sources and targets per port, from the kernel sketches.
     breadth: Breadth,
@@ -44,8 +57,6 @@ struct Shared {
     /// Class counters per attached interface.
     classes: Vec<(String, ClassCounts)>,
     last_error: Option<String>,
-    /// Interfaces (by index) whose attach failed, so the failure is logged once.
-    attach_failures: Vec<u32>,
     /// The first poll resumes instead of stepping: the time since the state was saved
     /// was not observed (no kept link was adopted).
     resume_first: bool,
@@ -54,6 +65,23 @@ struct Shared {
 /// Only the poll task (polls and saves) takes this lock; HTTP renders from the
 /// published [`View`].
 type SharedState = Arc<Mutex<Shared>>;
+
+/// The attacher's state.
+struct Attacher {
+    config: AgentConfig,
+    sensor: Sensor,
+    /// Interfaces (by index) whose attach failed, so the failure is logged once.
+    attach_failures: Vec<u32>,
+    reattaches: u64,
+    /// The loads whose maps the worker has.
+    sent_loads: Vec<u64>,
+    /// The last update sent (its loads all marked known), to send only changes.
+    last_sent: Option<Update>,
+}
+
+/// How long the attacher waits for the worker to save and exit after a stop signal
+/// (the unit's TimeoutStopSec is 30 s).
+const WORKER_STOP: Duration = Duration::from_secs(25);
 
 fn unix_now() -> Duration {
     SystemTime::now()
@@ -116,27 +144,23 @@ pub async fn run(mut config: AgentConfig) -> Result<()> {
     }
     // The state file first: a path that cannot be saved to stops the agent before it
     // attaches anything (issue 14); a file that cannot be restored is moved aside and
-    // learning starts afresh (issue 10).
+    // learning starts afresh (issue 10), by the worker.
     state::check_writable(&config.state_file)?;
-    // The web config too: TLS or auth that cannot work stops the start.
-    let web_config = Arc::new(web::WebConfigSource::new(config.web_config_file.clone())?);
-    let self_metrics = Metrics::new().context("registering metrics")?;
-    let saved = restore_state(&config, &self_metrics);
+    // The web config too: TLS or auth that cannot work stops the start (the worker
+    // loads it again, and watches it).
+    web::WebConfigSource::new(config.web_config_file.clone())?;
 
     // Every listener before anything touches the kernel: a taken port leaves the
     // interfaces and bpffs untouched (issue 10).
-    let telemetry_path = config.telemetry_path.clone();
     let mut listeners = Vec::new();
     for &address in &config.listen {
-        let listener = tokio::net::TcpListener::bind(address)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot listen on {address}: is another agent running? choose another \
-                     --web.listen-address"
-                )
-            })?;
-        listeners.push((address, listener));
+        let listener = std::net::TcpListener::bind(address).with_context(|| {
+            format!(
+                "cannot listen on {address}: is another agent running? choose another \
+                 --web.listen-address"
+            )
+        })?;
+        listeners.push(listener);
     }
 
     limits::raise_memlock();
@@ -183,6 +207,291 @@ pub async fn run(mut config: AgentConfig) -> Result<()> {
     for logger in sensor.loggers() {
         forward_program_logs(logger);
     }
+
+    // The worker: everything else, without capabilities. It gets the listeners (this
+    // process keeps no copy: it never accepts a connection) and the maps.
+    let interval = config.detector.interval;
+    let (channel, worker_end) = privsep::channel()?;
+    let mut worker = spawn_worker(worker_end)?;
+    let mut attacher = Attacher {
+        config,
+        sensor,
+        attach_failures: Vec::new(),
+        reattaches: 0,
+        sent_loads: Vec::new(),
+        last_sent: None,
+    };
+    let start = attacher.update(listeners.len());
+    let start_fds = start.1;
+    let message = ToWorker::Start {
+        attacher: std::process::id(),
+        listeners: listeners.len(),
+        interfaces: attacher.config.interfaces.clone(),
+        all_adopted,
+        update: start.0.clone(),
+    };
+    let mut fds: Vec<BorrowedFd<'_>> = listeners.iter().map(|l| l.as_fd()).collect();
+    fds.extend(start_fds.iter().map(|fd| fd.as_fd()));
+    let sent = privsep::send(channel.as_fd(), &message, &fds);
+    drop(fds);
+    drop(start_fds);
+    drop(listeners);
+    if let Err(e) = sent {
+        let _ = worker.start_kill();
+        attacher.sensor.detach()?;
+        return Err(e).context("starting the worker");
+    }
+    attacher.sent(start.0);
+    attacher.sync_worker(channel.as_fd());
+
+    let links_changed = Arc::new(tokio::sync::Notify::new());
+    let notify = links_changed.clone();
+    if let Err(e) = interfaces::watch(Arc::new(move || notify.notify_one())) {
+        log::warn!("cannot watch link changes ({e}): interfaces are rechecked at every poll only");
+    }
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut check_tick = tokio::time::interval(interval);
+    check_tick.tick().await;
+    let status = loop {
+        tokio::select! {
+            _ = check_tick.tick() => {
+                reattach(&mut attacher);
+                attacher.sync_worker(channel.as_fd());
+            }
+            _ = links_changed.notified() => {
+                reattach(&mut attacher);
+                attacher.sync_worker(channel.as_fd());
+            }
+            _ = sigint.recv() => break stop_worker(&mut worker, "SIGINT").await,
+            _ = sigterm.recv() => break stop_worker(&mut worker, "SIGTERM").await,
+            status = worker.wait() => {
+                let status = status.context("waiting for the worker")?;
+                if !status.success() {
+                    log::error!("the worker exited unexpectedly ({status})");
+                }
+                break status;
+            }
+        }
+    };
+    attacher.sensor.detach()?;
+    log::info!(
+        "stopped; {}",
+        if attacher.config.keep_attached {
+            "the program stays attached through its pinned link"
+        } else {
+            "detached"
+        }
+    );
+    if !status.success() {
+        bail!("the worker exited with {status}");
+    }
+    Ok(())
+}
+
+/// Starts `/proc/self/exe worker <this run's arguments>` with the channel's other end
+/// at fd [`privsep::WORKER_FD`]. `/proc/self/exe` is this very binary, also when a
+/// package upgrade replaced the file.
+fn spawn_worker(end: OwnedFd) -> Result<tokio::process::Child> {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let Some(at) = args.iter().position(|a| a == "run") else {
+        bail!("the worker is started from `scan-agent run` only");
+    };
+    let mut command = tokio::process::Command::new("/proc/self/exe");
+    command
+        .arg0(&args[0])
+        .arg(privsep::WORKER_COMMAND)
+        .args(&args[at + 1..])
+        .stdin(std::process::Stdio::null())
+        // The worker saves and exits on its own; this is for an error path of ours.
+        .kill_on_drop(true);
+    let raw = end.as_raw_fd();
+    // SAFETY: dup2, fcntl and prctl are async-signal-safe and touch no memory of ours.
+    unsafe {
+        command.pre_exec(move || {
+            if raw == privsep::WORKER_FD {
+                // Already there: only the close-on-exec flag goes.
+                if libc::fcntl(raw, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(raw, privsep::WORKER_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+    let child = command.spawn().context("starting the worker process")?;
+    log::info!(
+        "worker started (pid {}): it serves HTTP without capabilities",
+        child.id().unwrap_or(0)
+    );
+    Ok(child)
+}
+
+/// Passes the stop signal on (a terminal or systemd signals both processes already;
+/// `kill <attacher>` only this one) and waits, bounded, for the worker to save and exit.
+async fn stop_worker(
+    worker: &mut tokio::process::Child,
+    signal_name: &str,
+) -> std::process::ExitStatus {
+    log::info!("{signal_name}: stopping");
+    if let Some(pid) = worker.id() {
+        // SAFETY: kill on our own child's pid (not reaped yet: we hold the Child).
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    }
+    match tokio::time::timeout(WORKER_STOP, worker.wait()).await {
+        Ok(Ok(status)) => status,
+        Ok(Err(e)) => {
+            log::error!("waiting for the worker: {e}");
+            std::os::unix::process::ExitStatusExt::from_raw(1 << 8)
+        }
+        Err(_) => {
+            log::error!("the worker did not stop within {WORKER_STOP:?}: killing it");
+            let _ = worker.kill().await;
+            std::os::unix::process::ExitStatusExt::from_raw(1 << 8)
+        }
+    }
+}
+
+impl Attacher {
+    /// The update that brings the worker to the sensor's state: the attachments, the
+    /// re-attach count and the maps (new ones with their fds, at most `MAX_FDS` minus
+    /// `other_fds`). The shared maps go with the first update only.
+    fn update(&self, other_fds: usize) -> (Update, Vec<OwnedFd>) {
+        let (layout, fds) = self.sensor.export(
+            self.last_sent.is_none(),
+            &self.sent_loads,
+            privsep::MAX_FDS.saturating_sub(other_fds),
+        );
+        // Owned copies: the borrow of the sensor ends here.
+        let fds = fds
+            .into_iter()
+            .filter_map(|fd| fd.try_clone_to_owned().ok())
+            .collect();
+        let update = Update {
+            attachments: self
+                .sensor
+                .attachments()
+                .iter()
+                .map(WireAttachment::from)
+                .collect(),
+            reattaches: self.reattaches,
+            layout,
+        };
+        (update, fds)
+    }
+
+    /// Records `update` as sent.
+    fn sent(&mut self, mut update: Update) {
+        self.sent_loads = update.layout.loads.iter().map(|l| l.id).collect();
+        for load in &mut update.layout.loads {
+            load.new = false;
+        }
+        self.last_sent = Some(update);
+    }
+
+    /// Sends what changed since the last update (also new loads that did not fit).
+    /// A failed send is logged: the worker is gone, which the main loop sees.
+    fn sync_worker(&mut self, channel: BorrowedFd<'_>) {
+        loop {
+            let (update, fds) = self.update(0);
+            let complete = update.layout.loads.len() == self.sensor.loads();
+            let mut known = update.clone();
+            for load in &mut known.layout.loads {
+                load.new = false;
+            }
+            if self.last_sent.as_ref() == Some(&known) {
+                return;
+            }
+            let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|fd| fd.as_fd()).collect();
+            if let Err(e) = privsep::send(channel, &ToWorker::Update(update.clone()), &borrowed) {
+                log::error!("cannot update the worker: {e}");
+                return;
+            }
+            self.sent(update);
+            if complete {
+                return;
+            }
+        }
+    }
+}
+
+/// The worker (`scan-agent worker`, started by [`run`]): its capabilities are gone
+/// already (`main` drops them first). Receives the start message, then serves.
+pub fn worker(config: AgentConfig) -> Result<()> {
+    let channel = privsep::worker_end()?;
+    let (message, fds) = privsep::receive(channel.as_fd()).context("waiting for the attacher")?;
+    let ToWorker::Start {
+        attacher,
+        listeners,
+        interfaces,
+        all_adopted,
+        update,
+    } = message
+    else {
+        bail!("the attacher's first message was not the start");
+    };
+    // The parent-death signal was set after the fork: had the attacher died before,
+    // this process was re-parented already.
+    if std::os::unix::process::parent_id() != attacher {
+        bail!("the attacher (pid {attacher}) is gone");
+    }
+    if fds.len() < listeners {
+        bail!(
+            "the attacher sent {} fds, fewer than {listeners} listeners",
+            fds.len()
+        );
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(serve(
+            config,
+            channel,
+            WorkerStart {
+                listeners,
+                interfaces,
+                all_adopted,
+                update,
+                fds,
+            },
+        ))
+}
+
+struct WorkerStart {
+    listeners: usize,
+    interfaces: Vec<String>,
+    all_adopted: bool,
+    update: Update,
+    fds: Vec<OwnedFd>,
+}
+
+async fn serve(mut config: AgentConfig, channel: OwnedFd, start: WorkerStart) -> Result<()> {
+    config.interfaces = start.interfaces;
+    let web_config = Arc::new(web::WebConfigSource::new(config.web_config_file.clone())?);
+    let self_metrics = Metrics::new().context("registering metrics")?;
+    let saved = restore_state(&config, &self_metrics);
+    let telemetry_path = config.telemetry_path.clone();
+    let mut fds = start.fds;
+    let map_fds = fds.split_off(start.listeners);
+    let mut listeners = Vec::new();
+    for (fd, &address) in fds.into_iter().zip(&config.listen) {
+        let listener = std::net::TcpListener::from(fd);
+        listener.set_nonblocking(true)?;
+        listeners.push((address, tokio::net::TcpListener::from_std(listener)?));
+    }
+    let mut counters = Counters::default();
+    counters.import(&start.update.layout, map_fds)?;
+    let attachments = start
+        .update
+        .attachments
+        .iter()
+        .map(Attachment::from)
+        .collect();
+    self_metrics.reattaches.inc_by(start.update.reattaches);
+    let all_adopted = start.all_adopted;
     let mut resume_first = false;
     let detector = match saved {
         Some(saved) => {
@@ -219,11 +528,11 @@ pub async fn run(mut config: AgentConfig) -> Result<()> {
         samples: Vec::new(),
         clock: DetectorClock::new(),
         config,
-        sensor,
+        counters,
+        attachments,
         detector,
         classes: Vec::new(),
         last_error: None,
-        attach_failures: Vec::new(),
         resume_first,
     }));
     let published = Published::new(poll(&shared));
@@ -240,11 +549,7 @@ pub async fn run(mut config: AgentConfig) -> Result<()> {
         log::info!("serving http://{address}{telemetry_path}");
     }
     let mut saver = Saver::default();
-    let links_changed = Arc::new(tokio::sync::Notify::new());
-    let notify = links_changed.clone();
-    if let Err(e) = interfaces::watch(Arc::new(move || notify.notify_one())) {
-        log::warn!("cannot watch link changes ({e}): interfaces are rechecked at every poll only");
-    }
+    let mut updates = receive_updates(channel);
     let mut server = tokio::spawn(web::serve(
         listeners,
         app,
@@ -259,32 +564,68 @@ pub async fn run(mut config: AgentConfig) -> Result<()> {
     let mut save_tick = tokio::time::interval(save_interval);
     poll_tick.tick().await;
     save_tick.tick().await;
+    let mut attacher_gone = None;
     loop {
         tokio::select! {
-            _ = poll_tick.tick() => {
-                reattach(&mut lock(&shared));
-                published.publish(poll(&shared));
-            }
-            _ = links_changed.notified() => reattach(&mut lock(&shared)),
+            _ = poll_tick.tick() => published.publish(poll(&shared)),
+            received = updates.recv() => match received {
+                Some(Ok((ToWorker::Update(update), fds))) => {
+                    apply(&mut lock(&shared), &update, fds)?;
+                }
+                Some(Ok((ToWorker::Start { .. }, _))) => {
+                    log::warn!("a second start message from the attacher: ignored");
+                }
+                Some(Err(e)) => { attacher_gone = Some(e.to_string()); break; }
+                None => { attacher_gone = Some("its channel closed".into()); break; }
+            },
             _ = save_tick.tick() => saver.save(&shared),
-            _ = sigint.recv() => { log::info!("SIGINT: stopping"); break; }
-            _ = sigterm.recv() => { log::info!("SIGTERM: stopping"); break; }
+            _ = sigint.recv() => { log::info!("SIGINT: saving the state"); break; }
+            _ = sigterm.recv() => { log::info!("SIGTERM: saving the state"); break; }
             result = &mut server => bail!("HTTP server stopped: {result:?}"),
         }
     }
     server.abort();
     saver.save(&shared);
-    let mut s = lock(&shared);
-    s.sensor.detach()?;
-    log::info!(
-        "stopped; {}",
-        if s.config.keep_attached {
-            "the program stays attached through its pinned link"
-        } else {
-            "detached"
-        }
-    );
+    if let Some(why) = attacher_gone {
+        bail!("the attacher is gone ({why}): state saved, stopping");
+    }
     Ok(())
+}
+
+/// Applies an update from the attacher: new maps, renamed or gone loads, attachments.
+fn apply(s: &mut Shared, update: &Update, fds: Vec<OwnedFd>) -> Result<()> {
+    s.counters
+        .import(&update.layout, fds)
+        .context("applying the attacher's update")?;
+    s.attachments = update.attachments.iter().map(Attachment::from).collect();
+    let counted = s.metrics.reattaches.get();
+    s.metrics
+        .reattaches
+        .inc_by(update.reattaches.saturating_sub(counted));
+    Ok(())
+}
+
+type Received = Result<(ToWorker, Vec<OwnedFd>), privsep::PrivsepError>;
+
+/// Reads the channel on a thread of its own (blocking `recvmsg`); the last item is the
+/// error that ended it (end of file: the attacher is gone).
+fn receive_updates(channel: OwnedFd) -> tokio::sync::mpsc::UnboundedReceiver<Received> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let spawned = std::thread::Builder::new()
+        .name("attacher-channel".into())
+        .spawn(move || {
+            loop {
+                let received = privsep::receive(channel.as_fd());
+                let end = received.is_err();
+                if tx.send(received).is_err() || end {
+                    return;
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log::error!("cannot start the channel thread: {e}");
+    }
+    rx
 }
 
 fn lock(shared: &SharedState) -> std::sync::MutexGuard<'_, Shared> {
@@ -300,7 +641,7 @@ fn poll(shared: &SharedState) -> View {
     let mut guard = lock(shared);
     let s = &mut *guard;
     let timer = s.metrics.poll_duration.start_timer();
-    s.sensor.read_ports(&mut s.ports);
+    s.counters.read_ports(&mut s.ports);
     let now = s.clock.now();
     if std::mem::take(&mut s.resume_first) {
         s.detector.resume(now, &s.ports);
@@ -309,22 +650,22 @@ fn poll(shared: &SharedState) -> View {
     }
     count_detector_events(s);
     let mut taken = Vec::new();
-    s.sensor.take_sketches(&mut taken);
+    s.counters.take_sketches(&mut taken);
     for idle in s.breadth.step(now, taken) {
-        s.sensor.free_sketch_slot(idle);
+        s.counters.free_sketch_slot(idle);
     }
     // Sources sampled since the last poll (for the ports flagged then), and the budget
     // (the rate cap) of the ports flagged now.
     let flagged: Vec<u16> = s.detector.flagged_ports().iter().map(|p| p.port).collect();
     s.samples.clear();
-    s.sensor.drain_samples(&mut s.samples);
+    s.counters.drain_samples(&mut s.samples);
     s.prefixes.record(&s.samples, &flagged);
     let budget = SAMPLES_PER_SECOND * s.config.detector.interval.as_secs_f64();
-    s.sensor
+    s.counters
         .set_sample_budgets(&flagged, budget.clamp(1.0, f64::from(u32::MAX)) as u32);
     let exported = Metrics::exported_ports(&s.detector, &s.config.watch_ports, s.config.top_ports);
     s.recent.record(&s.detector, &exported, now.as_secs_f64());
-    match s.sensor.read_syn_no_slot() {
+    match s.counters.read_syn_no_slot() {
         Ok(total) => {
             let before = s.metrics.syns_without_slot.get();
             if total > before {
@@ -344,7 +685,7 @@ fn poll(shared: &SharedState) -> View {
             log::debug!("reading the no-slot counter: {e}");
         }
     }
-    match s.sensor.read_interface_classes() {
+    match s.counters.read_interface_classes() {
         Ok(classes) => {
             s.classes = classes;
             s.last_error = None;
@@ -367,7 +708,7 @@ fn poll(shared: &SharedState) -> View {
         classes: &s.classes,
         detector: &s.detector,
         breadth: &s.breadth,
-        attachments: s.sensor.attachments(),
+        attachments: &s.attachments,
         configured: &s.config.interfaces,
         watch_ports: &s.config.watch_ports,
         top_ports: s.config.top_ports,
@@ -376,7 +717,7 @@ fn poll(shared: &SharedState) -> View {
     });
     // Observed after the render: it shows in the next poll's exposition.
     render_timer.observe_duration();
-    let attachments = s.sensor.attachments();
+    let attachments = &s.attachments;
     // Attached interfaces that vanished (until the next re-attach check forgets them),
     // and configured names with no program on them (gone, or not created yet).
     let mut gone: Vec<&str> = attachments
@@ -484,7 +825,7 @@ fn restore_state(config: &AgentConfig, metrics: &Metrics) -> Option<DetectorStat
 /// A renamed one keeps it. A configured name or pattern that appears (created after the
 /// start, or deleted and recreated) is attached. Kept links whose pins were removed are
 /// pinned again. Called on every link notification and at every poll.
-fn reattach(s: &mut Shared) {
+fn reattach(s: &mut Attacher) {
     let present = interfaces::present();
     for a in s.sensor.attachments().to_vec() {
         match present.iter().find(|p| p.index == a.ifindex) {
@@ -530,7 +871,7 @@ fn reattach(s: &mut Shared) {
         match s.sensor.attach(&p.name, request, s.config.keep_attached) {
             Ok(a) => {
                 s.attach_failures.retain(|&index| index != p.index);
-                s.metrics.reattaches.inc();
+                s.reattaches += 1;
                 log_attached(&a, s.config.keep_attached);
             }
             Err(e) => {

@@ -16,6 +16,7 @@ pub mod interfaces;
 pub mod limits;
 pub mod metrics;
 pub mod prefixes;
+pub mod privsep;
 pub mod replay;
 pub mod sensor;
 pub mod sketch;

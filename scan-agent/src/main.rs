@@ -3,10 +3,20 @@ use clap::Parser;
 use scan_agent::{
     check,
     config::{Cli, Command, ReplayFormat},
-    daemon, docs, replay, sensor, top,
+    daemon, docs, privsep, replay, sensor, top,
 };
 
 fn main() -> std::process::ExitCode {
+    // The worker of `run` drops every capability before anything else (before any
+    // thread exists: capabilities are per thread, and threads inherit them).
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == privsep::WORKER_COMMAND)
+        && let Err(e) = privsep::drop_capabilities()
+    {
+        eprintln!("error: {}", scan_agent::error_chain(&e));
+        return std::process::ExitCode::FAILURE;
+    }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     match run(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -23,12 +33,13 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run(args) => {
             let config = args.resolve()?;
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
+            // The attacher: one thread (plus the link watch); the worker does the rest.
+            tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?
                 .block_on(daemon::run(config))
         }
+        Command::Worker(args) => daemon::worker(args.resolve()?),
         Command::Check(args) => {
             let (report, ok) = check::check(&args);
             print!("{report}");

@@ -219,10 +219,14 @@ fn measure(settings: &Settings, lab: &Lab, dir: &Path, agent: &Agent) -> Result<
     };
     let mut flood = background.spawn(lab, dir)?;
     proc::sleep(Duration::from_secs(1))?;
-    let cpu_before = cpu::process_cpu_ns(pid)?;
+    // CPU of both processes of the agent (issue 12): the attacher and the worker
+    // that polls and serves HTTP.
+    let pids: Vec<u32> = memory.active.iter().map(|u| u.pid).collect();
+    let cpu_ns_all = || -> Result<u64> { pids.iter().map(|&pid| cpu::process_cpu_ns(pid)).sum() };
+    let cpu_before = cpu_ns_all()?;
     let t = Instant::now();
     proc::sleep(window)?;
-    let cpu_ns = cpu::process_cpu_ns(pid)? - cpu_before;
+    let cpu_ns = cpu_ns_all()? - cpu_before;
     let cpu_window_s = t.elapsed().as_secs_f64();
     if !flood.running() {
         bail!("the background flood ended early");

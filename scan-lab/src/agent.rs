@@ -157,15 +157,34 @@ impl Agent {
         self.metrics()
     }
 
+    /// The pid of `scan-agent run`: the attacher, which holds the capabilities.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
 
-    /// Sends `signal` and waits (bounded) for the exit; returns the exit status.
+    /// The worker `run` started (it serves HTTP, without capabilities).
+    pub fn worker_pid(&self) -> Option<u32> {
+        crate::procfs::children(self.pid()?).first().copied()
+    }
+
+    /// Every process of the agent: the attacher, then its worker (for RSS and fd
+    /// counts, and for signals).
+    pub fn pids(&self) -> Vec<u32> {
+        let mut pids: Vec<u32> = self.pid().into_iter().collect();
+        pids.extend(self.worker_pid());
+        pids
+    }
+
+    /// Sends `signal` to every process of the agent, as systemd does to the unit's
+    /// cgroup (and a terminal to its process group), and waits (bounded) for the
+    /// attacher's exit; returns its exit status (the worker's, see `daemon::run`).
     pub fn stop(&mut self, signal: i32) -> Result<std::process::ExitStatus> {
+        let pids = self.pids();
         let mut child = self.child.take().context("agent already stopped")?;
-        // SAFETY: kill on our own child's pid.
-        unsafe { libc::kill(child.id() as i32, signal) };
+        for pid in pids {
+            // SAFETY: kill on our own child's pid and on its child's.
+            unsafe { libc::kill(pid as i32, signal) };
+        }
         let started = Instant::now();
         loop {
             if let Some(status) = child.try_wait()? {

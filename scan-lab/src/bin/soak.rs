@@ -32,7 +32,17 @@ struct Args {
 const PORT: u16 = 22;
 
 /// Resident set size (KiB) and open descriptors of `pid`.
-fn usage(pid: u32) -> Result<(u64, usize)> {
+/// RSS (KiB) and open fds summed over the agent's processes (attacher and worker).
+fn usage(pids: &[u32]) -> Result<(u64, usize)> {
+    let mut total = (0, 0);
+    for &pid in pids {
+        let (rss, fds) = process_usage(pid)?;
+        total = (total.0 + rss, total.1 + fds);
+    }
+    Ok(total)
+}
+
+fn process_usage(pid: u32) -> Result<(u64, usize)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let rss = status
         .lines()
@@ -103,7 +113,10 @@ fn main() -> Result<()> {
                 run += 1;
                 let log = scratch.file(&format!("run-{run}.log"));
                 let mut agent = Agent::start(&args.agent, &agent_args, &log)?;
-                let pid = agent.pid().context("agent pid")?;
+                let pids = agent.pids();
+                if pids.len() != 2 {
+                    bail!("run {run}: expected the attacher and its worker, found {pids:?}");
+                }
                 let run_started = Instant::now();
                 let mut samples = Vec::new();
                 while run_started.elapsed() < run_length && started.elapsed() < total {
@@ -116,7 +129,7 @@ fn main() -> Result<()> {
                     if !flagged.is_empty() {
                         bail!("false flag in run {run}: {flagged:?}\n{}", agent.log_text());
                     }
-                    samples.push((run_started.elapsed(), usage(pid)?));
+                    samples.push((run_started.elapsed(), usage(&pids)?));
                     std::thread::sleep(Duration::from_millis(100));
                 }
                 // Flat after warm-up: from half the run to its end.
