@@ -10,7 +10,7 @@ use std::{
 use scan_lab::{
     Agent, Lab, Scratch,
     http::sample,
-    procfs::{ThreadCaps, pids_listening_on, thread_caps},
+    privileges::{ThreadCaps, pids_listening_on, thread_caps},
 };
 
 const AGENT: &str = env!("CARGO_BIN_EXE_scan-agent");

@@ -164,7 +164,8 @@ impl Agent {
 
     /// The worker `run` started (it serves HTTP, without capabilities).
     pub fn worker_pid(&self) -> Option<u32> {
-        crate::procfs::children(self.pid()?).first().copied()
+        let tree = crate::procs::tree(self.pid()?).ok()?;
+        tree.get(1).map(|u| u.pid)
     }
 
     /// Every process of the agent: the attacher, then its worker (for RSS and fd

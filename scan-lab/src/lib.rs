@@ -15,7 +15,7 @@ pub mod monitoring;
 pub mod net;
 pub mod pcap;
 pub mod pki;
-pub mod procfs;
+pub mod privileges;
 pub mod procs;
 pub mod rng;
 pub mod testrun;

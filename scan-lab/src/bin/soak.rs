@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use scan_lab::{Agent, Lab, Scratch, http::sample};
+use scan_lab::{Agent, Lab, Scratch, http::sample, procs};
 
 #[derive(Parser)]
 struct Args {
@@ -30,29 +30,6 @@ struct Args {
 }
 
 const PORT: u16 = 22;
-
-/// Resident set size (KiB) and open descriptors of `pid`.
-/// RSS (KiB) and open fds summed over the agent's processes (attacher and worker).
-fn usage(pids: &[u32]) -> Result<(u64, usize)> {
-    let mut total = (0, 0);
-    for &pid in pids {
-        let (rss, fds) = process_usage(pid)?;
-        total = (total.0 + rss, total.1 + fds);
-    }
-    Ok(total)
-}
-
-fn process_usage(pid: u32) -> Result<(u64, usize)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .context("no VmRSS")?;
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count();
-    Ok((rss, fds))
-}
 
 fn main() -> Result<()> {
     let args = Args::parse();
@@ -113,9 +90,11 @@ fn main() -> Result<()> {
                 run += 1;
                 let log = scratch.file(&format!("run-{run}.log"));
                 let mut agent = Agent::start(&args.agent, &agent_args, &log)?;
-                let pids = agent.pids();
-                if pids.len() != 2 {
-                    bail!("run {run}: expected the attacher and its worker, found {pids:?}");
+                // RSS and fds of both processes (issue 12): the attacher and its worker.
+                let pid = agent.pid().context("agent pid")?;
+                let processes = procs::tree(pid)?.len();
+                if processes != 2 {
+                    bail!("run {run}: expected the attacher and its worker, found {processes}");
                 }
                 let run_started = Instant::now();
                 let mut samples = Vec::new();
@@ -129,7 +108,7 @@ fn main() -> Result<()> {
                     if !flagged.is_empty() {
                         bail!("false flag in run {run}: {flagged:?}\n{}", agent.log_text());
                     }
-                    samples.push((run_started.elapsed(), usage(&pids)?));
+                    samples.push((run_started.elapsed(), procs::total(&procs::tree(pid)?)));
                     std::thread::sleep(Duration::from_millis(100));
                 }
                 // Flat after warm-up: from half the run to its end.

@@ -1,5 +1,6 @@
-//! What `/proc` says about the agent's processes: who listens on a port, which
-//! capabilities each thread holds, and the children of a process.
+//! Least privilege as `/proc` shows it: which processes hold the socket listening on a
+//! port, and which capabilities each of a process's threads holds (the process tree and
+//! its memory are in [`crate::procs`]).
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
@@ -112,23 +113,4 @@ pub fn thread_caps(pid: u32) -> Result<Vec<ThreadCaps>> {
         bail!("{dir} lists no thread");
     }
     Ok(threads)
-}
-
-/// The children of `pid` (every thread's `children` file).
-pub fn children(pid: u32) -> Vec<u32> {
-    let mut found = Vec::new();
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return found;
-    };
-    for task in tasks.flatten() {
-        if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
-            found.extend(
-                text.split_whitespace()
-                    .filter_map(|p| p.parse::<u32>().ok()),
-            );
-        }
-    }
-    found.sort_unstable();
-    found.dedup();
-    found
 }
