@@ -852,7 +852,7 @@ fn reattach(s: &mut Attacher) {
     }
     for path in s.sensor.repin() {
         log::warn!(
-            "the kept link's pin {} was removed under the running agent: pinned again",
+            "the pin {} was removed under the running agent: pinned again",
             path.display()
         );
     }

@@ -359,6 +359,11 @@ pub struct Sensor {
     /// The id of the next instance.
     next_id: u64,
     attachments: Vec<Attachment>,
+    /// Every map pin this process made or reused, with its own reference to the map, so a
+    /// pin removed under the running agent is put back ([`Sensor::repin`]).
+    map_pins: Vec<(PathBuf, std::os::fd::OwnedFd)>,
+    /// Pins that could not be restored (logged once each, retried at every call).
+    repin_failed: Vec<PathBuf>,
 }
 
 /// The sensor reads its counters through the maps side.
@@ -652,6 +657,8 @@ impl Sensor {
             counters: Counters::default(),
             next_id: 0,
             attachments: Vec::new(),
+            map_pins: Vec::new(),
+            repin_failed: Vec::new(),
         })
     }
 
@@ -733,18 +740,43 @@ impl Sensor {
         let switch = u32::from(self.sketches_on);
         loader.override_global(SKETCH_SWITCH, &switch, true);
         let ports_interface = interface.filter(|_| self.per_interface_ports);
-        if let Some(dir) = &self.pin_dir {
-            loader.map_pin_path(
-                PORT_SYNS_MAP,
-                dir.join(map_pin_name(PORT_SYNS_MAP, ports_interface)),
-            );
-            loader.map_pin_path(CLASSES_MAP, dir.join(map_pin_name(CLASSES_MAP, interface)));
-            loader.map_pin_path(SKETCH_MAP, dir.join(SKETCH_MAP));
-            loader.map_pin_path(SAMPLES_MAP, dir.join(SAMPLES_MAP));
+        let pins: Vec<(&'static str, PathBuf)> = match &self.pin_dir {
+            Some(dir) => vec![
+                (
+                    PORT_SYNS_MAP,
+                    dir.join(map_pin_name(PORT_SYNS_MAP, ports_interface)),
+                ),
+                (CLASSES_MAP, dir.join(map_pin_name(CLASSES_MAP, interface))),
+                (SKETCH_MAP, dir.join(SKETCH_MAP)),
+                (SAMPLES_MAP, dir.join(SAMPLES_MAP)),
+            ],
+            None => Vec::new(),
+        };
+        for (name, path) in &pins {
+            loader.map_pin_path(name, path);
         }
         let mut ebpf = loader
             .load(PROGRAM_OBJECT)
             .map_err(|e| SensorError::Load(Box::new(e)))?;
+        for (name, path) in pins {
+            if self.map_pins.iter().any(|(pinned, _)| *pinned == path) {
+                continue;
+            }
+            let fd = match ebpf.map(name) {
+                Some(Map::Array(data) | Map::PerCpuArray(data) | Map::RingBuf(data)) => {
+                    data.fd().as_fd().try_clone_to_owned()
+                }
+                _ => return Err(SensorError::MissingMap(name)),
+            };
+            let fd = fd.map_err(|io_error| SensorError::Map {
+                name,
+                source: Box::new(aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                    call: "dup",
+                    io_error,
+                })),
+            })?;
+            self.map_pins.push((path, fd));
+        }
         let name = program_name(hook, kind);
         let loaded = match hook {
             Hook::Xdp if extension => Ok(()),
@@ -1173,14 +1205,43 @@ impl Sensor {
         Ok(())
     }
 
-    /// Pins again every kept link whose pin was removed under the running agent (the
-    /// program stayed attached through this process's reference). Returns the pins
-    /// restored.
+    /// Pins again every map and kept link whose pin was removed under the running agent
+    /// (the maps and the program stayed in the kernel through this process's references),
+    /// recreating the pin directory if it went too: the next run (or `scan-agent detach`)
+    /// then finds the same maps and link, so a restart loses no count. Returns the pins
+    /// restored; one that cannot be restored is logged and tried again at the next call.
     pub fn repin(&mut self) -> Vec<PathBuf> {
         let Some(dir) = self.pin_dir.clone() else {
             return Vec::new();
         };
         let mut restored = Vec::new();
+        if !dir.exists()
+            && let Err(e) = fs::create_dir_all(&dir)
+        {
+            log::error!("cannot recreate the pin directory {}: {e}", dir.display());
+            return restored;
+        }
+        for (path, fd) in &self.map_pins {
+            if path.exists() {
+                continue;
+            }
+            let pinned = fd
+                .try_clone()
+                .map_err(|e| e.to_string())
+                .and_then(|fd| MapData::from_fd(fd).map_err(|e| e.to_string()))
+                .and_then(|map| map.pin(path).map_err(|e| e.to_string()));
+            match pinned {
+                Ok(()) => {
+                    self.repin_failed.retain(|failed| failed != path);
+                    restored.push(path.clone());
+                }
+                Err(e) if !self.repin_failed.contains(path) => {
+                    log::error!("cannot pin the map again at {}: {e}", path.display());
+                    self.repin_failed.push(path.clone());
+                }
+                Err(_) => {}
+            }
+        }
         let mut lost = Vec::new();
         for instance in &mut self.instances {
             let Some(interface) = instance.interface.clone() else {

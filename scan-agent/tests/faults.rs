@@ -407,6 +407,83 @@ fn interfaces_that_come_and_go_are_attached_again_and_counts_stay_exact() {
     assert!(xdp_attached(&renamed), "the kept link went with the agent");
 }
 
+/// The entries of the pin directory, sorted (empty if it is gone).
+fn pins(scratch: &Scratch) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(&scratch.pin_path)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Every pin (the maps and the kept link) removed under a running agent, with the pin
+/// directory itself: each is pinned again within a poll or two (logged once each), counting
+/// goes on exactly, and the pins are the running maps and link: a restart adopts them, the
+/// SYNs sent while the agent was down are counted, and no counter went back.
+#[test]
+fn pins_removed_under_a_running_agent_are_pinned_again_and_lose_nothing() {
+    let (lab, scratch) = lab_and_scratch("pins-removed");
+    let mut agent = start(&lab, &scratch, &["--keep-attached"], "1");
+    assert_eq!(lab.syns(false, 445, 10).unwrap(), 10);
+    wait_syns(&agent, 445, 10.0);
+    let before = pins(&scratch);
+    // The port map, this interface's class map, the sketches, the samples, the link.
+    assert_eq!(before.len(), 5, "{before:?}");
+    assert_eq!(
+        before.iter().filter(|p| p.starts_with("link-")).count(),
+        1,
+        "{before:?}"
+    );
+
+    std::fs::remove_dir_all(&scratch.pin_path).expect("removing the pins");
+    assert!(pins(&scratch).is_empty());
+    let removed = Instant::now();
+    while pins(&scratch) != before {
+        assert!(
+            removed.elapsed() < Duration::from_secs(3),
+            "pins not restored within 3 s: {:?} of {before:?}\n{}",
+            pins(&scratch),
+            agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("pins restored {:?} after their removal", removed.elapsed());
+    let restored = agent
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("was removed under the running agent: pinned again"))
+        .count();
+    assert_eq!(restored, before.len(), "{}", agent.log_text());
+    assert!(xdp_attached(&lab.host_if));
+    assert_eq!(lab.syns(false, 445, 7).unwrap(), 7);
+    wait_syns(&agent, 445, 17.0);
+
+    // Down: the kept link counts into the pinned maps; the next run adopts both.
+    assert!(agent.stop(libc::SIGTERM).unwrap().success());
+    assert_eq!(lab.syns(false, 445, 5).unwrap(), 5);
+    let agent = start(&lab, &scratch, &["--keep-attached"], "2");
+    let metrics = wait_syns(&agent, 445, 22.0);
+    assert_eq!(
+        value(&metrics, "scan_agent_count_resets_total", ""),
+        0.0,
+        "{metrics}"
+    );
+    assert!(
+        agent
+            .log_text()
+            .contains("adopted the link kept by the previous run"),
+        "{}",
+        agent.log_text()
+    );
+    assert_eq!(pins(&scratch), before);
+    assert!(flagged(&metrics).is_empty(), "{metrics}");
+}
+
 /// A small tmpfs mounted in the scratch directory, unmounted on drop (also when the test
 /// fails).
 struct SmallFs(std::path::PathBuf);

@@ -543,6 +543,22 @@ impl Results {
                     crate::agent::MEMORY_SCRAPE_RATE,
                     crate::agent::SCRAPED.join(", ")
                 );
+                let sum = |f: fn(&scan_lab::procs::Usage) -> u64| -> f64 {
+                    m.end.iter().map(f).sum::<u64>() as f64
+                };
+                let (end_rss, anon, maps) = (
+                    sum(|u| u.rss_kib),
+                    sum(|u| u.anon_kib),
+                    sum(|u| u.bpf_maps_kib),
+                );
+                let _ = writeln!(
+                    w,
+                    "| Where it is, end of that window | {:.1} MiB | heap and other anonymous memory {:.1} MiB; BPF maps mapped into the agent {:.1} MiB (kernel memory, counted in VmRSS once touched); binary, libraries and the rest {:.1} MiB |",
+                    mib(end_rss),
+                    mib(anon),
+                    mib(maps),
+                    mib(end_rss - anon - maps)
+                );
                 let _ = writeln!(
                     w,
                     "| Peak RSS (VmHWM, summed over processes) at the end | {:.1} MiB | over each process's whole life, start (program load) included; {} |",
@@ -670,7 +686,8 @@ fn memory_json(m: &crate::agent::Memory) -> serde_json::Value {
     let tree = |t: &[scan_lab::procs::Usage]| {
         t.iter()
             .map(|u| {
-                json!({"pid": u.pid, "role": u.role, "rss_kib": u.rss_kib, "hwm_kib": u.hwm_kib, "fds": u.fds})
+                json!({"pid": u.pid, "role": u.role, "rss_kib": u.rss_kib, "hwm_kib": u.hwm_kib,
+                       "anon_kib": u.anon_kib, "bpf_maps_kib": u.bpf_maps_kib, "fds": u.fds})
             })
             .collect::<Vec<_>>()
     };

@@ -16,6 +16,11 @@ pub struct Usage {
     pub rss_kib: u64,
     /// VmHWM (peak resident set over the process's life), KiB.
     pub hwm_kib: u64,
+    /// Of `rss_kib`: anonymous memory (heap, stacks), KiB (RssAnon).
+    pub anon_kib: u64,
+    /// Of `rss_kib`: BPF maps mapped into the process (`anon_inode:bpf-map`), KiB: kernel
+    /// memory that exists whether or not it is mapped, counted in VmRSS once touched.
+    pub bpf_maps_kib: u64,
     /// Open file descriptors.
     pub fds: usize,
 }
@@ -97,11 +102,29 @@ pub fn usage(pid: u32) -> Result<Usage> {
         role.truncate(cut);
         role.push_str("...");
     }
+    let smaps = fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let mut in_map = false;
+    let mut bpf_maps_kib = 0;
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if first.contains('-') && !first.ends_with(':') {
+            // A mapping's header line: `start-end perms offset dev inode [name]`.
+            in_map = line.ends_with("anon_inode:bpf-map");
+        } else if in_map && let Some(rss) = line.strip_prefix("Rss:") {
+            bpf_maps_kib += rss
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
     Ok(Usage {
         pid,
         role,
         rss_kib: field("VmRSS:")?,
         hwm_kib: field("VmHWM:")?,
+        anon_kib: field("RssAnon:")?,
+        bpf_maps_kib,
         fds: fs::read_dir(format!("/proc/{pid}/fd"))
             .with_context(|| format!("reading /proc/{pid}/fd"))?
             .count(),
@@ -127,6 +150,8 @@ mod tests {
             .expect("the child is in the tree");
         assert_eq!(sleeper.role, "30");
         assert!(sleeper.rss_kib > 0 && sleeper.hwm_kib >= sleeper.rss_kib);
+        assert!(sleeper.anon_kib > 0 && sleeper.anon_kib < sleeper.rss_kib);
+        assert_eq!(sleeper.bpf_maps_kib, 0);
         let (rss, fds) = total(&found);
         assert!(rss >= found[0].rss_kib + sleeper.rss_kib);
         assert!(fds >= 3);

@@ -71,6 +71,9 @@ enum Task {
     Soak {
         #[arg(long, default_value_t = 30.0)]
         minutes: f64,
+        /// Soak the release build (what ships) instead of the debug build.
+        #[arg(long)]
+        release: bool,
     },
     /// Detection scorecard: generated scenarios through the real XDP program and detector;
     /// prints a table and writes target/eval/summary.json.
@@ -134,10 +137,10 @@ fn main() -> Result<()> {
                 .arg("--seed")
                 .arg(seed.to_string()))
         }
-        Task::Soak { minutes } => {
+        Task::Soak { minutes, release } => {
             setup::setup()?;
             require_root("the soak creates a lab namespace and attaches XDP")?;
-            soak(minutes)
+            soak(minutes, release)
         }
         Task::Eval { quick } => {
             setup::setup()?;
@@ -178,12 +181,23 @@ fn main() -> Result<()> {
     }
 }
 
-/// Builds the agent and runs the soak for `minutes`.
-fn soak(minutes: f64) -> Result<()> {
-    run(cmd("cargo").args(["build", "-p", "scan-agent", "-p", "scan-lab"]))?;
+/// Builds the agent (debug, or release) and runs the soak for `minutes`.
+fn soak(minutes: f64, release: bool) -> Result<()> {
+    run(cmd("cargo").args(["build", "-p", "scan-lab", "--bin", "scan-lab-soak"]))?;
+    let mut build = cmd("cargo");
+    build.args(["build", "-p", "scan-agent", "--bin", "scan-agent"]);
+    if release {
+        build.arg("--release");
+    }
+    run(&mut build)?;
+    let agent = if release {
+        "target/release/scan-agent"
+    } else {
+        "target/debug/scan-agent"
+    };
     run(cmd("target/debug/scan-lab-soak")
         .args(["--minutes", &minutes.to_string()])
-        .args(["--agent", "target/debug/scan-agent"]))
+        .args(["--agent", agent]))
 }
 
 fn test() -> Result<()> {
