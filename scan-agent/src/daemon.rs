@@ -135,6 +135,10 @@ pub fn default_route_interface() -> Option<String> {
 }
 
 pub async fn run(mut config: AgentConfig) -> Result<()> {
+    // Handled from the start: a stop signal during the attach is acted on once the
+    // worker runs (it then saves and exits, and this process detaches).
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
     if config.interfaces.is_empty() {
         let iface = default_route_interface().context(
             "no --iface given and no default route to take the interface from: pass --iface NAME",
@@ -249,8 +253,6 @@ pub async fn run(mut config: AgentConfig) -> Result<()> {
     if let Err(e) = interfaces::watch(Arc::new(move || notify.notify_one())) {
         log::warn!("cannot watch link changes ({e}): interfaces are rechecked at every poll only");
     }
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
     let mut check_tick = tokio::time::interval(interval);
     check_tick.tick().await;
     let status = loop {
@@ -420,6 +422,10 @@ impl Attacher {
 /// The worker (`scan-agent worker`, started by [`run`]): its capabilities are gone
 /// already (`main` drops them first). Receives the start message, then serves.
 pub fn worker(config: AgentConfig) -> Result<()> {
+    // SIGTERM/SIGINT wait (pending) until `serve` handles them: one that arrives during
+    // the start must save and exit 0, not kill the worker (every thread started from
+    // here on inherits the mask; `serve` unblocks them on this thread).
+    set_stop_signals_blocked(true);
     let channel = privsep::worker_end()?;
     let (message, fds) = privsep::receive(channel.as_fd()).context("waiting for the attacher")?;
     let ToWorker::Start {
@@ -451,6 +457,7 @@ pub fn worker(config: AgentConfig) -> Result<()> {
             config,
             channel,
             WorkerStart {
+                attacher,
                 listeners,
                 interfaces,
                 all_adopted,
@@ -461,6 +468,7 @@ pub fn worker(config: AgentConfig) -> Result<()> {
 }
 
 struct WorkerStart {
+    attacher: u32,
     listeners: usize,
     interfaces: Vec<String>,
     all_adopted: bool,
@@ -468,12 +476,35 @@ struct WorkerStart {
     fds: Vec<OwnedFd>,
 }
 
+/// Blocks or unblocks SIGTERM and SIGINT on the calling thread.
+fn set_stop_signals_blocked(blocked: bool) {
+    // SAFETY: sigset operations on a local set; pthread_sigmask on this thread.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        let how = if blocked {
+            libc::SIG_BLOCK
+        } else {
+            libc::SIG_UNBLOCK
+        };
+        libc::pthread_sigmask(how, &set, std::ptr::null_mut());
+    }
+}
+
+/// Runs on the thread that called [`worker`] (`block_on`).
 async fn serve(mut config: AgentConfig, channel: OwnedFd, start: WorkerStart) -> Result<()> {
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    // Handled from here on; one that came during the start is delivered now.
+    set_stop_signals_blocked(false);
     config.interfaces = start.interfaces;
     let web_config = Arc::new(web::WebConfigSource::new(config.web_config_file.clone())?);
     let self_metrics = Metrics::new().context("registering metrics")?;
     let saved = restore_state(&config, &self_metrics);
     let telemetry_path = config.telemetry_path.clone();
+    let attacher = start.attacher;
     let mut fds = start.fds;
     let map_fds = fds.split_off(start.listeners);
     let mut listeners = Vec::new();
@@ -558,8 +589,6 @@ async fn serve(mut config: AgentConfig, channel: OwnedFd, start: WorkerStart) ->
         web_config,
     ));
 
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
     let mut poll_tick = tokio::time::interval(interval);
     let mut save_tick = tokio::time::interval(save_interval);
     poll_tick.tick().await;
@@ -580,14 +609,25 @@ async fn serve(mut config: AgentConfig, channel: OwnedFd, start: WorkerStart) ->
             },
             _ = save_tick.tick() => saver.save(&shared),
             _ = sigint.recv() => { log::info!("SIGINT: saving the state"); break; }
-            _ = sigterm.recv() => { log::info!("SIGTERM: saving the state"); break; }
+            _ = sigterm.recv() => {
+                // The parent-death signal is SIGTERM too.
+                if std::os::unix::process::parent_id() != attacher {
+                    attacher_gone = Some("parent-death signal".into());
+                } else {
+                    log::info!("SIGTERM: saving the state");
+                }
+                break;
+            }
             result = &mut server => bail!("HTTP server stopped: {result:?}"),
         }
     }
+    if let Some(why) = &attacher_gone {
+        log::error!("the attacher (pid {attacher}) is gone ({why}): saving the state");
+    }
     server.abort();
     saver.save(&shared);
-    if let Some(why) = attacher_gone {
-        bail!("the attacher is gone ({why}): state saved, stopping");
+    if attacher_gone.is_some() {
+        bail!("the attacher is gone: state saved, stopped");
     }
     Ok(())
 }

@@ -134,6 +134,13 @@ fn the_process_serving_http_has_no_capabilities_and_reattach_still_works() {
     let status = std::fs::read_to_string(format!("/proc/{worker}/status")).unwrap();
     assert!(status.contains("CapBnd:\t0000000000000000"), "{status}");
 
+    // What the split costs: the resident set of each process.
+    for p in scan_lab::procs::tree(agent.pid().unwrap()).unwrap() {
+        eprintln!(
+            "pid {} ({}): RSS {} KiB, {} fds",
+            p.pid, p.role, p.rss_kib, p.fds
+        );
+    }
     assert_eq!(lab.syns(false, 445, 10).unwrap(), 10);
     wait_metrics(&agent, Duration::from_secs(5), "10 SYNs", |m| {
         syns(m, 445) == 10.0
@@ -229,4 +236,135 @@ fn is_zombie(pid: u32) -> bool {
                 .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
         })
         .unwrap_or(true)
+}
+
+fn wait_gone(pid: u32, limit: Duration, what: &str, log: &str) {
+    let started = Instant::now();
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid) {
+        assert!(
+            started.elapsed() < limit,
+            "{what} still runs after {limit:?}:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The attacher killed outright (SIGKILL, no chance to pass anything on): the worker
+/// sees it (end of file on the channel, parent-death signal), saves the state and exits;
+/// the kernel detached the program with the attacher's links.
+#[test]
+fn a_dead_attacher_ends_the_worker_which_saves_first() {
+    let lab = Lab::create().expect("creating the lab (needs root and network namespaces)");
+    let scratch = Scratch::new("attacher-dies", AGENT.as_ref()).expect("scratch directories");
+    let mut agent = scratch
+        .start_agent(&lab.host_if, &["--save-interval", "1h"], "1")
+        .expect("start");
+    let worker = agent.worker_pid().expect("a worker");
+    assert_eq!(lab.syns(false, 445, 5).unwrap(), 5);
+    wait_metrics(&agent, Duration::from_secs(5), "5 SYNs", |m| {
+        syns(m, 445) == 5.0
+    });
+    // With a one-hour save interval, only the worker's save on the way out writes it.
+    assert!(!scratch.state_file().exists());
+    let attacher = agent.pid().unwrap();
+    // SAFETY: kill on the agent's own pid.
+    unsafe { libc::kill(attacher as i32, libc::SIGKILL) };
+    wait_gone(
+        worker,
+        Duration::from_secs(10),
+        "the worker",
+        &agent.log_text(),
+    );
+    assert!(
+        scratch.state_file().exists(),
+        "no state saved:\n{}",
+        agent.log_text()
+    );
+    // Which of the two it saw first varies: the parent-death signal (SIGTERM, sent when
+    // the attacher's forking thread exits, while getppid() may still name the dying
+    // attacher) or the end of file.
+    let log = agent.log_text();
+    assert!(
+        log.contains("the attacher (pid") || log.contains("SIGTERM: saving the state"),
+        "{log}"
+    );
+    assert!(
+        !xdp_attached(&lab.host_if),
+        "still attached without its attacher"
+    );
+    let _ = agent.stop(libc::SIGKILL);
+}
+
+/// SIGTERM to the attacher alone (`kill <MainPID>`, not the unit's cgroup): it passes
+/// it on, the worker saves, and both exit 0.
+#[test]
+fn sigterm_to_the_attacher_alone_stops_both_cleanly() {
+    let lab = Lab::create().expect("creating the lab (needs root and network namespaces)");
+    let scratch = Scratch::new("attacher-term", AGENT.as_ref()).expect("scratch directories");
+    let mut agent = scratch
+        .start_agent(&lab.host_if, &["--save-interval", "1h"], "1")
+        .expect("start");
+    let (worker, attacher) = (agent.worker_pid().unwrap(), agent.pid().unwrap());
+    // SAFETY: kill on the agent's own pid.
+    unsafe { libc::kill(attacher as i32, libc::SIGTERM) };
+    wait_gone(
+        worker,
+        Duration::from_secs(10),
+        "the worker",
+        &agent.log_text(),
+    );
+    let status = agent.stop(libc::SIGTERM).unwrap();
+    assert!(status.success(), "{status}\n{}", agent.log_text());
+    assert!(scratch.state_file().exists(), "{}", agent.log_text());
+    assert!(!xdp_attached(&lab.host_if));
+}
+
+/// Two interfaces share the pinned port map; the first one attached is deleted: the
+/// worker drops that load's maps but still reads the shared port map, so the other
+/// interface's SYNs are counted exactly (no counter reset).
+#[test]
+fn the_first_of_two_interfaces_deleted_leaves_the_shared_counts() {
+    let first = Lab::create().expect("creating the lab (needs root and network namespaces)");
+    let second = Lab::create().expect("creating a second lab");
+    let scratch = Scratch::new("two-ifaces", AGENT.as_ref()).expect("scratch directories");
+    let agent = scratch
+        .start_agent(&first.host_if, &["--iface", &second.host_if], "1")
+        .expect("start");
+    assert!(xdp_attached(&first.host_if) && xdp_attached(&second.host_if));
+    assert_eq!(first.syns(false, 445, 4).unwrap(), 4);
+    assert_eq!(second.syns(false, 445, 3).unwrap(), 3);
+    wait_metrics(&agent, Duration::from_secs(5), "7 SYNs", |m| {
+        syns(m, 445) == 7.0
+    });
+    let out = Command::new("ip")
+        .args(["link", "del", &first.host_if])
+        .output()
+        .expect("ip link del");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let first_if = first.host_if.clone();
+    wait_metrics(
+        &agent,
+        Duration::from_secs(5),
+        "first interface gone",
+        |m| {
+            m.lines().any(|l| {
+                l.starts_with("scan_agent_attached{")
+                    && l.contains(&format!("interface=\"{first_if}\""))
+                    && l.ends_with(" 0")
+            })
+        },
+    );
+    assert_eq!(second.syns(false, 445, 6).unwrap(), 6);
+    let metrics = wait_metrics(&agent, Duration::from_secs(5), "13 SYNs", |m| {
+        syns(m, 445) == 13.0
+    });
+    assert_eq!(
+        sample(&metrics, "scan_agent_count_resets_total", ""),
+        Some(0.0),
+        "{metrics}"
+    );
 }
