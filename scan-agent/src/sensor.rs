@@ -765,7 +765,7 @@ impl Sensor {
             }
             let fd = match ebpf.map(name) {
                 Some(Map::Array(data) | Map::PerCpuArray(data) | Map::RingBuf(data)) => {
-                    std::os::fd::AsFd::as_fd(data.fd()).try_clone_to_owned()
+                    data.fd().as_fd().try_clone_to_owned()
                 }
                 _ => return Err(SensorError::MissingMap(name)),
             };
