@@ -649,6 +649,7 @@ fn score(scenario: &Scenario, episodes: &[Seen], pages: &[(u16, u64)]) -> Outcom
         "false_episodes_after_day1_cyclic": false_cyclic,
         "false_episodes_after_day1_flat": false_flat,
         "false_episodes_per_port_week": per_port_week,
+        "port_weeks_after_day1": port_weeks,
         "false_pages": false_pages.len(),
         "false_pages_day1": false_pages_day1,
         "false_episode_list": false_eps.iter().map(|e| json!({"port": e.port, "start_s": e.start, "end_s": e.end})).collect::<Vec<_>>(),
@@ -660,6 +661,65 @@ fn score(scenario: &Scenario, episodes: &[Seen], pages: &[(u16, u64)]) -> Outcom
         passed,
         row,
     }
+}
+
+/// The total over scenarios (from their JSON): a table row and its JSON. Delays are the
+/// range over every surge found; false episodes per port-week are over all port-weeks.
+pub fn total(scenarios: &[Value]) -> (String, Value) {
+    let sum = |key: &str| -> u64 { scenarios.iter().filter_map(|s| s[key].as_u64()).sum() };
+    let delays = |key: &str| -> Vec<i64> {
+        scenarios
+            .iter()
+            .filter_map(|s| s["surges"].as_array())
+            .flatten()
+            .filter_map(|surge| surge[key].as_i64())
+            .collect()
+    };
+    let range = |d: &[i64]| match (d.iter().min(), d.iter().max()) {
+        (Some(min), Some(max)) => format!("{min}-{max} s"),
+        _ => "-".into(),
+    };
+    let (detect, end) = (delays("detection_delay_s"), delays("end_delay_s"));
+    let port_weeks: f64 = scenarios
+        .iter()
+        .filter_map(|s| s["port_weeks_after_day1"].as_f64())
+        .sum();
+    let false_later =
+        sum("false_episodes_after_day1_cyclic") + sum("false_episodes_after_day1_flat");
+    let per_port_week = false_later as f64 / port_weeks.max(1e-9);
+    let passed = scenarios.iter().all(|s| s["passed"] == true);
+    let row = format!(
+        "{:<18} {:>5} {:>9} {:>12} {:>12} {:>6} {:>7} {:>6} {:>9} {:>6} {:>5}",
+        "TOTAL",
+        format!("{}/{}", sum("surges_found"), sum("true_surges")),
+        format!("{}/{}", sum("required_surges_ok"), sum("required_surges")),
+        range(&detect),
+        range(&end),
+        sum("false_episodes_day1"),
+        sum("false_episodes_after_day1_cyclic"),
+        sum("false_episodes_after_day1_flat"),
+        format!("{per_port_week:.2}"),
+        format!("{}/{}", sum("false_pages_day1"), sum("false_pages")),
+        if passed { "yes" } else { "NO" }
+    );
+    let json = json!({
+        "scenarios": scenarios.len(),
+        "true_surges": sum("true_surges"),
+        "surges_found": sum("surges_found"),
+        "required_surges": sum("required_surges"),
+        "required_surges_ok": sum("required_surges_ok"),
+        "detection_delay_s": {"min": detect.iter().min(), "max": detect.iter().max()},
+        "end_delay_s": {"min": end.iter().min(), "max": end.iter().max()},
+        "false_episodes_day1": sum("false_episodes_day1"),
+        "false_episodes_after_day1_cyclic": sum("false_episodes_after_day1_cyclic"),
+        "false_episodes_after_day1_flat": sum("false_episodes_after_day1_flat"),
+        "port_weeks_after_day1": port_weeks,
+        "false_episodes_per_port_week": per_port_week,
+        "false_pages": sum("false_pages"),
+        "false_pages_day1": sum("false_pages_day1"),
+        "passed": passed,
+    });
+    (row, json)
 }
 
 /// The table header matching [`Outcome::row`].
@@ -679,4 +739,40 @@ pub fn header() -> String {
         "pass",
         "-".repeat(108)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_total_sums_scenarios_and_spans_their_delays() {
+        let a = json!({
+            "surges": [{"detection_delay_s": 50, "end_delay_s": 70}],
+            "true_surges": 1, "surges_found": 1, "required_surges": 1, "required_surges_ok": 1,
+            "false_episodes_day1": 2, "false_episodes_after_day1_cyclic": 0,
+            "false_episodes_after_day1_flat": 1, "port_weeks_after_day1": 3.0,
+            "false_pages": 0, "false_pages_day1": 0, "passed": true,
+        });
+        let b = json!({
+            "surges": [
+                {"detection_delay_s": 15, "end_delay_s": 170},
+                {"detection_delay_s": null, "end_delay_s": null},
+            ],
+            "true_surges": 2, "surges_found": 1, "required_surges": 1, "required_surges_ok": 1,
+            "false_episodes_day1": 1, "false_episodes_after_day1_cyclic": 0,
+            "false_episodes_after_day1_flat": 0, "port_weeks_after_day1": 1.0,
+            "false_pages": 1, "false_pages_day1": 1, "passed": false,
+        });
+        let (row, total) = total(&[a, b]);
+        assert_eq!(total["surges_found"], 2);
+        assert_eq!(total["true_surges"], 3);
+        assert_eq!(total["false_episodes_day1"], 3);
+        assert_eq!(total["false_episodes_per_port_week"], 0.25);
+        assert_eq!(total["detection_delay_s"]["min"], 15);
+        assert_eq!(total["end_delay_s"]["max"], 170);
+        assert_eq!(total["passed"], false);
+        assert!(row.starts_with("TOTAL"), "{row}");
+        assert!(row.contains("15-50 s") && row.contains("70-170 s") && row.ends_with("NO"));
+    }
 }

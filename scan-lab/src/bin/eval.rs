@@ -58,10 +58,13 @@ fn main() -> Result<()> {
         all_passed &= outcome.passed;
         results.push(outcome.json);
     }
+    let (total_row, total) = eval::total(&results);
+    println!("{}\n{total_row}", "-".repeat(108));
     let summary = serde_json::json!({
         "detector": "defaults",
         "quick": args.quick,
         "scenarios": results,
+        "total": total,
         "passed": all_passed,
     });
     if let Some(dir) = args.out.parent() {
