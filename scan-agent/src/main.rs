@@ -9,15 +9,24 @@ use scan_agent::{
 fn main() -> std::process::ExitCode {
     // The worker of `run` drops every capability before anything else (before any
     // thread exists: capabilities are per thread, and threads inherit them).
+    let mut kept = None;
     if std::env::args_os()
         .nth(1)
         .is_some_and(|a| a == privsep::WORKER_COMMAND)
-        && let Err(e) = privsep::drop_capabilities()
     {
-        eprintln!("error: {}", scan_agent::error_chain(&e));
-        return std::process::ExitCode::FAILURE;
+        match privsep::drop_capabilities() {
+            Ok(note) => kept = note,
+            Err(e) => {
+                eprintln!("error: {}", scan_agent::error_chain(&e));
+                return std::process::ExitCode::FAILURE;
+            }
+        }
     }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    if let Some(note) = kept {
+        // Linux < 6.5 with unprivileged BPF disabled: see privsep::maps_need_cap_bpf.
+        log::warn!("{note}");
+    }
     match run(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -18,8 +18,9 @@
 //! (`SCM_RIGHTS`): the listeners once, the maps of each new load of the program, and
 //! after every change the full list of attachments. An open map fd stays usable
 //! without capabilities (Linux >= 6.5 checks `kernel.unprivileged_bpf_disabled` only
-//! at map creation and program load); the worker can read and reset counters, never
-//! load, attach or detach. End of file on the channel means the attacher is gone.
+//! at map creation and program load; before 6.5 the worker keeps CAP_BPF alone, see
+//! [`drop_capabilities`]); the worker can read and reset counters, never load, attach
+//! or detach. End of file on the channel means the attacher is gone.
 use std::{
     io::{IoSlice, IoSliceMut},
     os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd, RawFd},
@@ -242,10 +243,40 @@ pub fn worker_end() -> Result<OwnedFd, PrivsepError> {
     Ok(unsafe { OwnedFd::from_raw_fd(WORKER_FD) })
 }
 
+/// Whether this kernel refuses every bpf(2) command, also on an open map fd, to a
+/// process without CAP_BPF: before Linux 6.5, `kernel.unprivileged_bpf_disabled` (1 or
+/// 2, the default of most distributions) was checked for every command; since 6.5 only
+/// at map creation and program load. `release` is `uname -r`, `disabled` the sysctl.
+pub fn maps_need_cap_bpf(release: &str, disabled: &str) -> bool {
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    let version = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+    version < (6, 5) && disabled.trim() != "0"
+}
+
+fn kernel_release() -> String {
+    // SAFETY: uname fills the zeroed struct; `release` is NUL-terminated.
+    unsafe {
+        let mut name: libc::utsname = std::mem::zeroed();
+        if libc::uname(&mut name) != 0 {
+            return String::new();
+        }
+        std::ffi::CStr::from_ptr(name.release.as_ptr())
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
 /// The worker's first action, before any other thread exists (capabilities are per
 /// thread; threads started later inherit these): no_new_privs, every capability set
 /// cleared, the parent-death signal set, then verified from `/proc/self/status`.
-pub fn drop_capabilities() -> Result<(), PrivsepError> {
+///
+/// Where the kernel refuses map access without CAP_BPF ([`maps_need_cap_bpf`]), the
+/// worker keeps CAP_BPF alone (effective and permitted; never CAP_NET_ADMIN or
+/// CAP_PERFMON, none ambient or inheritable) and returns why, for a warning: on such a
+/// kernel it could not read the counters otherwise.
+pub fn drop_capabilities() -> Result<Option<String>, PrivsepError> {
     // SAFETY: PR_SET_NAME copies at most 16 bytes from a NUL-terminated string. The
     // name shown by ps/top (it would be `exe`, from /proc/self/exe).
     unsafe { libc::prctl(libc::PR_SET_NAME, c"scan-agent-work".as_ptr(), 0, 0, 0) };
@@ -259,32 +290,62 @@ pub fn drop_capabilities() -> Result<(), PrivsepError> {
     if caps::has_cap(None, CapSet::Effective, caps::Capability::CAP_SETPCAP).unwrap_or(false) {
         caps::clear(None, CapSet::Bounding).map_err(fail("bounding"))?;
     }
+    let release = kernel_release();
+    let disabled = std::fs::read_to_string("/proc/sys/kernel/unprivileged_bpf_disabled")
+        .unwrap_or_else(|_| "1".into());
+    let keep_bpf = maps_need_cap_bpf(&release, &disabled)
+        && caps::has_cap(None, CapSet::Permitted, caps::Capability::CAP_BPF).unwrap_or(false);
     caps::clear(None, CapSet::Ambient).map_err(fail("ambient"))?;
     caps::clear(None, CapSet::Inheritable).map_err(fail("inheritable"))?;
-    caps::clear(None, CapSet::Effective).map_err(fail("effective"))?;
-    caps::clear(None, CapSet::Permitted).map_err(fail("permitted"))?;
+    if keep_bpf {
+        let only_bpf: caps::CapsHashSet = [caps::Capability::CAP_BPF].into_iter().collect();
+        caps::set(None, CapSet::Effective, &only_bpf).map_err(fail("effective"))?;
+        caps::set(None, CapSet::Permitted, &only_bpf).map_err(fail("permitted"))?;
+    } else {
+        caps::clear(None, CapSet::Effective).map_err(fail("effective"))?;
+        caps::clear(None, CapSet::Permitted).map_err(fail("permitted"))?;
+    }
     // SAFETY: as above. The attacher dying ends the worker (also checked by pid at
     // start, and by end of file on the channel).
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0) };
     let status = std::fs::read_to_string("/proc/self/status").map_err(PrivsepError::Status)?;
-    let held = held_capabilities(&status);
+    let allowed = if keep_bpf { CAP_BPF_BIT } else { 0 };
+    let held = held_capabilities_beyond(&status, allowed);
     if !held.is_empty() {
         return Err(PrivsepError::StillPrivileged(held.join(", ")));
     }
-    Ok(())
+    Ok(keep_bpf.then(|| {
+        format!(
+            "Linux {} with kernel.unprivileged_bpf_disabled={} refuses map access without \
+             CAP_BPF: the worker (HTTP) keeps CAP_BPF, and only it; Linux >= 6.5 (or the sysctl \
+             at 0) lets it run with no capability",
+            release.trim(),
+            disabled.trim()
+        )
+    }))
 }
+
+/// CAP_BPF (39) in a capability mask.
+const CAP_BPF_BIT: u64 = 1 << 39;
 
 /// The capability lines of a `/proc/<pid>/status` among CapEff, CapPrm and CapAmb
 /// that are not zero, as `Name: value`.
 pub fn held_capabilities(status: &str) -> Vec<String> {
+    held_capabilities_beyond(status, 0)
+}
+
+/// [`held_capabilities`] with the bits of `allowed` permitted in CapEff and CapPrm
+/// (never in CapAmb).
+fn held_capabilities_beyond(status: &str, allowed: u64) -> Vec<String> {
     status
         .lines()
         .filter_map(|line| {
             let (name, value) = line.split_once(':')?;
             let value = value.trim();
-            (matches!(name, "CapEff" | "CapPrm" | "CapAmb")
-                && u64::from_str_radix(value, 16) != Ok(0))
-            .then(|| format!("{name}: {value}"))
+            let mask = if name == "CapAmb" { 0 } else { allowed };
+            let held = u64::from_str_radix(value, 16).map_or(true, |v| v & !mask != 0);
+            (matches!(name, "CapEff" | "CapPrm" | "CapAmb") && held)
+                .then(|| format!("{name}: {value}"))
         })
         .collect()
 }
@@ -300,6 +361,34 @@ mod tests {
                       CapAmb:\t0000000000000000\n";
         assert_eq!(held_capabilities(status), vec!["CapEff: 000000c000001000"]);
         assert!(held_capabilities(&status.replace("c000001000", "0000000000")).is_empty());
+        let only_bpf = status.replace("c000001000", "8000000000");
+        assert!(held_capabilities_beyond(&only_bpf, CAP_BPF_BIT).is_empty());
+        assert_eq!(
+            held_capabilities(&only_bpf),
+            vec!["CapEff: 0000008000000000"]
+        );
+        let ambient = "CapAmb:\t0000008000000000\n";
+        assert_eq!(held_capabilities_beyond(ambient, CAP_BPF_BIT).len(), 1);
+    }
+
+    #[test]
+    fn kernels_that_refuse_map_access_without_cap_bpf() {
+        for (release, disabled, expected) in [
+            ("6.1.0-18-amd64", "2", true),
+            ("6.1.0-18-amd64", "1", true),
+            ("6.1.0-18-amd64", "0", false),
+            ("5.15.0-91-generic", "2\n", true),
+            ("6.4.16", "2", true),
+            ("6.5.0", "2", false),
+            ("6.18.0", "2", false),
+            ("7.0.1", "1", false),
+        ] {
+            assert_eq!(
+                maps_need_cap_bpf(release, disabled),
+                expected,
+                "{release} {disabled}"
+            );
+        }
     }
 
     #[test]
