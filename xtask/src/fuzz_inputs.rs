@@ -6,8 +6,9 @@
 //! executions and crashes are reported per target, and a crash fails the command
 //! (its input is kept under `target/fuzz/artifacts/<target>/`).
 use std::{
-    path::Path,
-    process::{Command, Stdio},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Instant,
 };
 
 use anyhow::{Context, Result, bail};
@@ -128,4 +129,57 @@ pub fn fuzz_inputs(seconds: u64, only: &[String]) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `fuzz-inputs --seconds 5` running in the background for `cargo xtask test`, its
+/// output in a log file.
+pub struct Smoke {
+    child: Child,
+    log: PathBuf,
+    started: Instant,
+}
+
+const SMOKE_SECONDS: &str = "5";
+
+/// Starts the smoke run, niced so that the steps in the foreground keep their pace.
+pub fn start_smoke() -> Result<Smoke> {
+    let log = PathBuf::from("target/fuzz-smoke.log");
+    std::fs::create_dir_all("target")?;
+    let file =
+        std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+    let child = cmd("nice")
+        .args(["-n", "19"])
+        .arg(std::env::current_exe()?)
+        .args(["fuzz-inputs", "--seconds", SMOKE_SECONDS])
+        .stdout(file.try_clone()?)
+        .stderr(file)
+        .spawn()
+        .context("starting the fuzz smoke (fuzz-inputs)")?;
+    Ok(Smoke {
+        child,
+        log,
+        started: Instant::now(),
+    })
+}
+
+impl Smoke {
+    /// Waits for the smoke run and prints its summary (the whole log's end if it failed).
+    pub fn finish(mut self) -> Result<()> {
+        let ok = self.child.wait()?.success();
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        let summary = lines
+            .iter()
+            .rposition(|l| l.starts_with("target ") && l.contains("executions"))
+            .map_or(&lines[lines.len().saturating_sub(40)..], |at| &lines[at..]);
+        println!("{}", summary.join("\n"));
+        if !ok {
+            bail!("failed; its log: {}", self.log.display());
+        }
+        println!(
+            "=== fuzz smoke: ok ({:.1}s since the start, in the background)",
+            self.started.elapsed().as_secs_f64()
+        );
+        Ok(())
+    }
 }

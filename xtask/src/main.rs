@@ -269,7 +269,13 @@ fn test() -> Result<()> {
     .args(["--quick", "--out", "target/eval/quick-summary.json"]);
     steps.push(("detection scorecard (quick subset)", eval));
 
-    let total = steps.len();
+    // Issue 14's fuzz smoke: cargo-fuzz (installed on first use), a nightly build of the
+    // three targets, their seeds and corpus as regressions and 5 s of fuzzing each. It
+    // runs niced beside the steps from the start, so its build fills the time the lab
+    // tests spend waiting instead of adding minutes of its own.
+    let fuzz_smoke = fuzz_inputs::start_smoke()?;
+
+    let total = steps.len() + 1;
     let mut failed = Vec::new();
     let mut counts = TestCounts::default();
     for (name, mut command) in steps {
@@ -285,6 +291,10 @@ fn test() -> Result<()> {
             Ok(s) => failed.push(format!("{name} ({s})")),
             Err(e) => failed.push(format!("{name} ({e:#})")),
         }
+    }
+    println!("\n=== xtask test: fuzz smoke (running since the start)");
+    if let Err(e) = fuzz_smoke.finish() {
+        failed.push(format!("fuzz smoke ({e:#})"));
     }
     println!(
         "\nxtask test finished in {:.1}s",
