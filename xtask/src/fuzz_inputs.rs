@@ -52,7 +52,7 @@ fn executions(log: &str) -> Option<u64> {
     })
 }
 
-pub fn fuzz_inputs(seconds: u64, only: &[String]) -> Result<()> {
+pub fn fuzz_inputs(seconds: u64, only: &[String], quick_build: bool) -> Result<()> {
     ensure_cargo_fuzz()?;
     let targets: Vec<&'static str> = if only.is_empty() {
         TARGETS.to_vec()
@@ -69,8 +69,16 @@ pub fn fuzz_inputs(seconds: u64, only: &[String]) -> Result<()> {
         }
         targets
     };
+    // The same build options for `build` and `run`, else `run` builds again.
+    let build_options: &[&str] = if quick_build {
+        &["--dev", "--sanitizer", "none"]
+    } else {
+        &[]
+    };
     // One build for all targets (the first takes minutes: every dependency, with ASan).
-    run(cmd("cargo").args(["+nightly", "fuzz", "build"]))?;
+    run(cmd("cargo")
+        .args(["+nightly", "fuzz", "build"])
+        .args(build_options))?;
     let mut outcomes = Vec::new();
     for target in targets {
         let corpus = Path::new("target/fuzz/corpus").join(target);
@@ -86,7 +94,9 @@ pub fn fuzz_inputs(seconds: u64, only: &[String]) -> Result<()> {
             log_path.display()
         );
         let mut c = cmd("cargo");
-        c.args(["+nightly", "fuzz", "run", target])
+        c.args(["+nightly", "fuzz", "run"])
+            .args(build_options)
+            .arg(target)
             .arg(&corpus)
             .arg(&seeds)
             .arg("--")
@@ -131,7 +141,7 @@ pub fn fuzz_inputs(seconds: u64, only: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// `fuzz-inputs --seconds 5` running in the background for `cargo xtask test`, its
+/// `fuzz-inputs --quick-build --seconds 5` running in the background for `cargo xtask test`, its
 /// output in a log file.
 pub struct Smoke {
     child: Child,
@@ -150,7 +160,7 @@ pub fn start_smoke() -> Result<Smoke> {
     let child = cmd("nice")
         .args(["-n", "19"])
         .arg(std::env::current_exe()?)
-        .args(["fuzz-inputs", "--seconds", SMOKE_SECONDS])
+        .args(["fuzz-inputs", "--quick-build", "--seconds", SMOKE_SECONDS])
         .stdout(file.try_clone()?)
         .stderr(file)
         .spawn()

@@ -56,6 +56,10 @@ enum Task {
         /// Only these targets (capture, state, config); repeat for several.
         #[arg(long)]
         target: Vec<String>,
+        /// A debug build without AddressSanitizer: it builds in about a third of the
+        /// time (the targets are safe Rust), for the smoke run in `cargo xtask test`.
+        #[arg(long)]
+        quick_build: bool,
     },
     /// The mutated-capture campaign: damaged pcap/pcapng files through replay (release
     /// build); fails on any panic, a file over 5 s or a peak RSS over 64 MiB.
@@ -126,7 +130,11 @@ fn main() -> Result<()> {
             }
             run(&mut c)
         }
-        Task::FuzzInputs { seconds, target } => fuzz_inputs::fuzz_inputs(seconds, &target),
+        Task::FuzzInputs {
+            seconds,
+            target,
+            quick_build,
+        } => fuzz_inputs::fuzz_inputs(seconds, &target, quick_build),
         Task::CaptureCampaign { files, seed } => {
             setup::setup()?;
             require_root("the campaign replays through the real XDP program")?;
