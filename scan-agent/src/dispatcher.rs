@@ -399,3 +399,48 @@ pub fn update(
     }
     Ok(skb)
 }
+
+/// Removes the agent's component from every interface's libxdp dispatcher where it
+/// uses one of `map_ids` (maps pinned under one `--pin-path`): `scan-agent detach`
+/// for a component kept by `--keep-attached`, which lives in the dispatcher's pin
+/// directory, not under the agent's pin path. Returns the interfaces' indexes.
+pub fn remove_kept(map_ids: &[u32]) -> Result<Vec<u32>, DispatcherError> {
+    let mut removed = Vec::new();
+    let Ok(entries) = fs::read_dir(base_dir()) else {
+        return Ok(removed);
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        // dispatch-<ifindex>-<dispatcher id>
+        let Some((ifindex, id)) = name
+            .strip_prefix("dispatch-")
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(i, d)| Some((i.parse::<u32>().ok()?, d.parse::<u32>().ok()?)))
+        else {
+            continue;
+        };
+        // A directory whose dispatcher no longer holds the hook is libxdp's to clean.
+        let holder = xdp_hook::query(ifindex).map_err(io_err("reading the XDP hook"))?;
+        if holder.map(|h| h.prog_id) != Some(id) {
+            continue;
+        }
+        let uses_ours = (0..SLOTS).any(|slot| {
+            Extension::from_pin(entry.path().join(format!("prog{slot}-prog")))
+                .ok()
+                .and_then(|p| p.info().ok())
+                .is_some_and(|info| {
+                    info.name_as_str().is_some_and(is_ours)
+                        && info
+                            .map_ids()
+                            .ok()
+                            .flatten()
+                            .is_some_and(|ids| ids.iter().any(|m| map_ids.contains(m)))
+                })
+        });
+        if uses_ours {
+            update(ifindex, None, None)?;
+            removed.push(ifindex);
+        }
+    }
+    Ok(removed)
+}

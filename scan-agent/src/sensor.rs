@@ -13,7 +13,6 @@
 use std::{
     fs, io,
     ops::{Deref, DerefMut},
-    os::fd::AsFd as _,
     path::{Path, PathBuf},
 };
 
@@ -114,6 +113,18 @@ pub enum SensorError {
         name: String,
     },
     #[error(
+        "{interface}'s XDP hook is held by another program (id {prog_id}, {name}) that is not a \
+         libxdp dispatcher, and TCX ingress, where --attach auto would go beside it, is not \
+         available ({source:#}; TCX needs Linux >= 6.6): scan-agent never replaces that \
+         program. Load it through libxdp (xdp-loader) so both can share the hook"
+    )]
+    ForeignXdpNoTcx {
+        interface: String,
+        prog_id: u32,
+        name: String,
+        source: Box<ProgramError>,
+    },
+    #[error(
         "{interface} has link type {arphrd} (see /sys/class/net/{interface}/type), which the \
          parser does not know: it reads Ethernet (1, loopback 772) and raw IP links (none \
          65534, ppp 512, tunnels 768/769/776/778/823, rawip 519)"
@@ -124,6 +135,8 @@ pub enum SensorError {
         interface: String,
         source: Box<crate::dispatcher::DispatcherError>,
     },
+    #[error("removing the agent's kept component from a libxdp dispatcher: {0}")]
+    KeptComponent(Box<crate::dispatcher::DispatcherError>),
     #[error("cannot read the XDP hook of {interface} through netlink: {source}")]
     Netlink {
         interface: String,
@@ -852,10 +865,8 @@ impl Sensor {
     pub fn verified_instructions(&self) -> Option<u32> {
         let instance = self.instances.first()?;
         let name = program_name(instance.hook, instance.kind);
-        let info = match instance.hook {
-            Hook::Xdp => xdp(&instance.ebpf, name).info(),
-            Hook::Tc => tc(&instance.ebpf, name).info(),
-        };
+        // Any program type: a dispatcher component is an `Extension`, not an `Xdp`.
+        let info = instance.ebpf.program(name)?.info();
         info.ok()?.verified_instruction_count()
     }
 
@@ -944,10 +955,25 @@ impl Sensor {
                         let (id, mode) = attach_xdp(&mut instance, interface, request.xdp_mode)?;
                         (mode, OwnedLink::Xdp(id))
                     }
-                    Hook::Tc => (
-                        AttachMode::Tcx,
-                        OwnedLink::Tc(attach_tcx(&mut instance, interface)?),
-                    ),
+                    Hook::Tc => {
+                        let link = attach_tcx(&mut instance, interface).map_err(|e| {
+                            // `auto` came here because a foreign program holds the XDP hook.
+                            match (e, request.hook, xdp_hook::query(index)) {
+                                (
+                                    SensorError::AttachTc { source, .. },
+                                    HookChoice::Auto,
+                                    Ok(Some(holder)),
+                                ) => SensorError::ForeignXdpNoTcx {
+                                    interface: interface.to_string(),
+                                    prog_id: holder.prog_id,
+                                    name: program_name_by_id(holder.prog_id),
+                                    source,
+                                },
+                                (e, ..) => e,
+                            }
+                        })?;
+                        (AttachMode::Tcx, OwnedLink::Tc(link))
+                    }
                 };
                 (instance, mode, link, false)
             }
@@ -1571,7 +1597,7 @@ pub fn detach_all(dir: &Path) -> Result<Vec<String>, SensorError> {
         removed.push(format!("link on {interface} ({mode})"));
     }
     // Shared and per-interface map pins; names and types do not depend on the CPU count.
-    let mut map_pins: Vec<(PathBuf, ExpectedMap)> = fs::read_dir(dir)
+    let map_pins: Vec<(PathBuf, ExpectedMap)> = fs::read_dir(dir)
         .map_err(|e| io_error(dir, &e))?
         .flatten()
         .filter_map(|entry| {
@@ -1579,16 +1605,35 @@ pub fn detach_all(dir: &Path) -> Result<Vec<String>, SensorError> {
             expected_map(&name, 1).map(|expected| (entry.path(), expected))
         })
         .collect();
+    let mut map_pins: Vec<(PathBuf, ExpectedMap)> = map_pins
+        .into_iter()
+        .filter(|(path, expected)| {
+            let ours = is_our_map_pin(path, expected);
+            if !ours {
+                log::warn!(
+                    "left {}: not a pinned {} map of scan-agent",
+                    path.display(),
+                    expected.name
+                );
+            }
+            ours
+        })
+        .collect();
     map_pins.sort_by(|a, b| a.0.cmp(&b.0));
-    for (path, expected) in map_pins {
-        let name = expected.name;
-        if !is_our_map_pin(&path, &expected) {
-            log::warn!(
-                "left {}: not a pinned {name} map of scan-agent",
-                path.display()
-            );
-            continue;
-        }
+    // A component kept in a libxdp dispatcher is pinned in the dispatcher's directory:
+    // found by the maps it uses, which are pinned here.
+    let map_ids: Vec<u32> = map_pins
+        .iter()
+        .filter_map(|(path, _)| MapInfo::from_pin(path).ok().map(|info| info.id()))
+        .collect();
+    let ifindexes =
+        dispatcher::remove_kept(&map_ids).map_err(|e| SensorError::KeptComponent(Box::new(e)))?;
+    for ifindex in ifindexes {
+        removed.push(format!(
+            "component in the libxdp dispatcher of interface index {ifindex}"
+        ));
+    }
+    for (path, _) in map_pins {
         match fs::remove_file(&path) {
             Ok(()) => removed.push(format!("map pin {}", path.display())),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}

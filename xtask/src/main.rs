@@ -1,7 +1,8 @@
-//! Project tasks: `cargo xtask setup|run|test|package|fuzz|fuzz-inputs|capture-campaign|bench|soak|eval`.
+//! Project tasks: `cargo xtask setup|run|test|package|fuzz|fuzz-inputs|capture-campaign|bench|soak|eval|vm-test`.
 mod fuzz_inputs;
 mod package;
 mod setup;
+mod vm_test;
 
 use std::process::{Command, ExitStatus};
 
@@ -86,6 +87,10 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
+    /// The libxdp dispatcher tests with real xdp-filter/xdp-loader in a Debian Linux
+    /// guest under QEMU (this machine's kernel refuses freplace programs): kernel
+    /// downloaded once into target/vm, no network device in the guest.
+    VmTest,
     /// Run the differential parser test on many frames (release build).
     Fuzz {
         #[arg(long, default_value_t = 5_000_000)]
@@ -167,6 +172,11 @@ fn main() -> Result<()> {
                 c.args(["--quick", "--out", "target/eval/quick-summary.json"]);
             }
             run(&mut c)
+        }
+        Task::VmTest => {
+            setup::setup()?;
+            require_root("the guest's tests attach XDP; QEMU and apt-get run from here")?;
+            vm_test::vm_test()
         }
         Task::Fuzz { frames, seed } => {
             setup::setup()?;

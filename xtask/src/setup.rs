@@ -83,7 +83,7 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-fn install_packages(packages: &[String]) -> Result<()> {
+pub fn install_packages(packages: &[String]) -> Result<()> {
     let missing: Vec<&String> = packages.iter().filter(|p| !installed(p)).collect();
     if missing.is_empty() {
         return Ok(());
