@@ -13,6 +13,7 @@
 use std::{
     fs, io,
     ops::{Deref, DerefMut},
+    os::fd::AsFd as _,
     path::{Path, PathBuf},
 };
 
