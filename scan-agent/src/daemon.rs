@@ -225,7 +225,9 @@ pub async fn run(mut config: AgentConfig) -> Result<()> {
         sent_loads: Vec::new(),
         last_sent: None,
     };
-    let start = attacher.update(listeners.len());
+    let start = attacher
+        .update(listeners.len())
+        .context("handing the maps to the worker")?;
     let start_fds = start.1;
     let message = ToWorker::Start {
         attacher: std::process::id(),
@@ -360,7 +362,7 @@ impl Attacher {
     /// The update that brings the worker to the sensor's state: the attachments, the
     /// re-attach count and the maps (new ones with their fds, at most `MAX_FDS` minus
     /// `other_fds`). The shared maps go with the first update only.
-    fn update(&self, other_fds: usize) -> (Update, Vec<OwnedFd>) {
+    fn update(&self, other_fds: usize) -> std::io::Result<(Update, Vec<OwnedFd>)> {
         let (layout, fds) = self.sensor.export(
             self.last_sent.is_none(),
             &self.sent_loads,
@@ -369,8 +371,8 @@ impl Attacher {
         // Owned copies: the borrow of the sensor ends here.
         let fds = fds
             .into_iter()
-            .filter_map(|fd| fd.try_clone_to_owned().ok())
-            .collect();
+            .map(|fd| fd.try_clone_to_owned())
+            .collect::<std::io::Result<_>>()?;
         let update = Update {
             attachments: self
                 .sensor
@@ -381,7 +383,7 @@ impl Attacher {
             reattaches: self.reattaches,
             layout,
         };
-        (update, fds)
+        Ok((update, fds))
     }
 
     /// Records `update` as sent.
@@ -397,7 +399,13 @@ impl Attacher {
     /// A failed send is logged: the worker is gone, which the main loop sees.
     fn sync_worker(&mut self, channel: BorrowedFd<'_>) {
         loop {
-            let (update, fds) = self.update(0);
+            let (update, fds) = match self.update(0) {
+                Ok(update) => update,
+                Err(e) => {
+                    log::error!("cannot hand the new maps to the worker: {e}; retrying");
+                    return;
+                }
+            };
             let complete = update.layout.loads.len() == self.sensor.loads();
             let mut known = update.clone();
             for load in &mut known.layout.loads {
