@@ -6,8 +6,8 @@
 //! Every frame carries a new source and a new target, so one run checks both sketches.
 //! By default the large sizes run with fewer seeds (100,000: 3, 1,000,000: 1) so the
 //! test stays short in `cargo xtask test`; with `SCAN_SKETCH_SEEDS=20` every size runs
-//! 20 seeds (the BENCHMARKS.md figures: `SCAN_SKETCH_SEEDS=20 cargo test --release -p
-//! scan-agent --test sketch -- --nocapture`).
+//! 20 seeds (the BENCHMARKS.md figures: `cargo xtask sketch-accuracy --seeds 20`, which
+//! runs this test in release with that variable).
 //!
 //! Needs root (CAP_BPF + CAP_NET_ADMIN); without it the tests fail, saying so.
 mod common;

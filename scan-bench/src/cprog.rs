@@ -8,7 +8,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use aya::{
     Ebpf,
-    programs::{TestRun as _, TestRunOptions, TestRunResult, Xdp, XdpMode},
+    programs::{SchedClassifier, TestRun as _, TestRunOptions, TestRunResult, Xdp, XdpMode},
 };
 
 use crate::proc;
@@ -16,6 +16,9 @@ use crate::proc;
 /// The empty XDP_PASS program and its section/function name.
 pub const PASS_SOURCE: &str = "xdp_pass.c";
 pub const PASS_PROGRAM: &str = "xdp_pass";
+/// The empty TC (TCX) program: the floor for our TCX entry point.
+pub const TC_PASS_SOURCE: &str = "tc_pass.c";
+pub const TC_PASS_PROGRAM: &str = "tc_pass";
 /// The C reference counter.
 pub const REFERENCE_SOURCE: &str = "syn_counter.c";
 pub const REFERENCE_PROGRAM: &str = "ref_syn_counter";
@@ -30,6 +33,7 @@ pub fn clang() -> String {
 /// Paths of the built objects.
 pub struct CObjects {
     pub pass: PathBuf,
+    pub tc_pass: PathBuf,
     pub reference: PathBuf,
     /// The reference built with `-DSKETCH`: the same sketch work as ours.
     pub reference_sketch: PathBuf,
@@ -55,6 +59,7 @@ pub fn build(source_dir: &Path, out_dir: &Path) -> Result<CObjects> {
     };
     Ok(CObjects {
         pass: compile(PASS_SOURCE, &[], "xdp_pass.o")?,
+        tc_pass: compile(TC_PASS_SOURCE, &[], "tc_pass.o")?,
         reference: compile(REFERENCE_SOURCE, &[], "syn_counter.o")?,
         reference_sketch: compile(REFERENCE_SOURCE, &["-DSKETCH"], "syn_counter_sketch.o")?,
     })
@@ -106,6 +111,44 @@ impl XdpObject {
             ..Default::default()
         };
         xdp.test_run(options)
+            .with_context(|| format!("BPF_PROG_TEST_RUN of {}", self.program))
+    }
+}
+
+/// A loaded sched_cls program from a C object (attached nowhere), for test runs.
+pub struct TcObject {
+    ebpf: Ebpf,
+    program: &'static str,
+}
+
+impl TcObject {
+    pub fn load(object: &Path, program: &'static str) -> Result<Self> {
+        let bytes =
+            std::fs::read(object).with_context(|| format!("reading {}", object.display()))?;
+        let mut ebpf =
+            Ebpf::load(&bytes).with_context(|| format!("loading {} with aya", object.display()))?;
+        let tc: &mut SchedClassifier = ebpf
+            .program_mut(program)
+            .with_context(|| format!("no program {program} in {}", object.display()))?
+            .try_into()
+            .with_context(|| format!("{program} is not a sched_cls program"))?;
+        tc.load()
+            .with_context(|| format!("the kernel rejected {program}"))?;
+        Ok(Self { ebpf, program })
+    }
+
+    pub fn test_run(&self, frame: &[u8], repeat: u32) -> Result<TestRunResult> {
+        let tc: &SchedClassifier = self
+            .ebpf
+            .program(self.program)
+            .context("program vanished")?
+            .try_into()?;
+        let options = TestRunOptions {
+            data_in: Some(frame),
+            repeat,
+            ..Default::default()
+        };
+        tc.test_run(options)
             .with_context(|| format!("BPF_PROG_TEST_RUN of {}", self.program))
     }
 }

@@ -7,6 +7,7 @@ mod afpacket;
 mod agent;
 mod cprog;
 mod cpu;
+mod dispatch;
 mod flood;
 mod frames;
 mod leftovers;
@@ -70,8 +71,8 @@ impl Plan {
         if quick {
             Plan {
                 test_run: testrun::Settings {
-                    repeat: 200_000,
-                    runs: 3,
+                    repeat: 100_000,
+                    runs: 5,
                 },
                 flood: flood::Settings {
                     rate_pps: 100_000,
@@ -95,8 +96,8 @@ impl Plan {
         } else {
             Plan {
                 test_run: testrun::Settings {
-                    repeat: 2_000_000,
-                    runs: 7,
+                    repeat: 1_000_000,
+                    runs: 31,
                 },
                 flood: flood::Settings {
                     rate_pps: 100_000,

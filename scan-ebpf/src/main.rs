@@ -54,16 +54,16 @@ const IPV4_HLEN: usize = 20;
 const IPV6_HLEN: usize = 40;
 const TCP_HLEN: usize = 20;
 
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86DD;
-const ETH_P_8021Q: u16 = 0x8100;
-const ETH_P_8021AD: u16 = 0x88A8;
-const ETH_P_PPP_SES: u16 = 0x8864;
+const ETH_P_IP: u32 = 0x0800;
+const ETH_P_IPV6: u32 = 0x86DD;
+const ETH_P_8021Q: u32 = 0x8100;
+const ETH_P_8021AD: u32 = 0x88A8;
+const ETH_P_PPP_SES: u32 = 0x8864;
 
 /// RFC 2516: version 1, type 1; code 0 for session data.
 const PPPOE_VER_TYPE: u8 = 0x11;
-const PPP_IP: u16 = 0x0021;
-const PPP_IPV6: u16 = 0x0057;
+const PPP_IP: u32 = 0x0021;
+const PPP_IPV6: u32 = 0x0057;
 
 const IPPROTO_TCP: u8 = 6;
 const IPV6_HOPOPTS: u8 = 0;
@@ -232,13 +232,14 @@ impl<const N: usize> Header<N> {
         unsafe { *self.0.add(i) }
     }
 
-    /// Big-endian u16 at bytes `I`, `I + 1`.
+    /// Big-endian u16 at bytes `I`, `I + 1`, widened to u32: compared as u16, LLVM
+    /// masks the value to 16 bits before every compare.
     #[inline(always)]
-    fn be16<const I: usize>(self) -> u16 {
+    fn be16<const I: usize>(self) -> u32 {
         const { assert!(I + 1 < N) };
         // Assembled by hand: with `from_be_bytes` LLVM builds the little-endian
         // value and byte-swaps it, one more instruction per 16-bit field.
-        (u16::from(self.byte_at(I)) << 8) | u16::from(self.byte_at(I + 1))
+        (u32::from(self.byte_at(I)) << 8) | u32::from(self.byte_at(I + 1))
     }
 
     /// Big-endian u32 at bytes `I..I + 4`.
@@ -415,12 +416,10 @@ fn ipv4(frame: Frame, offset: usize) -> (PacketClass, Option<Syn>) {
     let Some(ip) = header::<IPV4_HLEN>(frame, offset) else {
         return (PacketClass::Truncated, None);
     };
-    // Version 4 and IHL >= 5 (20 bytes): 0x45..=0x4F, one compare.
-    let version_ihl = ip.byte::<0>();
-    if version_ihl.wrapping_sub(0x45) > 0x0A {
+    let header_len = ((ip.byte::<0>() & 0x0F) as usize) * 4;
+    if ip.byte::<0>() >> 4 != 4 || header_len < IPV4_HLEN {
         return (PacketClass::BadHeader, None);
     }
-    let header_len = ((version_ihl & 0x0F) as usize) * 4;
     // Options included, the whole header must be in the frame before any field
     // past it (fragment, protocol) decides the class.
     if !has_bytes(frame, offset, header_len) {
@@ -498,7 +497,8 @@ fn tcp(frame: Frame, offset: usize, network: Network) -> (PacketClass, Option<Sy
     let flags = tcp.byte::<13>();
     let is_syn = flags & TCP_FLAG_SYN != 0 && flags & TCP_FLAG_ACK == 0;
     let syn = is_syn.then(|| Syn {
-        port: tcp.be16::<2>(),
+        // At most 0xFFFF: two bytes.
+        port: tcp.be16::<2>() as u16,
         addresses: sketch::enabled().then(|| network.addresses()),
     });
     (PacketClass::Tcp, syn)

@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup|run|test|package|fuzz|fuzz-inputs|capture-campaign|bench|soak|eval|vm-test`.
+//! Project tasks: `cargo xtask setup|run|test|package|fuzz|fuzz-inputs|capture-campaign|bench|soak|eval|vm-test|sketch-accuracy`.
 mod fuzz_inputs;
 mod package;
 mod setup;
@@ -47,6 +47,14 @@ enum Task {
         /// Each part briefly (under 3 minutes in all); same keys.
         #[arg(long)]
         quick: bool,
+    },
+    /// Sketch accuracy at every size (1 to 1,000,000 distinct sources and targets on one
+    /// port, IPv4 and IPv6 mixed) through the real program, with `--seeds` seeds per
+    /// size (the fast test in `cargo xtask test` runs fewer at the large sizes); prints
+    /// the 95th-percentile error per size, the figures in BENCHMARKS.md.
+    SketchAccuracy {
+        #[arg(long, default_value_t = 20)]
+        seeds: u32,
     },
     /// Coverage-guided fuzzing (cargo-fuzz, nightly) of the pcap/pcapng reader, the
     /// state loader and the config parser: seeds and kept corpus first, then N seconds
@@ -134,6 +142,19 @@ fn main() -> Result<()> {
                 c.arg("--quick");
             }
             run(&mut c)
+        }
+        Task::SketchAccuracy { seeds } => {
+            setup::setup()?;
+            require_root("the accuracy test runs SYNs through the loaded XDP program")?;
+            run(cmd("cargo")
+                .args(["test", "--release", "-p", "scan-agent", "--test", "sketch"])
+                .args([
+                    "--",
+                    "--exact",
+                    "distinct_sources_and_targets_within_five_percent",
+                    "--nocapture",
+                ])
+                .env("SCAN_SKETCH_SEEDS", seeds.to_string()))
         }
         Task::FuzzInputs {
             seconds,
