@@ -98,8 +98,13 @@ impl DispatcherPath {
             .with_context(|| format!("no {name} in our object"))?
             .try_into()?;
         if let Err(e) = extension.load(target, "prog0") {
+            // The file lists the modes with the active one in brackets.
             let lockdown = std::fs::read_to_string("/sys/kernel/security/lockdown")
-                .map(|l| format!(" (kernel lockdown: {})", l.trim()))
+                .ok()
+                .and_then(|l| {
+                    let (_, rest) = l.split_once('[')?;
+                    Some(format!(" (kernel lockdown: {})", rest.split_once(']')?.0))
+                })
                 .unwrap_or_default();
             bail!(
                 "the kernel refuses our program as a freplace (BPF_PROG_TYPE_EXT) component of \
