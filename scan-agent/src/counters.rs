@@ -48,8 +48,43 @@ pub struct Counters {
     pub(crate) sketches: Option<SketchView>,
     /// Sampled SYN sources of flagged ports (with the sketches on), shared by every
     /// load (through its pin) like the sketches.
-    pub(crate) samples: Option<RingBuf<MapData>>,
+    pub(crate) samples: Option<SampleRing>,
     pub(crate) loads: Vec<LoadMaps>,
+}
+
+/// The sample ring, opened as a [`RingBuf`] (which maps it, in full) at the first drain
+/// when it came unmapped: the attacher never drains it.
+pub(crate) enum SampleRing {
+    Unmapped(MapData),
+    Mapped(RingBuf<MapData>),
+    /// Mapping it failed (logged once).
+    Failed,
+}
+
+impl SampleRing {
+    fn as_fd(&self) -> Option<BorrowedFd<'_>> {
+        match self {
+            Self::Unmapped(map) => Some(map.fd().as_fd()),
+            Self::Mapped(ring) => Some(ring.as_fd()),
+            Self::Failed => None,
+        }
+    }
+
+    fn mapped(&mut self) -> Option<&mut RingBuf<MapData>> {
+        if matches!(self, Self::Unmapped(_)) {
+            let Self::Unmapped(map) = std::mem::replace(self, Self::Failed) else {
+                unreachable!("matched above");
+            };
+            match RingBuf::try_from(Map::RingBuf(map)) {
+                Ok(ring) => *self = Self::Mapped(ring),
+                Err(e) => log::error!("{SAMPLES_MAP}: {e}: sampled sources are not read"),
+            }
+        }
+        match self {
+            Self::Mapped(ring) => Some(ring),
+            _ => None,
+        }
+    }
 }
 
 /// Which maps a message to the worker carries, in the order of its fds (see
@@ -119,9 +154,9 @@ impl Counters {
                 layout.sketches = true;
                 fds.push(view.map().fd().as_fd());
             }
-            if let Some(ring) = &self.samples {
+            if let Some(fd) = self.samples.as_ref().and_then(SampleRing::as_fd) {
                 layout.samples = true;
-                fds.push(ring.as_fd());
+                fds.push(fd);
             }
         }
         for load in &self.loads {
@@ -179,10 +214,10 @@ impl Counters {
             self.sketches = Some(SketchView::new(received(next(), SKETCH_MAP)?)?);
         }
         if layout.samples {
-            self.samples = Some(
+            self.samples = Some(SampleRing::Mapped(
                 RingBuf::try_from(Map::RingBuf(received(next(), SAMPLES_MAP)?))
                     .map_err(map_error(SAMPLES_MAP))?,
-            );
+            ));
         }
         let mut loads = Vec::with_capacity(layout.loads.len());
         for l in &layout.loads {
@@ -239,7 +274,7 @@ impl Counters {
     /// Appends the sketches of every port that has a slot and saw a SYN since the
     /// last call, and resets them: each call returns one interval's sketches.
     pub fn take_sketches(&self, out: &mut Vec<PortSketches>) {
-        let Some(view) = &self.sketches else {
+        let Some(view) = self.sketches.as_ref().filter(|v| v.ready()) else {
             return;
         };
         for index in 0..SKETCH_SLOTS as usize {
@@ -279,7 +314,7 @@ impl Counters {
     /// the next call; every other port sends none. Only ports holding a sketch slot
     /// can be sampled (a flagged port has one: it received SYNs).
     pub fn set_sample_budgets(&self, ports: &[u16], budget: u32) {
-        let Some(view) = &self.sketches else {
+        let Some(view) = self.sketches.as_ref().filter(|v| v.ready()) else {
             return;
         };
         for index in 0..SKETCH_SLOTS as usize {
@@ -300,7 +335,7 @@ impl Counters {
     /// Appends the SYN sources sampled since the last call (see
     /// [`Counters::set_sample_budgets`]).
     pub fn drain_samples(&mut self, out: &mut Vec<SourceSample>) {
-        let Some(ring) = &mut self.samples else {
+        let Some(ring) = self.samples.as_mut().and_then(SampleRing::mapped) else {
             return;
         };
         while let Some(item) = ring.next() {
@@ -314,7 +349,7 @@ impl Counters {
 
     /// SYNs not sketched because every slot their port probed was taken (cumulative).
     pub fn sketch_misses(&self) -> u64 {
-        let Some(view) = &self.sketches else {
+        let Some(view) = self.sketches.as_ref().filter(|v| v.ready()) else {
             return 0;
         };
         (0..SKETCH_SLOTS as usize)
@@ -328,7 +363,7 @@ impl Counters {
     /// Frees `port`'s slot (if it has one) for other ports, discarding what it holds.
     /// The agent frees the slots of ports idle for a whole short window.
     pub fn free_sketch_slot(&self, port: u16) {
-        let Some(view) = &self.sketches else {
+        let Some(view) = self.sketches.as_ref().filter(|v| v.ready()) else {
             return;
         };
         let home = sketch_slot_home(port);
@@ -348,7 +383,7 @@ impl Counters {
     /// Frees every slot, discarding what they hold: for a reader (replay) that takes
     /// the sketches often and keeps its own union, so any number of ports take turns.
     pub fn release_sketch_slots(&self) {
-        let Some(view) = &self.sketches else {
+        let Some(view) = self.sketches.as_ref().filter(|v| v.ready()) else {
             return;
         };
         for index in 0..SKETCH_SLOTS as usize {
@@ -366,7 +401,7 @@ impl Counters {
 
     /// Ports holding a sketch slot now.
     pub fn sketched_ports(&self) -> usize {
-        let Some(view) = &self.sketches else {
+        let Some(view) = self.sketches.as_ref().filter(|v| v.ready()) else {
             return 0;
         };
         (0..SKETCH_SLOTS as usize)
@@ -425,8 +460,13 @@ fn read_load_classes(load: &LoadMaps) -> Result<ClassCounts, SensorError> {
 }
 
 /// Read-only `mmap` of the per-CPU port counters (see `scan_common::PORT_SYNS_MAP`).
+/// Mapped when built with [`PortCounterView::new`], or at the first read when built with
+/// [`PortCounterView::deferred`]: the attacher of `scan-agent run` never reads the
+/// counters (its worker does), and a BPF array's mapping is resident in full from the
+/// `mmap` on, so it does not map them.
 pub(crate) struct PortCounterView {
-    base: NonNull<u64>,
+    /// The mapping, once made (`None` inside: the `mmap` failed, logged once).
+    base: std::sync::OnceLock<Option<NonNull<u64>>>,
     entries: usize,
     // Keeps the map alive while mapped.
     map: MapData,
@@ -437,8 +477,25 @@ unsafe impl Send for PortCounterView {}
 unsafe impl Sync for PortCounterView {}
 
 impl PortCounterView {
+    /// Maps the counters now.
     pub(crate) fn new(map: MapData, entries: usize) -> Result<Self, SensorError> {
-        let len = entries * size_of::<u64>();
+        let view = Self::deferred(map, entries);
+        let base = view.mmap()?;
+        let _ = view.base.set(Some(base));
+        Ok(view)
+    }
+
+    /// Maps the counters at the first read.
+    pub(crate) fn deferred(map: MapData, entries: usize) -> Self {
+        Self {
+            base: std::sync::OnceLock::new(),
+            entries,
+            map,
+        }
+    }
+
+    fn mmap(&self) -> Result<NonNull<u64>, SensorError> {
+        let len = self.entries * size_of::<u64>();
         // SAFETY: maps the BPF_F_MMAPABLE array read-only; the kernel lays the values
         // out from offset 0 at their 8-byte stride.
         let addr = unsafe {
@@ -447,16 +504,24 @@ impl PortCounterView {
                 len,
                 libc::PROT_READ,
                 libc::MAP_SHARED,
-                std::os::fd::AsRawFd::as_raw_fd(&map.fd().as_fd()),
+                std::os::fd::AsRawFd::as_raw_fd(&self.map.fd().as_fd()),
                 0,
             )
         };
         if addr == libc::MAP_FAILED {
             return Err(SensorError::Mmap(PORT_SYNS_MAP, io::Error::last_os_error()));
         }
-        let base = NonNull::new(addr.cast::<u64>())
-            .ok_or_else(|| SensorError::Mmap(PORT_SYNS_MAP, io::Error::other("null mapping")))?;
-        Ok(Self { base, entries, map })
+        NonNull::new(addr.cast::<u64>())
+            .ok_or_else(|| SensorError::Mmap(PORT_SYNS_MAP, io::Error::other("null mapping")))
+    }
+
+    /// The mapping, made now if it was deferred; `None` if that fails (logged once).
+    fn base(&self) -> Option<NonNull<u64>> {
+        *self.base.get_or_init(|| {
+            self.mmap()
+                .map_err(|e| log::error!("{e}: the port counters read as 0"))
+                .ok()
+        })
     }
 
     fn map(&self) -> &MapData {
@@ -471,13 +536,16 @@ impl PortCounterView {
 
     /// Adds the CPU slices into `out[port]`.
     fn add_into(&self, out: &mut [u64]) {
+        let Some(base) = self.base() else {
+            return;
+        };
         let ports = PORTS as usize;
         for slice in 0..self.entries / ports {
             let start = slice * ports;
             for (port, total) in out[..ports].iter_mut().enumerate() {
                 // SAFETY: start + port < entries, inside the mapping; the kernel
                 // writes these words concurrently, so read each one volatile.
-                let value = unsafe { self.base.as_ptr().add(start + port).read_volatile() };
+                let value = unsafe { base.as_ptr().add(start + port).read_volatile() };
                 *total = total.wrapping_add(value);
             }
         }
@@ -486,15 +554,19 @@ impl PortCounterView {
 
 impl Drop for PortCounterView {
     fn drop(&mut self) {
-        // SAFETY: unmaps exactly what `new` mapped.
-        unsafe { libc::munmap(self.base.as_ptr().cast(), self.entries * size_of::<u64>()) };
+        if let Some(Some(base)) = self.base.get() {
+            // SAFETY: unmaps exactly what `mmap` mapped.
+            unsafe { libc::munmap(base.as_ptr().cast(), self.entries * size_of::<u64>()) };
+        }
     }
 }
 
 /// Read-write `mmap` of the sketch slots (see `scan_common::SKETCH_MAP`): the agent
-/// copies each used slot out and resets it, once per poll.
+/// copies each used slot out and resets it, once per poll. Mapped now or at the first use,
+/// as [`PortCounterView`].
 pub(crate) struct SketchView {
-    base: NonNull<SketchSlot>,
+    /// The mapping, once made (`None` inside: the `mmap` failed, logged once).
+    base: std::sync::OnceLock<Option<NonNull<SketchSlot>>>,
     // Keeps the map alive while mapped.
     map: MapData,
 }
@@ -506,7 +578,23 @@ unsafe impl Sync for SketchView {}
 const SKETCH_VIEW_LEN: usize = SKETCH_SLOTS as usize * size_of::<SketchSlot>();
 
 impl SketchView {
+    /// Maps the slots now.
     pub(crate) fn new(map: MapData) -> Result<Self, SensorError> {
+        let view = Self::deferred(map);
+        let base = view.mmap()?;
+        let _ = view.base.set(Some(base));
+        Ok(view)
+    }
+
+    /// Maps the slots at the first use.
+    pub(crate) fn deferred(map: MapData) -> Self {
+        Self {
+            base: std::sync::OnceLock::new(),
+            map,
+        }
+    }
+
+    fn mmap(&self) -> Result<NonNull<SketchSlot>, SensorError> {
         // SAFETY: maps the BPF_F_MMAPABLE array; values sit at their 8-byte stride,
         // which is the struct's size (asserted in scan-common).
         let addr = unsafe {
@@ -515,26 +603,44 @@ impl SketchView {
                 SKETCH_VIEW_LEN,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
-                std::os::fd::AsRawFd::as_raw_fd(&map.fd().as_fd()),
+                std::os::fd::AsRawFd::as_raw_fd(&self.map.fd().as_fd()),
                 0,
             )
         };
         if addr == libc::MAP_FAILED {
             return Err(SensorError::Mmap(SKETCH_MAP, io::Error::last_os_error()));
         }
-        let base = NonNull::new(addr.cast::<SketchSlot>())
-            .ok_or_else(|| SensorError::Mmap(SKETCH_MAP, io::Error::other("null mapping")))?;
-        Ok(Self { base, map })
+        NonNull::new(addr.cast::<SketchSlot>())
+            .ok_or_else(|| SensorError::Mmap(SKETCH_MAP, io::Error::other("null mapping")))
+    }
+
+    /// Whether the slots are mapped, mapping them now if that was deferred (a failure is
+    /// logged once; the sketches are then left alone).
+    fn ready(&self) -> bool {
+        self.base
+            .get_or_init(|| {
+                self.mmap()
+                    .map_err(|e| log::error!("{e}: distinct sources and targets are not read"))
+                    .ok()
+            })
+            .is_some()
     }
 
     fn map(&self) -> &MapData {
         &self.map
     }
 
+    /// Slot `index`; only after [`SketchView::ready`] returned true.
     fn slot(&self, index: usize) -> *mut SketchSlot {
         debug_assert!(index < SKETCH_SLOTS as usize);
+        let base = self
+            .base
+            .get()
+            .copied()
+            .flatten()
+            .expect("slot() is reached only through a ready() view");
         // SAFETY: index < SKETCH_SLOTS, inside the mapping.
-        unsafe { self.base.as_ptr().add(index) }
+        unsafe { base.as_ptr().add(index) }
     }
 
     /// Copies a sketch out and resets it. The program writes concurrently: every
@@ -580,8 +686,10 @@ impl SketchView {
 
 impl Drop for SketchView {
     fn drop(&mut self) {
-        // SAFETY: unmaps exactly what `new` mapped.
-        unsafe { libc::munmap(self.base.as_ptr().cast(), SKETCH_VIEW_LEN) };
+        if let Some(Some(base)) = self.base.get() {
+            // SAFETY: unmaps exactly what `mmap` mapped.
+            unsafe { libc::munmap(base.as_ptr().cast(), SKETCH_VIEW_LEN) };
+        }
     }
 }
 

@@ -35,7 +35,7 @@ use scan_common::{
 
 pub use crate::counters::{Counters, PortSketches};
 use crate::{
-    counters::{LoadMaps, PortCounterView, SketchView},
+    counters::{LoadMaps, PortCounterView, SampleRing, SketchView},
     dispatcher, xdp_hook,
 };
 pub use scan_common::{Hook, LinkKind};
@@ -801,30 +801,58 @@ impl Sensor {
         loaded.map_err(|e| SensorError::Verifier(Box::new(e)))?;
 
         // A pinned port map is shared: mapped once, by the first load, and kept while
-        // the sensor lives (also when that load's interface goes away).
+        // the sensor lives (also when that load's interface goes away). With pins (the
+        // attacher of `scan-agent run`, whose worker reads the counters) the views map
+        // at their first read, which the attacher never makes: a BPF array's mapping is
+        // resident in full, 6 MiB of RSS for nothing. Private maps (test runs, replay)
+        // are mapped now.
         let shared_ports = self.pin_dir.is_some() && ports_interface.is_none();
+        let defer = self.pin_dir.is_some();
         let ports_map = take_map_data(&mut ebpf, PORT_SYNS_MAP)?;
         let entries = port_entries(self.cpus) as usize;
+        let port_view = |map| -> Result<PortCounterView, SensorError> {
+            if defer {
+                Ok(PortCounterView::deferred(map, entries))
+            } else {
+                PortCounterView::new(map, entries)
+            }
+        };
         let ports = if !shared_ports {
-            Some(PortCounterView::new(ports_map, entries)?)
+            Some(port_view(ports_map)?)
         } else {
             if self.counters.shared_ports.is_none() {
-                self.counters.shared_ports = Some(PortCounterView::new(ports_map, entries)?);
+                self.counters.shared_ports = Some(port_view(ports_map)?);
             }
             None
         };
         // The first load maps the sketches; the others share that map through its pin.
         if self.sketches_on && self.counters.sketches.is_none() {
-            self.counters.sketches = Some(SketchView::new(take_map_data(&mut ebpf, SKETCH_MAP)?)?);
-            self.counters.samples = Some(
-                ebpf.take_map(SAMPLES_MAP)
-                    .ok_or(SensorError::MissingMap(SAMPLES_MAP))?
-                    .try_into()
-                    .map_err(|source| SensorError::Map {
+            let sketches = take_map_data(&mut ebpf, SKETCH_MAP)?;
+            self.counters.sketches = Some(if defer {
+                SketchView::deferred(sketches)
+            } else {
+                SketchView::new(sketches)?
+            });
+            let samples = match ebpf.take_map(SAMPLES_MAP) {
+                Some(Map::RingBuf(map)) => map,
+                Some(_) => {
+                    return Err(SensorError::Map {
+                        name: SAMPLES_MAP,
+                        source: Box::new(aya::maps::MapError::InvalidMapType { map_type: 0 }),
+                    });
+                }
+                None => return Err(SensorError::MissingMap(SAMPLES_MAP)),
+            };
+            self.counters.samples = Some(if defer {
+                SampleRing::Unmapped(samples)
+            } else {
+                SampleRing::Mapped(aya::maps::RingBuf::try_from(Map::RingBuf(samples)).map_err(
+                    |source| SensorError::Map {
                         name: SAMPLES_MAP,
                         source: Box::new(source),
-                    })?,
-            );
+                    },
+                )?)
+            });
         }
         let classes = ebpf
             .take_map(CLASSES_MAP)
