@@ -327,7 +327,7 @@ fn spawn_worker(end: OwnedFd) -> Result<tokio::process::Child> {
     }
     let child = command.spawn().context("starting the worker process")?;
     log::info!(
-        "worker started (pid {}): it serves HTTP without capabilities",
+        "worker started (pid {}): it drops its capabilities, then serves HTTP",
         child.id().unwrap_or(0)
     );
     Ok(child)

@@ -188,7 +188,10 @@ fn the_process_serving_http_has_no_capabilities_and_reattach_still_works() {
     // Both processes said what they did.
     let log = std::fs::read_to_string(&agent.log).unwrap();
     eprintln!("agent log:\n{log}");
-    assert!(log.contains("it serves HTTP without capabilities"), "{log}");
+    assert!(
+        log.contains("it drops its capabilities, then serves HTTP"),
+        "{log}"
+    );
     assert!(log.contains("SIGTERM: saving the state"), "{log}");
 }
 
