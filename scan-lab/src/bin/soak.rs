@@ -98,6 +98,8 @@ fn main() -> Result<()> {
                 }
                 let run_started = Instant::now();
                 let mut samples = Vec::new();
+                // Each process at the warm-up point and at the end of the run.
+                let (mut warm_tree, mut last_tree) = (Vec::new(), Vec::new());
                 while run_started.elapsed() < run_length && started.elapsed() < total {
                     let metrics = agent.metrics()?;
                     scrapes += 1;
@@ -108,7 +110,12 @@ fn main() -> Result<()> {
                     if !flagged.is_empty() {
                         bail!("false flag in run {run}: {flagged:?}\n{}", agent.log_text());
                     }
-                    samples.push((run_started.elapsed(), procs::total(&procs::tree(pid)?)));
+                    let tree = procs::tree(pid)?;
+                    if warm_tree.is_empty() && run_started.elapsed() >= run_length / 2 {
+                        warm_tree = tree.clone();
+                    }
+                    samples.push((run_started.elapsed(), procs::total(&tree)));
+                    last_tree = tree;
                     std::thread::sleep(Duration::from_millis(100));
                 }
                 // Flat after warm-up: from half the run to its end.
@@ -127,6 +134,21 @@ fn main() -> Result<()> {
                     "rss_kib_max": max_rss,
                     "fds_after_warmup": warm.1,
                     "fds_end": last.1,
+                    "processes": last_tree
+                        .iter()
+                        .map(|u| {
+                            let at_warm = warm_tree.iter().find(|w| w.pid == u.pid);
+                            serde_json::json!({
+                                "role": u.role.split_whitespace().next().unwrap_or(""),
+                                "rss_kib_after_warmup": at_warm.map(|w| w.rss_kib),
+                                "rss_kib_end": u.rss_kib,
+                                "hwm_kib": u.hwm_kib,
+                                "anon_kib_end": u.anon_kib,
+                                "fds_after_warmup": at_warm.map(|w| w.fds),
+                                "fds_end": u.fds,
+                            })
+                        })
+                        .collect::<Vec<_>>(),
                 }));
                 // Tolerances: an HTTP connection or two in flight; allocator noise.
                 if last.1 > warm.1 + 2 || last.0 > warm.0 + 4096 {
