@@ -677,6 +677,12 @@ impl Results {
                     sum(|u| u.anon_kib),
                     sum(|u| u.bpf_maps_kib),
                 );
+                let pss = sum(|u| u.pss_kib);
+                let _ = writeln!(
+                    w,
+                    "| Proportional set size (PSS), summed, end of that window | {:.1} MiB | pages shared by the processes (binary text, libraries, BPF maps) counted once: what the agent costs the machine |",
+                    mib(pss)
+                );
                 let _ = writeln!(
                     w,
                     "| Where it is, end of that window | {:.1} MiB | heap and other anonymous memory {:.1} MiB; BPF maps mapped into the agent {:.1} MiB (kernel memory, counted in VmRSS once touched); binary, libraries and the rest {:.1} MiB |",
@@ -813,7 +819,7 @@ fn memory_json(m: &crate::agent::Memory) -> serde_json::Value {
         t.iter()
             .map(|u| {
                 json!({"pid": u.pid, "role": u.role, "rss_kib": u.rss_kib, "hwm_kib": u.hwm_kib,
-                       "anon_kib": u.anon_kib, "bpf_maps_kib": u.bpf_maps_kib, "fds": u.fds})
+                       "anon_kib": u.anon_kib, "pss_kib": u.pss_kib, "bpf_maps_kib": u.bpf_maps_kib, "fds": u.fds})
             })
             .collect::<Vec<_>>()
     };

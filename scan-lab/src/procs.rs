@@ -18,6 +18,10 @@ pub struct Usage {
     pub hwm_kib: u64,
     /// Of `rss_kib`: anonymous memory (heap, stacks), KiB (RssAnon).
     pub anon_kib: u64,
+    /// Proportional set size, KiB: each resident page divided by the number of processes
+    /// mapping it, so the sum over processes counts a shared page (the binary's text, a
+    /// BPF map mapped by two processes) once.
+    pub pss_kib: u64,
     /// Of `rss_kib`: BPF maps mapped into the process (`anon_inode:bpf-map`), KiB: kernel
     /// memory that exists whether or not it is mapped, counted in VmRSS once touched.
     pub bpf_maps_kib: u64,
@@ -103,6 +107,16 @@ pub fn usage(pid: u32) -> Result<Usage> {
         role.push_str("...");
     }
     let smaps = fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let pss_kib = fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .ok()
+        .and_then(|rollup| {
+            rollup
+                .lines()
+                .find_map(|l| l.strip_prefix("Pss:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .unwrap_or(0);
     let mut in_map = false;
     let mut bpf_maps_kib = 0;
     for line in smaps.lines() {
@@ -124,6 +138,7 @@ pub fn usage(pid: u32) -> Result<Usage> {
         rss_kib: field("VmRSS:")?,
         hwm_kib: field("VmHWM:")?,
         anon_kib: field("RssAnon:")?,
+        pss_kib,
         bpf_maps_kib,
         fds: fs::read_dir(format!("/proc/{pid}/fd"))
             .with_context(|| format!("reading /proc/{pid}/fd"))?
@@ -142,6 +157,15 @@ mod tests {
             .spawn()
             .expect("sleep");
         let me = std::process::id();
+        // Until the child has exec'd `sleep` (before that it is a copy of this process).
+        let started = std::time::Instant::now();
+        while !fs::read(format!("/proc/{}/cmdline", child.id()))
+            .unwrap_or_default()
+            .starts_with(b"sleep\0")
+        {
+            assert!(started.elapsed() < std::time::Duration::from_secs(5));
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         let found = tree(me).unwrap();
         assert_eq!(found[0].pid, me);
         let sleeper = found
@@ -151,6 +175,7 @@ mod tests {
         assert_eq!(sleeper.role, "30");
         assert!(sleeper.rss_kib > 0 && sleeper.hwm_kib >= sleeper.rss_kib);
         assert!(sleeper.anon_kib > 0 && sleeper.anon_kib < sleeper.rss_kib);
+        assert!(sleeper.pss_kib > 0 && sleeper.pss_kib <= sleeper.rss_kib);
         assert_eq!(sleeper.bpf_maps_kib, 0);
         let (rss, fds) = total(&found);
         assert!(rss >= found[0].rss_kib + sleeper.rss_kib);
