@@ -307,6 +307,11 @@ fn test() -> Result<()> {
     ])
     .args(["--quick", "--out", "target/eval/quick-summary.json"]);
     steps.push(("detection scorecard (quick subset)", eval));
+    // Issue 15: the libxdp dispatcher path with real xdp-filter and xdp-loader, in a
+    // Linux 6.1 guest under QEMU (this kernel refuses freplace); about 2 minutes warm.
+    let mut vm = cmd(&std::env::current_exe()?.to_string_lossy());
+    vm.arg("vm-test");
+    steps.push(("libxdp dispatcher in a Linux 6.1 guest (vm-test)", vm));
 
     // Issue 14's fuzz smoke: cargo-fuzz (installed on first use), a nightly build of the
     // three targets, their seeds and corpus as regressions and 5 s of fuzzing each. It
