@@ -65,6 +65,11 @@ pub enum DispatcherError {
          dispatcher needs"
     )]
     NoFreplace(Box<ProgramError>),
+    #[error(
+        "another program changed the XDP hook while the dispatcher was being rebuilt ({0}); \
+         libxdp 1.3 does not hold the protocol's lock from its read of the hook to its swap"
+    )]
+    Raced(io::Error),
     #[error("libxdp dispatcher {id}: {what}")]
     Dispatcher { id: u32, what: String },
     #[error("{what}: {source}")]
@@ -198,6 +203,9 @@ fn read_dispatcher(prog_id: u32) -> Result<Option<(ProgramFd, Config)>, Dispatch
     }
     Ok(None)
 }
+
+/// Attempts at a dispatcher swap that another libxdp user keeps racing.
+pub const RACE_ATTEMPTS: u32 = 5;
 
 /// Whether `prog_id` is a libxdp dispatcher.
 pub fn is_dispatcher(prog_id: u32) -> Result<bool, DispatcherError> {
@@ -387,8 +395,15 @@ pub fn update(
             Some((fd, _)) => (Some(fd.as_fd()), mode),
             None => (None, mode | XDP_FLAGS_UPDATE_IF_NOEXIST),
         };
-        xdp_hook::set(ifindex, Some(new_fd.as_fd()), expected, flags)
-            .map_err(io_err("attaching the new dispatcher"))
+        xdp_hook::set(ifindex, Some(new_fd.as_fd()), expected, flags).map_err(|e| {
+            // EEXIST: the expected dispatcher was replaced; EBUSY: the free hook was
+            // taken. Either way a libxdp user swapped under us: build again.
+            if matches!(e.raw_os_error(), Some(libc::EEXIST | libc::EBUSY)) {
+                DispatcherError::Raced(e)
+            } else {
+                io_err("attaching the new dispatcher")(e)
+            }
+        })
     })();
     if let Err(e) = result {
         let _ = fs::remove_dir_all(&dir);
@@ -438,9 +453,24 @@ pub fn remove_kept(map_ids: &[u32]) -> Result<Vec<u32>, DispatcherError> {
                 })
         });
         if uses_ours {
-            update(ifindex, None, None)?;
+            remove_ours(ifindex)?;
             removed.push(ifindex);
         }
     }
     Ok(removed)
+}
+
+/// Removes the agent's component from `ifindex`'s dispatcher, building again when a
+/// libxdp user swapped the dispatcher meanwhile.
+pub fn remove_ours(ifindex: u32) -> Result<(), DispatcherError> {
+    let mut attempt = 1;
+    loop {
+        match update(ifindex, None, None) {
+            Err(DispatcherError::Raced(e)) if attempt < RACE_ATTEMPTS => {
+                log::warn!("removing the agent's component: {e}; again");
+                attempt += 1;
+            }
+            result => return result.map(drop),
+        }
+    }
 }

@@ -1041,7 +1041,16 @@ impl Sensor {
             ModeChoice::Skb => &[Some(true)],
         };
         let mut last_error = None;
-        for &skb in modes {
+        // A race with a libxdp user that swapped the hook meanwhile is tried again in
+        // the same mode (a loaded extension cannot be loaded again: a new instance).
+        let tries = modes
+            .iter()
+            .flat_map(|&skb| (1..=dispatcher::RACE_ATTEMPTS).map(move |attempt| (skb, attempt)));
+        let mut raced_mode = None;
+        for (skb, attempt) in tries {
+            if attempt > 1 && raced_mode != Some(skb) {
+                continue;
+            }
             let mut instance = self.load_instance_as(Some(interface), Hook::Xdp, kind, true)?;
             let name = program_name(Hook::Xdp, kind);
             let extension: &mut Extension = instance
@@ -1076,7 +1085,14 @@ impl Sensor {
                     self.attachments.push(attachment.clone());
                     return Ok(attachment);
                 }
+                Err(dispatcher::DispatcherError::Raced(e))
+                    if attempt < dispatcher::RACE_ATTEMPTS =>
+                {
+                    log::warn!("{interface}: {e}; building the dispatcher again");
+                    raced_mode = Some(skb);
+                }
                 Err(e) => {
+                    raced_mode = None;
                     if choice == ModeChoice::Auto && skb == Some(false) {
                         log::warn!(
                             "a native-mode dispatcher on {interface} was refused ({e}); trying \
@@ -1390,7 +1406,7 @@ impl Sensor {
                 OwnedLink::Tc(id) => tc_mut(&mut instance.ebpf, name).detach(id),
                 OwnedLink::Dispatcher { ifindex } => {
                     // A new dispatcher without the agent's component; the others stay.
-                    if let Err(e) = dispatcher::update(ifindex, None, None) {
+                    if let Err(e) = dispatcher::remove_ours(ifindex) {
                         return Err(SensorError::Dispatcher {
                             interface,
                             source: Box::new(e),
