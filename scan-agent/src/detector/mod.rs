@@ -209,7 +209,9 @@
 //! worker's mapping of the BPF maps (6.3 MiB of kernel memory) counts too; with shared pages
 //! counted once (PSS) it is 22.0 MiB. The detector's own share is the 1.5 MiB of per-port
 //! arrays, the profiles and the `PortTable`s HTTP answers from (two of 1.5 MiB, refilled in
-//! place; see `api`); HTTP no longer holds a copy of the detector per poll.
+//! place; see `api`); HTTP no longer holds a copy of the detector per poll. The agent's whole
+//! poll (reading the counters, this step, the sketches, ranking the top ports) took 3.1 ms
+//! of wall time on average on that loaded machine (0.35 ms idle).
 pub mod profile;
 mod state;
 
