@@ -7,7 +7,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use scan_lab::{Agent, Lab, Scratch, http::sample};
+use scan_lab::{
+    Agent, Lab, Scratch,
+    http::sample,
+    net::{wait_xdp_attached, xdp_attached},
+};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_scan-agent");
 
@@ -89,14 +93,6 @@ fn flagged(metrics: &str) -> Vec<String> {
 }
 
 /// Whether any XDP program is attached to `interface` (`ip link` shows `prog/xdp`).
-fn xdp_attached(interface: &str) -> bool {
-    let out = Command::new("ip")
-        .args(["-d", "link", "show", "dev", interface])
-        .output()
-        .expect("ip link");
-    String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
-}
-
 /// Scrapes every 500 ms for `span`, asserting no port is flagged at any of them.
 fn assert_never_flagged(agent: &Agent, span: Duration, what: &str) -> String {
     assert_flagged_only(agent, span, what, &[])
@@ -333,19 +329,14 @@ fn interfaces_that_come_and_go_are_attached_again_and_counts_stay_exact() {
     // Deleted and recreated: a new ifindex, attached again within 2 s.
     lab.recreate_pair().expect("recreate the pair");
     // Measured on the kernel's side (`ip link`); /metrics follows at the next poll.
-    let recreated = Instant::now();
-    while !xdp_attached(&lab.host_if) {
-        assert!(
-            recreated.elapsed() < Duration::from_secs(2),
-            "not re-attached within 2 s:\n{}",
+    let reattached = wait_xdp_attached(&lab.host_if, Duration::from_secs(2)).unwrap_or_else(|e| {
+        panic!(
+            "not re-attached: {e}
+{}",
             agent.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    eprintln!(
-        "re-attach after delete + recreate: {:?}",
-        recreated.elapsed()
-    );
+        )
+    });
+    eprintln!("re-attach after delete + recreate: {:?}", reattached);
     time_until(
         &agent,
         Duration::from_secs(3),

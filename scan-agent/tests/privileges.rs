@@ -10,18 +10,11 @@ use std::{
 use scan_lab::{
     Agent, Lab, Scratch,
     http::sample,
+    net::{wait_xdp_attached, xdp_attached},
     privileges::{ThreadCaps, pids_listening_on, thread_caps},
 };
 
 const AGENT: &str = env!("CARGO_BIN_EXE_scan-agent");
-
-fn xdp_attached(interface: &str) -> bool {
-    let out = Command::new("ip")
-        .args(["-d", "link", "show", "dev", interface])
-        .output()
-        .expect("ip link");
-    String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
-}
 
 fn syns(metrics: &str, port: u16) -> f64 {
     sample(
@@ -149,16 +142,14 @@ fn the_process_serving_http_has_no_capabilities_and_reattach_still_works() {
     // Deleted and recreated (new ifindex): the attacher attaches again, the worker gets
     // the new load's maps, and counting goes on exactly.
     lab.recreate_pair().expect("recreate the pair");
-    let recreated = Instant::now();
-    while !xdp_attached(&lab.host_if) {
-        assert!(
-            recreated.elapsed() < Duration::from_secs(2),
-            "not re-attached within 2 s:\n{}",
+    let reattached = wait_xdp_attached(&lab.host_if, Duration::from_secs(2)).unwrap_or_else(|e| {
+        panic!(
+            "not re-attached: {e}
+{}",
             agent.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    eprintln!("re-attached after {:?}", recreated.elapsed());
+        )
+    });
+    eprintln!("re-attached after {:?}", reattached);
     let host_if = lab.host_if.clone();
     let metrics = wait_metrics(&agent, Duration::from_secs(3), "attached again", |m| {
         m.lines().any(|l| {

@@ -504,3 +504,27 @@ impl Drop for Lab {
         let _ = ip(&["link", "del", &self.host_if]);
     }
 }
+
+/// Whether an XDP program is on `interface` (the kernel's view, `ip -d link`).
+pub fn xdp_attached(interface: &str) -> bool {
+    std::process::Command::new("ip")
+        .args(["-d", "link", "show", "dev", interface])
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("prog/xdp"))
+}
+
+/// Polls every 5 ms until an XDP program is on `interface`: how long that took, or an
+/// error after `limit`.
+pub fn wait_xdp_attached(
+    interface: &str,
+    limit: std::time::Duration,
+) -> anyhow::Result<std::time::Duration> {
+    let started = std::time::Instant::now();
+    while !xdp_attached(interface) {
+        if started.elapsed() >= limit {
+            anyhow::bail!("no XDP program on {interface} within {limit:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    Ok(started.elapsed())
+}
