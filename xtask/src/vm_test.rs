@@ -201,6 +201,7 @@ fn extract_vmlinux(vmlinuz: &Path, vmlinux: &Path) -> Result<()> {
     let image = fs::read(vmlinuz).with_context(|| format!("reading {}", vmlinuz.display()))?;
     let magic = b"\xfd7zXZ\x00";
     let Some(at) = image.windows(magic.len()).position(|w| w == magic) else {
+        println!("vm-test: the kernel is not xz-compressed: booting the bzImage as it is (slower)");
         return Ok(());
     };
     let mut xz = cmd("xz")
@@ -215,6 +216,9 @@ fn extract_vmlinux(vmlinuz: &Path, vmlinux: &Path) -> Result<()> {
     let out = xz.wait_with_output()?;
     let _ = writer.join();
     if !out.status.success() || !out.stdout.starts_with(b"\x7fELF") {
+        println!(
+            "vm-test: no ELF kernel inside the bzImage: booting the bzImage as it is (slower)"
+        );
         return Ok(());
     }
     let partial = vmlinux.with_extension("partial");
