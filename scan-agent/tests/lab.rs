@@ -6,7 +6,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use scan_lab::{Agent, Lab, Scratch, http::sample};
+use scan_lab::{
+    Agent, Lab, Scratch,
+    http::{sample, series},
+};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_scan-agent");
 
@@ -420,13 +423,7 @@ fn one_agent_counts_on_several_interfaces() {
 
 /// The value of the series of `name` whose labels contain every one of `labels`.
 fn series_value(metrics: &str, name: &str, labels: &[&str]) -> f64 {
-    metrics
-        .lines()
-        .filter_map(|line| line.strip_prefix(name))
-        .filter(|rest| rest.starts_with('{'))
-        .filter_map(|rest| rest.rsplit_once(' '))
-        .find(|(series, _)| labels.iter().all(|l| series.contains(l)))
-        .and_then(|(_, v)| v.parse().ok())
+    series(metrics, name, labels)
         .unwrap_or_else(|| panic!("{name} with {labels:?} missing from /metrics:\n{metrics}"))
 }
 

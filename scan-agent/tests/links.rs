@@ -6,8 +6,10 @@ use std::{collections::BTreeMap, process::Command};
 
 use scan_lab::{
     Agent, Lab, Scratch,
-    frames::{Frame, ether_type, ppp_proto, tcp},
+    frames::{Frame, ether_type, ppp_proto, syn_frames, tcp},
+    http::series,
     links::{Tun, build_bpf},
+    net::xdp_prog_id,
 };
 
 const AGENT: &str = env!("CARGO_BIN_EXE_scan-agent");
@@ -27,14 +29,7 @@ fn start(interface: &str, scratch: &Scratch, extra: &[&str], run: &str) -> Agent
 /// The value of the series of `name` whose labels contain every one of `labels` (0
 /// when there is none).
 fn value(metrics: &str, name: &str, labels: &[&str]) -> f64 {
-    metrics
-        .lines()
-        .filter_map(|line| line.strip_prefix(name))
-        .filter(|rest| rest.starts_with('{'))
-        .filter_map(|rest| rest.rsplit_once(' '))
-        .find(|(series, _)| labels.iter().all(|l| series.contains(l)))
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0.0)
+    series(metrics, name, labels).unwrap_or(0.0)
 }
 
 fn flag(metrics: &str, interface: &str, flag: &str) -> f64 {
@@ -56,30 +51,6 @@ fn port(metrics: &str, port: u16) -> f64 {
     )
 }
 
-/// SYN frames from the peer to the host end: `per_port[p]` to each port `p`, IPv4
-/// and IPv6 alternating, some behind a VLAN tag (the host end counts tagged frames
-/// too: the hook sees them before the VLAN code).
-fn syn_frames(lab: &Lab, per_port: &BTreeMap<u16, usize>) -> Vec<Vec<u8>> {
-    let (host, peer) = lab.macs().unwrap();
-    let mut frames = Vec::new();
-    for (&port, &n) in per_port {
-        for i in 0..n {
-            let frame = if i % 2 == 0 {
-                Frame::ipv4_tcp(lab.peer_v4, lab.host_v4, 40_000 + i as u16, port, tcp::SYN)
-            } else {
-                Frame::ipv6_tcp(lab.peer_v6, lab.host_v6, 40_000 + i as u16, port, tcp::SYN)
-            };
-            let frame = if i % 3 == 2 {
-                frame.vlan(ether_type::VLAN, 7)
-            } else {
-                frame
-            };
-            frames.push(frame.macs(host, peer).build());
-        }
-    }
-    frames
-}
-
 fn attached(metrics: &str, interface: &str, hook: &str) -> f64 {
     value(
         metrics,
@@ -89,19 +60,6 @@ fn attached(metrics: &str, interface: &str, hook: &str) -> f64 {
             &format!("hook=\"{hook}\""),
         ],
     )
-}
-
-fn xdp_prog_id(interface: &str) -> Option<u32> {
-    let out = Command::new("ip")
-        .args(["-d", "-j", "link", "show", "dev", interface])
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    // "xdp":{"mode":..,"prog":{"id":N,...}} or "prog":{"id":N
-    let at = text.find("\"xdp\"")?;
-    let rest = &text[at..];
-    let id = rest.split("\"id\":").nth(1)?;
-    id.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
 }
 
 #[test]
@@ -116,7 +74,7 @@ fn tcx_counts_exactly_what_xdp_counts() {
     ] {
         let scratch = scratch(&format!("hook-{hook}"));
         let mut agent = start(&lab.host_if, &scratch, args, hook);
-        let sent = lab.inject(syn_frames(&lab, &per_port)).unwrap();
+        let sent = lab.inject(syn_frames(&lab, &per_port).unwrap()).unwrap();
         assert_eq!(sent, total);
         let metrics = agent.metrics_after_poll().unwrap();
         assert_eq!(attached(&metrics, &lab.host_if, hook), 1.0, "{metrics}");
@@ -149,7 +107,9 @@ fn a_foreign_xdp_program_is_never_replaced() {
         .status()
         .unwrap();
     assert!(status.success(), "ip link set xdpgeneric obj failed");
-    let foreign = xdp_prog_id(&lab.host_if).expect("the foreign program is attached");
+    let foreign = xdp_prog_id(&lab.host_if)
+        .unwrap()
+        .expect("the foreign program is attached");
 
     // --attach xdp: refused, naming the holder; the foreign program stays.
     let out = Command::new(AGENT)
@@ -163,12 +123,12 @@ fn a_foreign_xdp_program_is_never_replaced() {
         stderr.contains("held by another program") && stderr.contains(&foreign.to_string()),
         "{stderr}"
     );
-    assert_eq!(xdp_prog_id(&lab.host_if), Some(foreign));
+    assert_eq!(xdp_prog_id(&lab.host_if).unwrap(), Some(foreign));
 
     // --attach auto: TCX beside it, saying so; every SYN counted; the foreign stays.
     let mut agent = start(&lab.host_if, &scratch, &["--attach", "auto"], "auto");
     let per_port = BTreeMap::from([(80, 9), (443, 4)]);
-    lab.inject(syn_frames(&lab, &per_port)).unwrap();
+    lab.inject(syn_frames(&lab, &per_port).unwrap()).unwrap();
     let metrics = agent.metrics_after_poll().unwrap();
     assert_eq!(attached(&metrics, &lab.host_if, "tcx"), 1.0, "{metrics}");
     assert_eq!(flag(&metrics, &lab.host_if, "syn"), 13.0);
@@ -181,7 +141,7 @@ fn a_foreign_xdp_program_is_never_replaced() {
         agent.log_text()
     );
     agent.stop(libc::SIGTERM).unwrap();
-    assert_eq!(xdp_prog_id(&lab.host_if), Some(foreign));
+    assert_eq!(xdp_prog_id(&lab.host_if).unwrap(), Some(foreign));
 }
 
 /// `--xdp-multiprog on` on a free hook: the agent makes a libxdp dispatcher where the
@@ -199,7 +159,10 @@ fn xdp_multiprog_makes_a_dispatcher_or_falls_back_to_xdp_alone() {
         "multiprog",
     );
     let per_port = BTreeMap::from([(445, 11), (23, 3)]);
-    assert_eq!(lab.inject(syn_frames(&lab, &per_port)).unwrap(), 14);
+    assert_eq!(
+        lab.inject(syn_frames(&lab, &per_port).unwrap()).unwrap(),
+        14
+    );
     let metrics = agent.metrics_after_poll().unwrap();
     let log = agent.log_text();
     let hook = if log.contains("attaching XDP alone") {
@@ -216,7 +179,11 @@ fn xdp_multiprog_makes_a_dispatcher_or_falls_back_to_xdp_alone() {
     assert_eq!(port(&metrics, 445), 11.0);
     assert_eq!(port(&metrics, 23), 3.0);
     assert!(agent.stop(libc::SIGTERM).unwrap().success());
-    assert_eq!(xdp_prog_id(&lab.host_if), None, "stopping frees the hook");
+    assert_eq!(
+        xdp_prog_id(&lab.host_if).unwrap(),
+        None,
+        "stopping frees the hook"
+    );
 }
 
 /// TCX order: the agent's link goes first, so a TCX program that drops (or accepts:
@@ -249,7 +216,7 @@ fn tcx_runs_first_before_another_tc_program_that_drops() {
 
     let mut agent = start(&lab.host_if, &scratch, &["--attach", "tc"], "tcx");
     let per_port = BTreeMap::from([(445, 10), (8080, 6)]);
-    lab.inject(syn_frames(&lab, &per_port)).unwrap();
+    lab.inject(syn_frames(&lab, &per_port).unwrap()).unwrap();
     let metrics = agent.metrics_after_poll().unwrap();
     // The 445 SYNs were dropped by the other program, after the agent counted them.
     assert_eq!(port(&metrics, 445), 10.0, "{metrics}");
@@ -431,12 +398,12 @@ fn xdp_filter_keeps_working_and_the_agent_counts_what_it_passes() {
     let scratch = scratch("xdp-filter");
     run_tool("xdp-filter", &["load", &i]);
     run_tool("xdp-filter", &["port", "445", "--mode", "dst"]);
-    let filter = xdp_prog_id(&i).expect("xdp-filter is on the hook");
+    let filter = xdp_prog_id(&i).unwrap().expect("xdp-filter is on the hook");
     let mut agent = start(&i, &scratch, &["--attach", "auto"], "agent");
     let status = run_tool("xdp-loader", &["status", &i]);
     assert!(status.contains("xdpfilt"), "{status}");
     let per_port = BTreeMap::from([(445, 8), (80, 5)]);
-    lab.inject(syn_frames(&lab, &per_port)).unwrap();
+    lab.inject(syn_frames(&lab, &per_port).unwrap()).unwrap();
     let metrics = agent.metrics_after_poll().unwrap();
     let shared = attached(&metrics, &i, "xdp_dispatcher");
     let tcx = attached(&metrics, &i, "tcx");
@@ -454,7 +421,11 @@ fn xdp_filter_keeps_working_and_the_agent_counts_what_it_passes() {
         "agent stopped: {status}"
     );
     if tcx == 1.0 {
-        assert_eq!(xdp_prog_id(&i), Some(filter), "xdp-filter untouched");
+        assert_eq!(
+            xdp_prog_id(&i).unwrap(),
+            Some(filter),
+            "xdp-filter untouched"
+        );
     }
     run_tool("xdp-filter", &["unload", &i]);
 }

@@ -2,13 +2,10 @@
 //! (BPF_ENABLE_STATS): time spent in the program and runs, as the kernel counts
 //! them in the real receive path. Enabled only while a measurement holds the fd,
 //! because the two clock reads per run it adds would weigh on the CPU figures.
-use std::{os::fd::OwnedFd, process::Command, time::Duration};
+use std::{os::fd::OwnedFd, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
 use aya::sys::{Stats, enable_stats};
-use serde_json::Value;
-
-use crate::proc;
 
 /// Run-time statistics switched on until dropped.
 pub struct StatsOn {
@@ -21,21 +18,10 @@ pub fn enable() -> Result<StatsOn> {
     })
 }
 
-/// The id of the XDP program attached to `interface` (any mode), from `ip -j -d link`.
+/// The id of the XDP program attached to `interface` (any mode).
 pub fn attached_program(interface: &str) -> Result<u32> {
-    let out = proc::run(
-        Command::new("ip").args(["-j", "-d", "link", "show", "dev", interface]),
-        Duration::from_secs(10),
-    )?;
-    let doc: Value = serde_json::from_str(&out).context("parsing ip -j link")?;
-    let xdp = &doc[0]["xdp"];
-    let id = xdp["prog"]["id"]
-        .as_u64()
-        .or_else(|| xdp["attached"][0]["prog"]["id"].as_u64());
-    match id {
-        Some(id) => Ok(id as u32),
-        None => bail!("no XDP program attached to {interface} ({xdp})"),
-    }
+    scan_lab::net::xdp_prog_id(interface)?
+        .with_context(|| format!("no XDP program attached to {interface}"))
 }
 
 /// (time in the program, runs) of program `id` so far.

@@ -959,6 +959,34 @@ pub fn internet_checksum(sum: u32, bytes: &[u8]) -> u16 {
     !(sum as u16)
 }
 
+/// SYN frames from a lab's peer end to its host end, to be written with
+/// [`Lab::inject`](crate::Lab::inject): `per_port[p]` to each port `p` (source ports
+/// 40000 up), IPv4 and IPv6 alternating, every third behind a VLAN tag (the host end
+/// counts tagged frames too: the hook sees them before the VLAN code).
+pub fn syn_frames(
+    lab: &crate::Lab,
+    per_port: &std::collections::BTreeMap<u16, usize>,
+) -> anyhow::Result<Vec<Vec<u8>>> {
+    let (host, peer) = lab.macs()?;
+    let mut frames = Vec::new();
+    for (&port, &n) in per_port {
+        for i in 0..n {
+            let frame = if i % 2 == 0 {
+                Frame::ipv4_tcp(lab.peer_v4, lab.host_v4, 40_000 + i as u16, port, tcp::SYN)
+            } else {
+                Frame::ipv6_tcp(lab.peer_v6, lab.host_v6, 40_000 + i as u16, port, tcp::SYN)
+            };
+            let frame = if i % 3 == 2 {
+                frame.vlan(ether_type::VLAN, 7)
+            } else {
+                frame
+            };
+            frames.push(frame.macs(host, peer).build());
+        }
+    }
+    Ok(frames)
+}
+
 /// Realistic captures with timestamps, for replay tests, demos and benchmarks.
 ///
 /// Every generator is deterministic (seeded) and returns, with its frames, what the

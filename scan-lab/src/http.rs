@@ -70,6 +70,18 @@ pub fn sample(exposition: &str, metric: &str, labels: &str) -> Option<f64> {
     })
 }
 
+/// The value of the first labelled sample of `metric` whose labels contain every one
+/// of `labels` (e.g. `["interface=\"eth0\"", "flag=\"syn\""]`).
+pub fn series(exposition: &str, metric: &str, labels: &[&str]) -> Option<f64> {
+    exposition
+        .lines()
+        .filter_map(|line| line.strip_prefix(metric))
+        .filter(|rest| rest.starts_with('{'))
+        .filter_map(|rest| rest.rsplit_once(' '))
+        .find(|(series, _)| labels.iter().all(|l| series.contains(l)))
+        .and_then(|(_, v)| v.parse().ok())
+}
+
 /// The sum of every sample of `metric` (all label sets), e.g. the packets seen as the
 /// sum of `scan_packets_total` over its outcomes.
 pub fn sample_sum(exposition: &str, metric: &str) -> f64 {
@@ -99,6 +111,12 @@ mod tests {
         assert_eq!(super::sample(text, "a_total", ""), Some(12.0));
         assert_eq!(super::sample(text, "b", "port=\"22\""), Some(4.0));
         assert_eq!(super::sample(text, "b", "port=\"80\""), None);
+        let text = "c{i=\"x\",f=\"syn\"} 1\nc{i=\"y\",f=\"syn\"} 2\nc 3\n";
+        assert_eq!(
+            super::series(text, "c", &["f=\"syn\"", "i=\"y\""]),
+            Some(2.0)
+        );
+        assert_eq!(super::series(text, "c", &["i=\"z\""]), None);
         let text = "x_total{o=\"a\"} 2\nx_total{o=\"b\"} 3\nx_totals 9\n";
         assert_eq!(super::sample_sum(text, "x_total"), 5.0);
     }

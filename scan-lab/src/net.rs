@@ -505,12 +505,23 @@ impl Drop for Lab {
     }
 }
 
-/// Whether an XDP program is on `interface` (the kernel's view, `ip -d link`).
+/// The id of the program on `interface`'s XDP hook (any mode), `None` when the hook is
+/// free: the kernel's view, through rtnetlink.
+pub fn xdp_prog_id(interface: &str) -> Result<Option<u32>> {
+    let name = std::ffi::CString::new(interface)?;
+    // SAFETY: a valid NUL-terminated name.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if index == 0 {
+        bail!("no interface {interface}");
+    }
+    Ok(scan_agent::xdp_hook::query(index)
+        .with_context(|| format!("reading the XDP hook of {interface}"))?
+        .map(|holder| holder.prog_id))
+}
+
+/// Whether an XDP program is on `interface` (false when there is no such interface).
 pub fn xdp_attached(interface: &str) -> bool {
-    std::process::Command::new("ip")
-        .args(["-d", "link", "show", "dev", interface])
-        .output()
-        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("prog/xdp"))
+    xdp_prog_id(interface).is_ok_and(|id| id.is_some())
 }
 
 /// Polls every 5 ms until an XDP program is on `interface`: how long that took, or an

@@ -22,7 +22,9 @@ use clap::Parser;
 use scan_agent::sensor::{Hook, LinkKind, Sensor};
 use scan_lab::{
     Agent, Lab, Scratch,
-    frames::{Frame, ether_type, tcp},
+    frames::{Frame, syn_frames, tcp},
+    http::series,
+    net::xdp_prog_id,
 };
 
 #[derive(Parser)]
@@ -153,7 +155,7 @@ fn filter_then_agent(args: &Args) -> Result<()> {
         "xdp-filter after the agent"
     );
     tool("xdp-filter", &["unload", &i])?;
-    ensure!(lab_hook(&i)?.is_none(), "the hook is free at the end");
+    ensure!(xdp_prog_id(&i)?.is_none(), "the hook is free at the end");
     Ok(())
 }
 
@@ -201,7 +203,7 @@ fn agent_then_filter(args: &Args) -> Result<()> {
     expect_ports(&metrics, &[(DROPPED, 4), (3389, 9)])?;
     ensure!(agent.stop(libc::SIGTERM)?.success(), "{}", agent.log_text());
     ensure!(
-        lab_hook(&i)?.is_none(),
+        xdp_prog_id(&i)?.is_none(),
         "the agent was the last component: stopping frees the hook:\n{}",
         loader_status(&i)?.text
     );
@@ -279,7 +281,7 @@ fn foreign_program_is_not_replaced(args: &Args) -> Result<()> {
             "link", "set", "dev", &i, "xdp", "obj", &object, "sec", "xdp",
         ],
     )?;
-    let foreign = lab_hook(&i)?.context("the foreign program is attached")?;
+    let foreign = xdp_prog_id(&i)?.context("the foreign program is attached")?;
     for attach in ["xdp", "auto"] {
         let out = Command::new(&args.agent)
             .args([
@@ -313,7 +315,7 @@ fn foreign_program_is_not_replaced(args: &Args) -> Result<()> {
             stderr.trim().lines().last().unwrap_or("")
         );
         ensure!(
-            lab_hook(&i)? == Some(foreign),
+            xdp_prog_id(&i)? == Some(foreign),
             "the foreign program was replaced"
         );
     }
@@ -348,7 +350,7 @@ fn both_wait_for_libxdps_lock(args: &Args) -> Result<()> {
         let i = i.clone();
         move || -> Result<Option<u32>> {
             std::thread::sleep(HELD);
-            let hook = lab_hook(&i)?;
+            let hook = xdp_prog_id(&i)?;
             drop(lock);
             Ok(hook)
         }
@@ -391,7 +393,7 @@ fn both_wait_for_libxdps_lock(args: &Args) -> Result<()> {
     expect_ports(&agent.metrics_after_poll()?, &[(DROPPED, 0), (8080, 6)])?;
     ensure!(agent.stop(libc::SIGTERM)?.success(), "{}", agent.log_text());
     tool("xdp-filter", &["unload", &i])?;
-    ensure!(lab_hook(&i)?.is_none(), "the hook is free at the end");
+    ensure!(xdp_prog_id(&i)?.is_none(), "the hook is free at the end");
     Ok(())
 }
 
@@ -410,8 +412,8 @@ fn cost(args: &Args) -> Result<String> {
     let plain_flags = ["--attach", "xdp", "--xdp-multiprog", "off"];
     let mut plain = start_with(&plain_scratch, &plain_lab.host_if, &plain_flags, "plain")?;
     let mut shared = start(&shared_scratch, &shared_lab.host_if, &[], "dispatcher")?;
-    let plain_id = lab_hook(&plain_lab.host_if)?.context("plain XDP attached")?;
-    let dispatcher_id = lab_hook(&shared_lab.host_if)?.context("dispatcher attached")?;
+    let plain_id = xdp_prog_id(&plain_lab.host_if)?.context("plain XDP attached")?;
+    let dispatcher_id = xdp_prog_id(&shared_lab.host_if)?.context("dispatcher attached")?;
     let (mut plain_ns, mut dispatcher_ns) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         plain_ns.push(test_run(plain_id, &frame_file, args.repeat)?);
@@ -617,15 +619,6 @@ fn filter_port_hits(port: u16) -> Result<u64> {
         .with_context(|| format!("no hit counter for port {port}:\n{text}"))
 }
 
-/// The id of the program on the XDP hook.
-fn lab_hook(iface: &str) -> Result<Option<u32>> {
-    let name = std::ffi::CString::new(iface)?;
-    // SAFETY: a valid NUL-terminated name.
-    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    ensure!(index != 0, "no interface {iface}");
-    Ok(scan_agent::xdp_hook::query(index)?.map(|h| h.prog_id))
-}
-
 fn expect_ports(metrics: &str, expected: &[(u16, u64)]) -> Result<()> {
     for &(p, n) in expected {
         ensure!(
@@ -637,38 +630,10 @@ fn expect_ports(metrics: &str, expected: &[(u16, u64)]) -> Result<()> {
     Ok(())
 }
 
-/// SYN frames per port, IPv4 and IPv6 alternating, every third behind a VLAN tag.
-fn syn_frames(lab: &Lab, per_port: &BTreeMap<u16, usize>) -> Result<Vec<Vec<u8>>> {
-    let (host, peer) = lab.macs()?;
-    let mut frames = Vec::new();
-    for (&port, &n) in per_port {
-        for i in 0..n {
-            let frame = if i % 2 == 0 {
-                Frame::ipv4_tcp(lab.peer_v4, lab.host_v4, 40_000 + i as u16, port, tcp::SYN)
-            } else {
-                Frame::ipv6_tcp(lab.peer_v6, lab.host_v6, 40_000 + i as u16, port, tcp::SYN)
-            };
-            let frame = if i % 3 == 2 {
-                frame.vlan(ether_type::VLAN, 7)
-            } else {
-                frame
-            };
-            frames.push(frame.macs(host, peer).build());
-        }
-    }
-    Ok(frames)
-}
-
-/// The value of the series of `name` whose labels contain every one of `labels`.
+/// The value of the series of `name` whose labels contain every one of `labels` (0
+/// when there is none).
 fn value(metrics: &str, name: &str, labels: &[&str]) -> f64 {
-    metrics
-        .lines()
-        .filter_map(|line| line.strip_prefix(name))
-        .filter(|rest| rest.starts_with('{'))
-        .filter_map(|rest| rest.rsplit_once(' '))
-        .find(|(series, _)| labels.iter().all(|l| series.contains(l)))
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0.0)
+    series(metrics, name, labels).unwrap_or(0.0)
 }
 
 fn port(metrics: &str, port: u16) -> f64 {
