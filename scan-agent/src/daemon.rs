@@ -63,7 +63,7 @@ struct Shared {
 }
 
 /// Only the poll task (polls and saves) takes this lock; HTTP renders from the
-/// published [`View`].
+/// published [`View`] (the exposition under a lock of its own, which polls never take).
 type SharedState = Arc<Mutex<Shared>>;
 
 /// The attacher's state.
@@ -683,8 +683,8 @@ fn lock(shared: &SharedState) -> std::sync::MutexGuard<'_, Shared> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Reads every port counter (mmap, no syscall), steps the detector, renders the
-/// metrics and returns the view HTTP serves until the next poll.
+/// Reads every port counter (mmap, no syscall), steps the detector, captures what the
+/// metrics export and returns the view HTTP serves until the next poll.
 fn poll(shared: &SharedState) -> View {
     let mut guard = lock(shared);
     let s = &mut *guard;
@@ -748,10 +748,9 @@ fn poll(shared: &SharedState) -> View {
         }
     }
     timer.observe_duration();
-    s.metrics.last_poll.set(unix_now().as_secs_f64());
     log_flagged(&s.detector);
-    let render_timer = s.metrics.render_duration.start_timer();
-    let text = s.metrics.render(&Snapshot {
+    // Rendered by the first scrape of this view, if any.
+    let exposition = s.metrics.exposition(&Snapshot {
         ports: &s.ports,
         classes: &s.classes,
         detector: &s.detector,
@@ -762,9 +761,8 @@ fn poll(shared: &SharedState) -> View {
         top_ports: s.config.top_ports,
         export_hold: s.config.export_hold,
         now,
+        last_poll: unix_now().as_secs_f64(),
     });
-    // Observed after the render: it shows in the next poll's exposition.
-    render_timer.observe_duration();
     let attachments = &s.attachments;
     // Attached interfaces that vanished (until the next re-attach check forgets them),
     // and configured names with no program on them (gone, or not created yet).
@@ -796,7 +794,7 @@ fn poll(shared: &SharedState) -> View {
     View {
         taken: Instant::now(),
         interval: s.config.detector.interval,
-        metrics: text.into(),
+        metrics: exposition,
         problem,
         attachments: View::describe_attachments(attachments),
         telemetry_path: s.config.telemetry_path.clone(),

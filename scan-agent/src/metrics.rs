@@ -2,7 +2,17 @@
 //! Prefixes: `scan_` for what the sensor observes about traffic, `scan_agent_` for the
 //! agent's own health. Per-port series are bounded: the watch list plus the top-K
 //! ports by surge ratio, each held for `--export-hold` after it was last in that set.
-use std::{collections::HashMap, time::Duration};
+//!
+//! Each poll captures what it exports ([`Metrics::exposition`]: cheap, and the export
+//! hold advances there, at every poll); the text is rendered only when a scrape asks
+//! for it, once per poll ([`Exposition::text`]), so polls no one scrapes cost no render.
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, OnceLock},
+    time::Duration,
+};
+
+use bytes::Bytes;
 
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
@@ -17,6 +27,28 @@ use crate::{
 };
 
 pub struct Metrics {
+    /// Shared with every [`Exposition`]: a render sets them and encodes under this lock.
+    series: Arc<Mutex<Series>>,
+    pub poll_duration: Histogram,
+    pub poll_errors: IntCounter,
+    pub state_save_errors: IntCounter,
+    pub state_restore_failures: IntCounter,
+    pub state_file_bytes: IntGauge,
+    pub counter_resets: IntCounter,
+    pub reattaches: IntCounter,
+    pub syns_without_slot: IntCounter,
+    pub clock_steps: IntCounter,
+    /// HTTP connections closed to make room under the connection cap.
+    pub http_evicted: IntCounter,
+    /// HTTP connections refused because every open one was busy with a request.
+    pub http_refused: IntCounter,
+    /// Port -> detector time it was last in the watch list or the top set.
+    held: HashMap<u16, Duration>,
+}
+
+/// The registry, and the series whose values are a poll's ([`PollValues`]): set from
+/// the poll being rendered.
+struct Series {
     registry: Registry,
     syn_total: IntCounterVec,
     syn_rate: GaugeVec,
@@ -36,28 +68,13 @@ pub struct Metrics {
     packets: IntCounterVec,
     packet_flags: IntCounterVec,
     attached: IntGaugeVec,
-    pub poll_duration: Histogram,
-    pub poll_errors: IntCounter,
-    pub last_poll: Gauge,
+    last_poll: Gauge,
     warming_up: IntGauge,
     warmup_remaining: Gauge,
     ports_active: IntGauge,
     ports_exported: IntGauge,
     ports_left_out: IntGauge,
-    pub state_save_errors: IntCounter,
-    pub state_restore_failures: IntCounter,
-    pub state_file_bytes: IntGauge,
-    pub counter_resets: IntCounter,
-    pub reattaches: IntCounter,
-    pub syns_without_slot: IntCounter,
-    pub clock_steps: IntCounter,
-    pub render_duration: Histogram,
-    /// HTTP connections closed to make room under the connection cap.
-    pub http_evicted: IntCounter,
-    /// HTTP connections refused because every open one was busy with a request.
-    pub http_refused: IntCounter,
-    /// Port -> detector time it was last in the watch list or the top set.
-    held: HashMap<u16, Duration>,
+    render_duration: Histogram,
 }
 
 /// What one scrape renders: fresh kernel counters plus the detector's view.
@@ -74,8 +91,50 @@ pub struct Snapshot<'a> {
     pub watch_ports: &'a [u16],
     pub top_ports: usize,
     pub export_hold: Duration,
-    /// Detector time of this render (for `export_hold`).
+    /// Detector time of this poll (for `export_hold`).
     pub now: Duration,
+    /// UNIX time of this poll, seconds (`scan_agent_last_poll_timestamp_seconds`).
+    pub last_poll: f64,
+}
+
+/// What a poll exports, captured at the poll: a later render shows that poll although
+/// the detector, the counters and the attachments have moved on.
+struct PollValues {
+    exported: Vec<ExportedPort>,
+    sketched_ports: usize,
+    classes: Vec<(String, ClassCounts)>,
+    /// (interface, mode, hook, value) of every `scan_agent_attached` series.
+    attached: Vec<(String, &'static str, &'static str, i64)>,
+    threshold: f64,
+    profiled_ports: usize,
+    warming_up: bool,
+    warmup_remaining: f64,
+    active_ports: usize,
+    last_poll: f64,
+}
+
+struct ExportedPort {
+    status: PortStatus,
+    /// The kernel's cumulative SYNs to the port.
+    syns: u64,
+    breadth: Option<crate::breadth::BreadthStatus>,
+}
+
+/// One poll's exposition: rendered by the first scrape that asks for it, then served as
+/// is until the next poll's.
+pub struct Exposition {
+    values: PollValues,
+    series: Arc<Mutex<Series>>,
+    text: OnceLock<Bytes>,
+}
+
+impl Exposition {
+    /// The text exposition of this poll, rendered at the first call.
+    pub fn text(&self) -> Bytes {
+        self.text
+            .get_or_init(|| render(&self.series, &self.values).into())
+            .clone()
+    }
 }
 
 /// Packet classes counted once per packet: they sum to the packets seen.
@@ -93,7 +152,7 @@ impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let port = &["port"];
-        let m = Self {
+        let series = Series {
             syn_total: IntCounterVec::new(
                 Opts::new(
                     "scan_syn_packets_total",
@@ -210,20 +269,6 @@ impl Metrics {
                 ),
                 &["interface", "mode", "hook"],
             )?,
-            poll_duration: Histogram::with_opts(
-                HistogramOpts::new(
-                    "scan_agent_poll_duration_seconds",
-                    "Time to read all counters and step the detector",
-                )
-                // 0.002: the detector's budget for a step with all 65,536 ports active.
-                .buckets(vec![
-                    0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-                ]),
-            )?,
-            poll_errors: IntCounter::with_opts(Opts::new(
-                "scan_agent_poll_errors_total",
-                "Failed reads of the kernel maps",
-            ))?,
             last_poll: Gauge::with_opts(Opts::new(
                 "scan_agent_last_poll_timestamp_seconds",
                 "UNIX time of the last successful poll",
@@ -247,6 +292,30 @@ impl Metrics {
             ports_left_out: IntGauge::with_opts(Opts::new(
                 "scan_agent_ports_left_out",
                 "Active ports not exported (beyond the watch list, top-K and hold); see scan_packet_flags_total{flag=\"syn\"}",
+            ))?,
+            render_duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "scan_agent_render_duration_seconds",
+                    "Time to render a poll's exposition, at the first scrape after the poll (served as is until the next poll; a poll no one scrapes is not rendered)",
+                )
+                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1]),
+            )?,
+            registry,
+        };
+        let m = Self {
+            poll_duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "scan_agent_poll_duration_seconds",
+                    "Time to read all counters and step the detector",
+                )
+                // 0.002: the detector's budget for a step with all 65,536 ports active.
+                .buckets(vec![
+                    0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                ]),
+            )?,
+            poll_errors: IntCounter::with_opts(Opts::new(
+                "scan_agent_poll_errors_total",
+                "Failed reads of the kernel maps",
             ))?,
             state_save_errors: IntCounter::with_opts(Opts::new(
                 "scan_agent_state_save_errors_total",
@@ -276,13 +345,6 @@ impl Metrics {
                 "scan_agent_clock_steps_total",
                 "Readings whose time was before the previous one (clock stepped back); nothing is learned from them",
             ))?,
-            render_duration: Histogram::with_opts(
-                HistogramOpts::new(
-                    "scan_agent_render_duration_seconds",
-                    "Time to render the exposition after a poll (served as is until the next)",
-                )
-                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1]),
-            )?,
             http_evicted: IntCounter::with_opts(Opts::new(
                 "scan_agent_http_connections_evicted_total",
                 "HTTP connections closed (the longest idle first) to make room for a new one at the connection cap",
@@ -291,7 +353,7 @@ impl Metrics {
                 "scan_agent_http_connections_refused_total",
                 "HTTP connections refused at the connection cap because every open one was busy",
             ))?,
-            registry,
+            series: Arc::new(Mutex::new(series)),
             held: HashMap::new(),
         };
         let build_info = IntGaugeVec::new(
@@ -309,39 +371,40 @@ impl Metrics {
                 env!("SCAN_AYA_VERSION"),
             ])
             .set(1);
-        let r = &m.registry;
+        let series = lock(&m.series);
+        let r = &series.registry;
         r.register(Box::new(build_info))?;
         r.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
-        r.register(Box::new(m.syn_total.clone()))?;
-        r.register(Box::new(m.syn_rate.clone()))?;
-        r.register(Box::new(m.baseline.clone()))?;
-        r.register(Box::new(m.ratio.clone()))?;
-        r.register(Box::new(m.flagged.clone()))?;
-        r.register(Box::new(m.expected.clone()))?;
-        r.register(Box::new(m.episode_start.clone()))?;
-        r.register(Box::new(m.learning.clone()))?;
-        r.register(Box::new(m.profiled_ports.clone()))?;
-        r.register(Box::new(m.sources.clone()))?;
-        r.register(Box::new(m.sources_baseline.clone()))?;
-        r.register(Box::new(m.targets.clone()))?;
-        r.register(Box::new(m.targets_baseline.clone()))?;
-        r.register(Box::new(m.sketched_ports.clone()))?;
-        r.register(Box::new(m.threshold.clone()))?;
-        r.register(Box::new(m.packets.clone()))?;
-        r.register(Box::new(m.packet_flags.clone()))?;
-        r.register(Box::new(m.attached.clone()))?;
+        r.register(Box::new(series.syn_total.clone()))?;
+        r.register(Box::new(series.syn_rate.clone()))?;
+        r.register(Box::new(series.baseline.clone()))?;
+        r.register(Box::new(series.ratio.clone()))?;
+        r.register(Box::new(series.flagged.clone()))?;
+        r.register(Box::new(series.expected.clone()))?;
+        r.register(Box::new(series.episode_start.clone()))?;
+        r.register(Box::new(series.learning.clone()))?;
+        r.register(Box::new(series.profiled_ports.clone()))?;
+        r.register(Box::new(series.sources.clone()))?;
+        r.register(Box::new(series.sources_baseline.clone()))?;
+        r.register(Box::new(series.targets.clone()))?;
+        r.register(Box::new(series.targets_baseline.clone()))?;
+        r.register(Box::new(series.sketched_ports.clone()))?;
+        r.register(Box::new(series.threshold.clone()))?;
+        r.register(Box::new(series.packets.clone()))?;
+        r.register(Box::new(series.packet_flags.clone()))?;
+        r.register(Box::new(series.attached.clone()))?;
         r.register(Box::new(m.poll_duration.clone()))?;
         r.register(Box::new(m.poll_errors.clone()))?;
-        r.register(Box::new(m.last_poll.clone()))?;
-        r.register(Box::new(m.warming_up.clone()))?;
-        r.register(Box::new(m.warmup_remaining.clone()))?;
-        r.register(Box::new(m.ports_active.clone()))?;
-        r.register(Box::new(m.ports_exported.clone()))?;
-        r.register(Box::new(m.ports_left_out.clone()))?;
+        r.register(Box::new(series.last_poll.clone()))?;
+        r.register(Box::new(series.warming_up.clone()))?;
+        r.register(Box::new(series.warmup_remaining.clone()))?;
+        r.register(Box::new(series.ports_active.clone()))?;
+        r.register(Box::new(series.ports_exported.clone()))?;
+        r.register(Box::new(series.ports_left_out.clone()))?;
         r.register(Box::new(m.state_save_errors.clone()))?;
-        r.register(Box::new(m.render_duration.clone()))?;
+        r.register(Box::new(series.render_duration.clone()))?;
         r.register(Box::new(m.http_evicted.clone()))?;
         r.register(Box::new(m.http_refused.clone()))?;
         r.register(Box::new(m.state_restore_failures.clone()))?;
@@ -350,6 +413,7 @@ impl Metrics {
         r.register(Box::new(m.reattaches.clone()))?;
         r.register(Box::new(m.syns_without_slot.clone()))?;
         r.register(Box::new(m.clock_steps.clone()))?;
+        drop(series);
         Ok(m)
     }
 
@@ -380,10 +444,104 @@ impl Metrics {
         ports
     }
 
-    /// Sets every series from `snapshot` and renders the text exposition format.
+    /// What this poll exports, captured for a render at a scrape; advances the export
+    /// hold, so a poll no one scrapes still counts as the last time a port was in the
+    /// exported set.
+    pub fn exposition(&mut self, snapshot: &Snapshot<'_>) -> Exposition {
+        Exposition {
+            values: self.poll_values(snapshot),
+            series: Arc::clone(&self.series),
+            text: OnceLock::new(),
+        }
+    }
+
+    /// [`Self::exposition`] rendered now: sets every series from `snapshot` and renders
+    /// the text exposition format.
     pub fn render(&mut self, snapshot: &Snapshot<'_>) -> String {
+        let values = self.poll_values(snapshot);
+        render(&self.series, &values)
+    }
+
+    /// Renders so far (each observed in `scan_agent_render_duration_seconds`).
+    pub fn renders(&self) -> u64 {
+        lock(&self.series).render_duration.get_sample_count()
+    }
+
+    fn poll_values(&mut self, snapshot: &Snapshot<'_>) -> PollValues {
         let detector = snapshot.detector;
-        let exported = self.exported_with_hold(snapshot);
+        let exported = self
+            .exported_with_hold(snapshot)
+            .into_iter()
+            .map(|status| ExportedPort {
+                status,
+                syns: snapshot
+                    .ports
+                    .get(usize::from(status.port))
+                    .copied()
+                    .unwrap_or(0),
+                breadth: snapshot.breadth.status(status.port),
+            })
+            .collect();
+        let mut attached: Vec<_> = snapshot
+            .attachments
+            .iter()
+            .map(|a| {
+                (
+                    a.interface.clone(),
+                    a.mode.name(),
+                    a.hook_name(),
+                    a.interface_exists().into(),
+                )
+            })
+            .collect();
+        // A configured name (not a pattern) with no program on it: 0, so the alert
+        // fires per interface.
+        for name in snapshot.configured {
+            if !crate::interfaces::is_pattern(name)
+                && !snapshot.attachments.iter().any(|a| a.interface == *name)
+            {
+                attached.push((name.clone(), "none", "none", 0));
+            }
+        }
+        PollValues {
+            exported,
+            sketched_ports: snapshot.breadth.tracked_ports(),
+            classes: snapshot.classes.to_vec(),
+            attached,
+            threshold: detector.config().surge_threshold,
+            profiled_ports: detector.profiled_ports(),
+            warming_up: detector.warming_up(),
+            warmup_remaining: detector.warmup_remaining().as_secs_f64(),
+            active_ports: detector.active_ports(),
+            last_poll: snapshot.last_poll,
+        }
+    }
+}
+
+fn lock(series: &Mutex<Series>) -> std::sync::MutexGuard<'_, Series> {
+    // A panic while rendering is a bug; the series are set afresh at every render.
+    series
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Sets every series from `values` and renders the text exposition format.
+fn render(series: &Mutex<Series>, values: &PollValues) -> String {
+    let series = lock(series);
+    let timer = series.render_duration.start_timer();
+    series.set(values);
+    let mut out = Vec::with_capacity(16 * 1024);
+    // Encoding into a Vec cannot fail on I/O; a metric-family error is a bug.
+    if let Err(e) = TextEncoder::new().encode(&series.registry.gather(), &mut out) {
+        log::error!("rendering metrics: {e}");
+    }
+    // Observed after the render: it shows in the next render's exposition.
+    timer.observe_duration();
+    String::from_utf8(out).unwrap_or_default()
+}
+
+impl Series {
+    fn set(&self, values: &PollValues) {
         for vec in [
             &self.syn_rate,
             &self.baseline,
@@ -400,16 +558,11 @@ impl Metrics {
         self.syn_total.reset();
         self.flagged.reset();
         self.learning.reset();
-        for status in &exported {
+        for port in &values.exported {
+            let status = &port.status;
             let label = status.port.to_string();
             let labels = [label.as_str()];
-            self.syn_total.with_label_values(&labels).inc_by(
-                snapshot
-                    .ports
-                    .get(usize::from(status.port))
-                    .copied()
-                    .unwrap_or(0),
-            );
+            self.syn_total.with_label_values(&labels).inc_by(port.syns);
             self.syn_rate.with_label_values(&labels).set(status.rate);
             self.baseline
                 .with_label_values(&labels)
@@ -431,7 +584,7 @@ impl Metrics {
                     .with_label_values(&[label.as_str(), state.name()])
                     .set((status.learning == state).into());
             }
-            if let Some(breadth) = snapshot.breadth.status(status.port) {
+            if let Some(breadth) = &port.breadth {
                 self.sources.with_label_values(&labels).set(breadth.sources);
                 self.sources_baseline
                     .with_label_values(&labels)
@@ -442,11 +595,10 @@ impl Metrics {
                     .set(breadth.targets_baseline);
             }
         }
-        self.sketched_ports
-            .set(snapshot.breadth.tracked_ports() as i64);
+        self.sketched_ports.set(values.sketched_ports as i64);
         self.packets.reset();
         self.packet_flags.reset();
-        for (interface, classes) in snapshot.classes {
+        for (interface, classes) in &values.classes {
             for class in OUTCOMES {
                 self.packets
                     .with_label_values(&[interface.as_str(), class.name()])
@@ -459,39 +611,25 @@ impl Metrics {
             }
         }
         self.attached.reset();
-        for a in snapshot.attachments {
+        for (interface, mode, hook, value) in &values.attached {
             self.attached
-                .with_label_values(&[a.interface.as_str(), a.mode.name(), a.hook_name()])
-                .set(a.interface_exists().into());
+                .with_label_values(&[interface.as_str(), mode, hook])
+                .set(*value);
         }
-        // A configured name (not a pattern) with no program on it: 0, so the alert
-        // fires per interface.
-        for name in snapshot.configured {
-            if !crate::interfaces::is_pattern(name)
-                && !snapshot.attachments.iter().any(|a| a.interface == *name)
-            {
-                self.attached
-                    .with_label_values(&[name.as_str(), "none", "none"])
-                    .set(0);
-            }
-        }
-        self.threshold.set(detector.config().surge_threshold);
-        self.profiled_ports.set(detector.profiled_ports() as i64);
-        self.warming_up.set(detector.warming_up().into());
-        self.warmup_remaining
-            .set(detector.warmup_remaining().as_secs_f64());
-        let active = detector.active_ports();
-        let active_exported = exported.iter().filter(|s| s.rate >= ACTIVE_RATE).count();
-        self.ports_active.set(active as i64);
-        self.ports_exported.set(exported.len() as i64);
+        self.threshold.set(values.threshold);
+        self.profiled_ports.set(values.profiled_ports as i64);
+        self.warming_up.set(values.warming_up.into());
+        self.warmup_remaining.set(values.warmup_remaining);
+        self.last_poll.set(values.last_poll);
+        let active_exported = values
+            .exported
+            .iter()
+            .filter(|p| p.status.rate >= ACTIVE_RATE)
+            .count();
+        self.ports_active.set(values.active_ports as i64);
+        self.ports_exported.set(values.exported.len() as i64);
         self.ports_left_out
-            .set(active.saturating_sub(active_exported) as i64);
-        let mut out = Vec::with_capacity(16 * 1024);
-        // Encoding into a Vec cannot fail on I/O; a metric-family error is a bug.
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
-            log::error!("rendering metrics: {e}");
-        }
-        String::from_utf8(out).unwrap_or_default()
+            .set(values.active_ports.saturating_sub(active_exported) as i64);
     }
 }
 
@@ -523,9 +661,26 @@ mod tests {
         classes.0[PacketClass::NonIp as usize] = 3;
         classes.0[PacketClass::Ipv4 as usize] = 7;
         classes.0[PacketClass::Syn as usize] = 5;
-        metrics.render(&Snapshot {
-            ports: &vec![0; PORTS as usize],
-            classes: &[("eth0".to_string(), classes)],
+        metrics.render(&snapshot(
+            detector,
+            breadth,
+            &[("eth0".to_string(), classes)],
+            &vec![0; PORTS as usize],
+            now,
+        ))
+    }
+
+    /// A poll at detector time `now` (watch list 22, top 1, a hold of 100 s).
+    fn snapshot<'a>(
+        detector: &'a Detector,
+        breadth: &'a crate::breadth::Breadth,
+        classes: &'a [(String, ClassCounts)],
+        ports: &'a [u64],
+        now: u64,
+    ) -> Snapshot<'a> {
+        Snapshot {
+            ports,
+            classes,
             detector,
             breadth,
             attachments: &[],
@@ -534,7 +689,8 @@ mod tests {
             top_ports: 1,
             export_hold: Duration::from_secs(100),
             now: Duration::from_secs(now),
-        })
+            last_poll: 1_700_000_000.0 + now as f64,
+        }
     }
 
     fn exported(text: &str) -> Vec<u16> {
@@ -711,5 +867,83 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("scan_agent_sketched_ports 2"), "{text}");
+    }
+
+    /// Polls capture, scrapes render: a poll no one scrapes renders nothing (yet it still
+    /// advances the export hold), a second scrape of a poll gets the first one's text, and
+    /// the first scrape after a new poll renders that poll.
+    #[test]
+    fn an_exposition_is_rendered_once_by_its_first_scrape_and_never_unscraped() {
+        let config = DetectorConfig::default();
+        let interval = config.interval.as_secs();
+        let mut detector = Detector::new(config);
+        let breadth = crate::breadth::Breadth::new(detector.config());
+        let mut metrics = Metrics::new().unwrap();
+        let mut ports = vec![0u64; PORTS as usize];
+        let classes = |syns: u64| {
+            let mut counts = ClassCounts::default();
+            counts.0[PacketClass::Syn as usize] = syns;
+            vec![("eth0".to_string(), counts)]
+        };
+        let mut t = interval;
+        detector.step(Duration::from_secs(t), &ports);
+        // 7000 leads the top set (K = 1) at polls no one scrapes ...
+        for _ in 0..5 {
+            ports[7000] += 100;
+            t += interval;
+            detector.step(Duration::from_secs(t), &ports);
+            let c = classes(ports[7000]);
+            drop(metrics.exposition(&snapshot(&detector, &breadth, &c, &ports, t)));
+        }
+        assert_eq!(metrics.renders(), 0);
+        let last_in_top = t;
+        // ... then 8000 takes the lead.
+        for _ in 0..5 {
+            ports[8000] += 10_000;
+            t += interval;
+            detector.step(Duration::from_secs(t), &ports);
+        }
+        assert_eq!(detector.top_ports(1)[0].port, 8000);
+        let c = classes(500);
+        let exposition = metrics.exposition(&snapshot(&detector, &breadth, &c, &ports, t));
+        assert_eq!(metrics.renders(), 0);
+        let first = exposition.text();
+        let second = exposition.text();
+        assert_eq!(metrics.renders(), 1);
+        assert_eq!(first.as_ptr(), second.as_ptr(), "the same text, not a copy");
+        let text = std::str::from_utf8(&first).unwrap();
+        // Held from the polls no one scraped.
+        assert!(t - last_in_top <= 100);
+        assert_eq!(exported(text), vec![22, 7000, 8000]);
+        assert!(
+            text.contains("scan_packet_flags_total{flag=\"syn\",interface=\"eth0\"} 500"),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "scan_agent_last_poll_timestamp_seconds {}",
+                1_700_000_000 + t
+            )),
+            "{text}"
+        );
+        // The next poll: its first scrape renders it, not the previous one again.
+        t += interval;
+        let c = classes(501);
+        let next = metrics.exposition(&snapshot(&detector, &breadth, &c, &ports, t));
+        assert_eq!(metrics.renders(), 1);
+        let text = String::from_utf8(next.text().to_vec()).unwrap();
+        assert_eq!(metrics.renders(), 2);
+        assert!(
+            text.contains("scan_packet_flags_total{flag=\"syn\",interface=\"eth0\"} 501"),
+            "{text}"
+        );
+        // The render count shows in the next render: one before this one.
+        assert!(
+            text.contains("scan_agent_render_duration_seconds_count 1"),
+            "{text}"
+        );
+        // The earlier poll's text is unchanged by the later render.
+        assert_eq!(exposition.text(), first);
+        assert_eq!(metrics.renders(), 2);
     }
 }

@@ -602,3 +602,39 @@ fn idle_connections_do_not_lock_out_a_scrape_and_heads_are_bounded() {
     let (status, _) = scan_lab::http::request(agent.listen, "POST", "/metrics", "x").unwrap();
     assert_eq!(status, 405);
 }
+
+/// `/metrics` is rendered by the first scrape after a poll and served as is until the
+/// next poll: a second scrape of the same poll gets the same text, and polls no one
+/// scrapes are not rendered. `scan_agent_render_duration_seconds_count` counts the
+/// renders before the one that shows it.
+#[test]
+fn metrics_are_rendered_once_per_scraped_poll_and_not_for_unscraped_ones() {
+    let lab = Lab::create().expect("creating the lab (needs root and network namespaces)");
+    let scratch = scratch("lazy-render");
+    let agent = start(&lab, &scratch, &[], "1");
+    let polled = |m: &str| value(m, "scan_agent_last_poll_timestamp_seconds", "");
+    let renders = |m: &str| value(m, "scan_agent_render_duration_seconds_count", "");
+    // Two scrapes of one poll (again when a poll came between them).
+    let started = Instant::now();
+    let (first, second) = loop {
+        let first = agent.metrics().unwrap();
+        let second = agent.metrics().unwrap();
+        if polled(&first) == polled(&second) {
+            break (first, second);
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{second}");
+    };
+    assert_eq!(first, second, "the second scrape of a poll rendered again");
+    // Polls (--interval 1s) no one scrapes.
+    std::thread::sleep(Duration::from_millis(4500));
+    let third = agent.metrics().unwrap();
+    assert!(
+        polled(&third) >= polled(&first) + 3.0,
+        "fewer polls than expected:\n{third}"
+    );
+    assert_eq!(
+        renders(&third),
+        renders(&first) + 1.0,
+        "rendered without a scrape:\n{third}"
+    );
+}

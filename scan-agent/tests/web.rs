@@ -11,7 +11,9 @@ use std::{
 
 use scan_agent::{
     api::{PortTables, Recent},
+    breadth::Breadth,
     detector::{Detector, DetectorConfig},
+    metrics::{Metrics, Snapshot},
     web::{self, ApiData, ApiParts, Limits, Published, ServerCounters, View, WebConfigSource},
 };
 use scan_lab::pki::{Pki, bcrypt_hash};
@@ -38,17 +40,36 @@ fn logs() -> Vec<String> {
     LOGS.0.lock().unwrap().clone()
 }
 
+/// The test view's exposition has this series.
+const SERIES: &str = "scan_syn_packets_total{port=\"42\"} 42";
+
 fn view() -> View {
     let config = DetectorConfig::default();
+    let detector = Detector::new(config.clone());
+    let mut ports = vec![0; 43];
+    ports[42] = 42;
+    let metrics = Metrics::new().unwrap().exposition(&Snapshot {
+        ports: &ports,
+        classes: &[],
+        detector: &detector,
+        breadth: &Breadth::new(&config),
+        attachments: &[],
+        configured: &[],
+        watch_ports: &[42],
+        top_ports: 0,
+        export_hold: Duration::ZERO,
+        now: Duration::ZERO,
+        last_poll: 0.0,
+    });
     View {
         taken: Instant::now(),
         interval: Duration::from_secs(3600),
-        metrics: "scan_test_metric 42\n".into(),
+        metrics,
         problem: None,
         attachments: vec![],
         telemetry_path: "/metrics".into(),
         api: ApiData::new(
-            &Detector::new(config.clone()),
+            &detector,
             &[],
             &mut PortTables::default(),
             ApiParts {
@@ -143,7 +164,7 @@ async fn tls_with_basic_auth_rotation_and_a_broken_reload() {
     let (status, response) =
         curl(&url, &[&ca[..], &["-u", "prometheus:s3cret"]].concat()).expect("an HTTPS answer");
     assert_eq!(status, 200, "{response}");
-    assert!(response.contains("scan_test_metric 42"), "{response}");
+    assert!(response.contains(SERIES), "{response}");
     assert!(
         response
             .to_ascii_lowercase()
@@ -251,7 +272,7 @@ async fn mutual_tls_requires_a_verified_client_with_an_allowed_san() {
     };
     let (status, response) = with(&good).expect("an answer with the client certificate");
     assert_eq!(status, 200, "{response}");
-    assert!(response.contains("scan_test_metric 42"));
+    assert!(response.contains(SERIES), "{response}");
     // No client certificate, one with a SAN not allowed, one from another CA: refused.
     assert_eq!(curl(&url, &ca), None);
     assert_eq!(with(&wrong_san), None);

@@ -86,6 +86,7 @@ pub fn run(iterations: usize) -> Result<RenderResults> {
             top_ports: top,
             export_hold: scan_agent::config::DEFAULT_EXPORT_HOLD,
             now: Duration::from_secs(1_700_000_000) + interval * steps as u32,
+            last_poll: 0.0,
         };
         let bytes = metrics.render(&snapshot).len();
         let ms = median_ms(iterations, || {

@@ -47,7 +47,8 @@ pub use view::{ApiData, ApiParts, Published, View};
 pub struct Limits {
     /// A request head (request line and headers) must arrive within this.
     pub header_read_timeout: Duration,
-    /// A handler must answer within this (they render from memory: microseconds).
+    /// A handler must answer within this (they render from memory: microseconds, a few
+    /// milliseconds for the first `/metrics` scrape after a poll).
     pub request_timeout: Duration,
     /// A connection with no request in progress for this long is closed.
     pub idle_timeout: Duration,
@@ -97,7 +98,7 @@ async fn metrics(State(published): State<Published>) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        view.metrics.clone(),
+        view.metrics.text(),
     )
         .into_response()
 }

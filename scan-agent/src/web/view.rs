@@ -3,19 +3,20 @@
 //! The poll loop builds one [`View`] after every poll and publishes it with one atomic
 //! pointer swap ([`Published`]); HTTP handlers load the current one and render from it.
 //! No lock is shared between the poll loop and HTTP, and no request reads the kernel:
-//! a client can neither slow the sensor down nor make it do more work.
+//! a client can neither slow the sensor down nor make it do more than render each poll's
+//! exposition once (at the first scrape of the view).
 use std::{
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
 
 use crate::{
     api::{ApiInput, PortTable, PortTables, PortView, PortsResponse, Recent},
     breadth::BreadthView,
     detector::{Detector, PortStatus, StatusView},
+    metrics::Exposition,
     prefixes::PrefixView,
     sensor::Attachment,
 };
@@ -26,8 +27,8 @@ pub struct View {
     pub taken: Instant,
     /// The poll interval (a view older than three of them is stale).
     pub interval: Duration,
-    /// The text exposition, rendered by the poll.
-    pub metrics: Bytes,
+    /// The text exposition, rendered by the first scrape of this view.
+    pub metrics: Exposition,
     /// What is wrong with the sensor at this poll (not attached, interface gone, a failed
     /// map read); `None` when healthy.
     pub problem: Option<String>,
@@ -252,15 +253,32 @@ mod tests {
 
     fn view(attachments: Vec<String>, problem: Option<String>) -> View {
         let config = DetectorConfig::default();
+        let detector = Detector::new(config.clone());
+        let metrics =
+            crate::metrics::Metrics::new()
+                .unwrap()
+                .exposition(&crate::metrics::Snapshot {
+                    ports: &[],
+                    classes: &[],
+                    detector: &detector,
+                    breadth: &crate::breadth::Breadth::new(&config),
+                    attachments: &[],
+                    configured: &[],
+                    watch_ports: &[],
+                    top_ports: 0,
+                    export_hold: Duration::ZERO,
+                    now: Duration::ZERO,
+                    last_poll: 0.0,
+                });
         View {
             taken: Instant::now(),
             interval: config.interval,
-            metrics: Bytes::new(),
+            metrics,
             problem,
             attachments,
             telemetry_path: "/metrics".into(),
             api: ApiData::new(
-                &Detector::new(config.clone()),
+                &detector,
                 &[],
                 &mut PortTables::default(),
                 ApiParts {
