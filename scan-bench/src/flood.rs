@@ -18,7 +18,7 @@ use scan_lab::Lab;
 
 use crate::{
     afpacket::AfPacketCounter,
-    cprog::{self, CObjects, XdpObject},
+    cprog::{self, CObject, CObjects},
     cpu,
     nft::NftCounter,
     proc, progstats, stats, trafgen,
@@ -130,7 +130,7 @@ pub struct FloodResults {
 
 enum Active {
     None,
-    Empty(Box<XdpObject>),
+    Empty(Box<CObject>),
     Ours(Box<Sensor>),
     Nft(NftCounter),
     AfPacket(AfPacketCounter),
@@ -142,7 +142,7 @@ impl Active {
             Counter::None => Active::None,
             Counter::EmptyXdp => {
                 let objects = objects.map_err(|e| anyhow!("C objects not built: {e}"))?;
-                let mut pass = XdpObject::load(&objects.pass, cprog::PASS_PROGRAM)?;
+                let mut pass = CObject::load(&objects.pass, cprog::PASS_PROGRAM)?;
                 pass.attach(&lab.host_if, XdpMode::Driver)?;
                 Active::Empty(Box::new(pass))
             }

@@ -14,7 +14,7 @@ use scan_agent::sensor::{Hook, LinkKind, Sensor, possible_cpus};
 use scan_common::PORTS;
 
 use crate::{
-    cprog::{self, CObjects, XdpObject},
+    cprog::{self, CObject, CObjects},
     proc,
     stats::median_ms,
 };
@@ -83,7 +83,7 @@ pub fn run(settings: &Settings, objects: Result<&CObjects, String>) -> Result<Ma
 }
 
 fn percpu_reads(settings: &Settings, objects: &CObjects, cpus: usize) -> Result<(f64, f64)> {
-    let object = XdpObject::load(&objects.reference, cprog::REFERENCE_PROGRAM)?;
+    let object = CObject::load(&objects.reference, cprog::REFERENCE_PROGRAM)?;
     let map = object
         .ebpf
         .map(cprog::REFERENCE_PORT_MAP)

@@ -20,7 +20,7 @@ use aya::{
 use scan_agent::sensor::{Hook, LinkKind, Sensor};
 
 use crate::{
-    cprog::{self, CObjects, TcObject, XdpObject},
+    cprog::{self, CObject, CObjects},
     cpu,
     dispatch::DispatcherPath,
     frames, proc,
@@ -124,8 +124,7 @@ pub struct TestRunResults {
 
 enum Program {
     Ours(Box<Sensor>),
-    C(XdpObject),
-    CTc(TcObject),
+    C(CObject),
     Dispatcher(Box<DispatcherPath>),
 }
 
@@ -134,7 +133,6 @@ impl Program {
         match self {
             Program::Ours(sensor) => Ok(sensor.test_run(frame, repeat)?),
             Program::C(object) => object.test_run(frame, repeat),
-            Program::CTc(object) => object.test_run(frame, repeat),
             Program::Dispatcher(path) => path.test_run(frame, repeat),
         }
     }
@@ -196,27 +194,31 @@ pub fn run(settings: &Settings, objects: Result<&CObjects, String>) -> Result<Te
     };
     match objects {
         Ok(objects) => {
-            for (name, path, program) in [
-                ("empty", &objects.pass, cprog::PASS_PROGRAM),
+            for (name, path, program, verdict) in [
+                ("empty", &objects.pass, cprog::PASS_PROGRAM, XDP_PASS),
                 (
                     "c_reference",
                     &objects.reference_sketch,
                     cprog::REFERENCE_PROGRAM,
+                    XDP_PASS,
                 ),
                 (
                     "c_reference_no_sketch",
                     &objects.reference,
                     cprog::REFERENCE_PROGRAM,
+                    XDP_PASS,
+                ),
+                (
+                    "empty_tc",
+                    &objects.tc_pass,
+                    cprog::TC_PASS_PROGRAM,
+                    TC_ACT_UNSPEC,
                 ),
             ] {
-                match XdpObject::load(path, program) {
-                    Ok(object) => programs.push((name, Program::C(object), XDP_PASS)),
+                match CObject::load(path, program) {
+                    Ok(object) => programs.push((name, Program::C(object), verdict)),
                     Err(e) => errors.push(format!("{name}: {e:#}")),
                 }
-            }
-            match TcObject::load(&objects.tc_pass, cprog::TC_PASS_PROGRAM) {
-                Ok(object) => programs.push(("empty_tc", Program::CTc(object), TC_ACT_UNSPEC)),
-                Err(e) => errors.push(format!("empty_tc: {e:#}")),
             }
         }
         Err(e) => errors.push(format!("empty and c_reference not built: {e}")),
