@@ -54,16 +54,17 @@ const IPV4_HLEN: usize = 20;
 const IPV6_HLEN: usize = 40;
 const TCP_HLEN: usize = 20;
 
-const ETH_P_IP: u32 = 0x0800;
-const ETH_P_IPV6: u32 = 0x86DD;
-const ETH_P_8021Q: u32 = 0x8100;
-const ETH_P_8021AD: u32 = 0x88A8;
-const ETH_P_PPP_SES: u32 = 0x8864;
+/// EtherTypes and PPP protocols in network order, as [`Header::raw16`] reads them.
+const ETH_P_IP: u32 = net16(0x0800);
+const ETH_P_IPV6: u32 = net16(0x86DD);
+const ETH_P_8021Q: u32 = net16(0x8100);
+const ETH_P_8021AD: u32 = net16(0x88A8);
+const ETH_P_PPP_SES: u32 = net16(0x8864);
+const PPP_IP: u32 = net16(0x0021);
+const PPP_IPV6: u32 = net16(0x0057);
 
 /// RFC 2516: version 1, type 1; code 0 for session data.
 const PPPOE_VER_TYPE: u8 = 0x11;
-const PPP_IP: u32 = 0x0021;
-const PPP_IPV6: u32 = 0x0057;
 
 const IPPROTO_TCP: u8 = 6;
 const IPV6_HOPOPTS: u8 = 0;
@@ -110,12 +111,12 @@ pub fn scan_tc_ip(ctx: TcContext) -> i32 {
 }
 
 /// Packet bounds of either context.
-trait Packet: EbpfContext {
+trait Bounds: EbpfContext {
     fn start(&self) -> usize;
     fn end(&self) -> usize;
 }
 
-impl Packet for XdpContext {
+impl Bounds for XdpContext {
     #[inline(always)]
     fn start(&self) -> usize {
         self.data()
@@ -126,7 +127,7 @@ impl Packet for XdpContext {
     }
 }
 
-impl Packet for TcContext {
+impl Bounds for TcContext {
     #[inline(always)]
     fn start(&self) -> usize {
         self.data()
@@ -151,46 +152,40 @@ impl Counters {
 }
 
 #[inline(always)]
-fn run<const RAW: bool, C: Packet>(ctx: &C, outer_tags: usize) {
+fn run<const RAW: bool, C: Bounds>(ctx: &C, outer_tags: usize) {
     let Some(counters) = SCAN_CLASSES.get_ptr_mut(0) else {
         return;
     };
-    let counters = Counters(counters);
-    let frame = Frame::of(ctx);
-    counters.bump(PacketClass::Seen);
-    let (outcome, syn) = classify::<RAW>(frame, &counters, outer_tags);
-    counters.bump(outcome);
-    let syn_port = syn.as_ref().map(|syn| syn.port);
-    if let Some(syn) = syn {
-        counters.bump(PacketClass::Syn);
-        count_syn(syn.port);
-        if let Some(addresses) = &syn.addresses {
-            sketch::record(syn.port, addresses);
+    let packet = Packet {
+        ctx,
+        frame: Frame::of(ctx),
+        counters: Counters(counters),
+    };
+    packet.counters.bump(PacketClass::Seen);
+    if let Some(outcome) = packet.classify::<RAW>(outer_tags) {
+        packet.counters.bump(outcome);
+        if debug() {
+            log_outcome(ctx, outcome);
         }
-    }
-    if SCAN_DEBUG.load() != 0 {
-        // Rare by design: only when loaded with the debug switch on.
-        info!(
-            ctx,
-            "outcome={} syn_port={}",
-            outcome as u32,
-            syn_port.map_or(-1, |p| p as i32)
-        );
     }
 }
 
+// The debug log, out of line: with the switch off it never runs, and inlined it
+// would take registers and stack from the counting path.
+#[inline(never)]
+fn log_outcome<C: Bounds>(ctx: &C, outcome: PacketClass) {
+    info!(ctx, "outcome={}", outcome as u32);
+}
+
+#[inline(never)]
+fn log_syn<C: Bounds>(ctx: &C, port: u16) {
+    info!(ctx, "outcome={} syn_port={}", PacketClass::Tcp as u32, port);
+}
+
+/// Whether the program was loaded with the debug switch on. Rare by design.
 #[inline(always)]
-fn count_syn(port: u16) {
-    // SAFETY: plain helper call, no arguments.
-    let cpu = unsafe { bpf_get_smp_processor_id() };
-    let index = cpu.wrapping_mul(PORTS).wrapping_add(port as u32);
-    if let Some(counter) = SCAN_PORT_SYNS.get_ptr_mut(index) {
-        // SAFETY: this CPU's own slot (see `Counters::bump`).
-        unsafe { *counter += 1 };
-    } else if let Some(counter) = SCAN_SYN_NO_SLOT.get_ptr_mut(0) {
-        // SAFETY: a per-CPU value, written only by this CPU.
-        unsafe { *counter += 1 };
-    }
+fn debug() -> bool {
+    SCAN_DEBUG.load() != 0
 }
 
 /// The frame's bounds, read from the context once: the counter bumps write through
@@ -203,16 +198,35 @@ struct Frame {
 
 impl Frame {
     #[inline(always)]
-    fn of<C: Packet>(ctx: &C) -> Self {
+    fn of<C: Bounds>(ctx: &C) -> Self {
         Self {
             start: ctx.start(),
             end: ctx.end(),
         }
     }
+
+    /// The `N` bytes at `offset`, or `None` if the frame is shorter.
+    #[inline(always)]
+    fn header<const N: usize>(self, offset: usize) -> Option<Header<N>> {
+        self.has_bytes(offset, N)
+            .then(|| Header((self.start + offset) as *const u8))
+    }
+
+    /// Whether the frame holds `len` bytes at `offset`: the one bounds check.
+    #[inline(always)]
+    fn has_bytes(self, offset: usize, len: usize) -> bool {
+        self.start + offset + len <= self.end
+    }
 }
 
 /// `N` bytes of the frame, checked against `data_end` once. Fields are read in
 /// place: copying whole headers to the stack cost ~10 ns per IPv6 packet.
+///
+/// Multi-byte fields are read with unaligned loads: IP fields behind a 14-byte
+/// Ethernet header are not 4-aligned. For x86-64 and arm64 the object is built with
+/// LLVM's `allows-misaligned-mem-access` (scan-agent's build.rs), so each is one
+/// load; elsewhere LLVM assembles them from bytes. A field only compared with
+/// constants is compared in network order ([`net16`]), without a byte swap.
 #[derive(Clone, Copy)]
 struct Header<const N: usize>(*const u8);
 
@@ -225,28 +239,28 @@ impl<const N: usize> Header<N> {
         unsafe { *self.0.add(I) }
     }
 
-    /// Byte `i` of the header, for the wider reads (their `I` is checked).
+    /// The 16-bit field at bytes `I`, `I + 1` as it is in the frame (network
+    /// order), widened to u32: compared as u16, LLVM masks it before every compare.
     #[inline(always)]
-    fn byte_at(self, i: usize) -> u8 {
-        // SAFETY: `i < N`, asserted at compile time by every caller.
-        unsafe { *self.0.add(i) }
+    fn raw16<const I: usize>(self) -> u32 {
+        const { assert!(I + 1 < N) };
+        // SAFETY: as in `byte`; packet reads may be unaligned.
+        u32::from(unsafe { self.0.add(I).cast::<u16>().read_unaligned() })
     }
 
-    /// Big-endian u16 at bytes `I`, `I + 1`, widened to u32: compared as u16, LLVM
-    /// masks the value to 16 bits before every compare.
+    /// Big-endian u16 at bytes `I`, `I + 1`.
     #[inline(always)]
-    fn be16<const I: usize>(self) -> u32 {
+    fn be16<const I: usize>(self) -> u16 {
         const { assert!(I + 1 < N) };
-        // Assembled by hand: with `from_be_bytes` LLVM builds the little-endian
-        // value and byte-swaps it, one more instruction per 16-bit field.
-        (u32::from(self.byte_at(I)) << 8) | u32::from(self.byte_at(I + 1))
+        // SAFETY: as in `raw16`.
+        u16::from_be(unsafe { self.0.add(I).cast::<u16>().read_unaligned() })
     }
 
     /// Big-endian u32 at bytes `I..I + 4`.
     #[inline(always)]
     fn be32<const I: usize>(self) -> u32 {
         const { assert!(I + 3 < N) };
-        // SAFETY: as in `byte`; packet reads may be unaligned.
+        // SAFETY: as in `raw16`.
         u32::from_be(unsafe { self.0.add(I).cast::<u32>().read_unaligned() })
     }
 
@@ -254,27 +268,14 @@ impl<const N: usize> Header<N> {
     #[inline(always)]
     fn be64<const I: usize>(self) -> u64 {
         const { assert!(I + 7 < N) };
-        // SAFETY: as in `be32`.
+        // SAFETY: as in `raw16`.
         u64::from_be(unsafe { self.0.add(I).cast::<u64>().read_unaligned() })
     }
 }
 
-/// The `N` bytes at `offset`, or `None` if the frame is shorter.
-#[inline(always)]
-fn header<const N: usize>(frame: Frame, offset: usize) -> Option<Header<N>> {
-    has_bytes(frame, offset, N).then(|| Header((frame.start + offset) as *const u8))
-}
-
-/// Whether the frame holds `len` bytes at `offset`: the one bounds check.
-#[inline(always)]
-fn has_bytes(frame: Frame, offset: usize, len: usize) -> bool {
-    frame.start + offset + len <= frame.end
-}
-
-/// A counted SYN: its destination port and, with the sketches on, its addresses.
-struct Syn {
-    port: u16,
-    addresses: Option<Addresses>,
+/// A 16-bit constant as [`Header::raw16`] reads it from the frame.
+const fn net16(value: u32) -> u32 {
+    (value as u16).to_be() as u32
 }
 
 /// The IP header a TCP header was found behind (already bounds-checked).
@@ -309,199 +310,256 @@ enum Link {
     End(PacketClass),
 }
 
-/// Returns the outcome class of a packet and, for a SYN, its destination port (and
-/// addresses): the link layer first (Ethernet, VLAN tags, PPPoE; or none on an L3
-/// link), then one shared IPv4/IPv6/TCP parser, so each is inlined (and verified)
-/// once per entry point rather than once per link path.
-#[inline(always)]
-fn classify<const RAW: bool>(
-    frame: Frame,
-    counters: &Counters,
-    outer_tags: usize,
-) -> (PacketClass, Option<Syn>) {
-    let link = if RAW {
-        raw_ip(frame)
-    } else {
-        ethernet(frame, counters, outer_tags)
-    };
-    match link {
-        Link::Ipv4(offset) => {
-            counters.bump(PacketClass::Ipv4);
-            ipv4(frame, offset)
-        }
-        Link::Ipv6(offset) => {
-            counters.bump(PacketClass::Ipv6);
-            ipv6(frame, offset)
-        }
-        Link::End(outcome) => (outcome, None),
-    }
+/// Where an IP header leads: the TCP header at an offset, or the end of parsing
+/// with an outcome.
+#[derive(Clone, Copy)]
+enum Transport {
+    Tcp(usize, Network),
+    End(PacketClass),
 }
 
-/// A frame that starts with an Ethernet header, with up to [`MAX_VLAN_TAGS`] tags
-/// (`outer_tags` of them already taken out of the frame by the stack) and an
-/// optional PPPoE session header.
-#[inline(always)]
-fn ethernet(frame: Frame, counters: &Counters, outer_tags: usize) -> Link {
-    let Some(eth) = header::<ETH_HLEN>(frame, 0) else {
-        return Link::End(PacketClass::Truncated);
-    };
-    if outer_tags != 0 {
-        counters.bump(PacketClass::Vlan);
+/// One packet on its way through the parser: its bounds, this CPU's class
+/// counters, and the context (for the debug log).
+///
+/// A SYN is counted where the TCP header proves it, outcome included, so nothing
+/// travels back up the parse: carrying the port and addresses out, or this CPU's
+/// counters across the port counter's lookup, cost registers and stack spills.
+struct Packet<'a, C> {
+    ctx: &'a C,
+    frame: Frame,
+    counters: Counters,
+}
+
+impl<C: Bounds> Packet<'_, C> {
+    /// The outcome class of the packet, or `None` for a SYN (counted, outcome
+    /// included, by [`Self::syn`]): the link layer first (Ethernet, VLAN tags,
+    /// PPPoE; or none on an L3 link), then IPv4 or IPv6, then TCP. Each layer's
+    /// parser is inlined (and verified) once per entry point, not once per path
+    /// into it: the SYN counting and sketch code behind TCP is the largest part.
+    #[inline(always)]
+    fn classify<const RAW: bool>(&self, outer_tags: usize) -> Option<PacketClass> {
+        let link = if RAW {
+            self.raw_ip()
+        } else {
+            self.ethernet(outer_tags)
+        };
+        let transport = match link {
+            Link::Ipv4(offset) => {
+                self.counters.bump(PacketClass::Ipv4);
+                self.ipv4(offset)
+            }
+            Link::Ipv6(offset) => {
+                self.counters.bump(PacketClass::Ipv6);
+                self.ipv6(offset)
+            }
+            Link::End(outcome) => return Some(outcome),
+        };
+        match transport {
+            Transport::Tcp(offset, network) => self.tcp(offset, network),
+            Transport::End(outcome) => Some(outcome),
+        }
     }
-    let mut ether_type = eth.be16::<12>();
-    let mut offset = ETH_HLEN;
-    for tag in outer_tags..MAX_VLAN_TAGS + 1 {
-        if ether_type != ETH_P_8021Q && ether_type != ETH_P_8021AD {
-            break;
-        }
-        if tag == MAX_VLAN_TAGS {
-            return Link::End(PacketClass::HeaderLimit);
-        }
-        if tag == 0 {
-            counters.bump(PacketClass::Vlan);
-        }
-        let Some(vlan) = header::<VLAN_HLEN>(frame, offset) else {
+
+    /// A frame that starts with an Ethernet header, with up to [`MAX_VLAN_TAGS`]
+    /// tags (`outer_tags` of them already taken out of the frame by the stack) and
+    /// an optional PPPoE session header.
+    #[inline(always)]
+    fn ethernet(&self, outer_tags: usize) -> Link {
+        let Some(eth) = self.frame.header::<ETH_HLEN>(0) else {
             return Link::End(PacketClass::Truncated);
         };
-        ether_type = vlan.be16::<2>();
-        offset += VLAN_HLEN;
-    }
-    match ether_type {
-        ETH_P_IP => Link::Ipv4(offset),
-        ETH_P_IPV6 => Link::Ipv6(offset),
-        ETH_P_PPP_SES => {
-            counters.bump(PacketClass::Pppoe);
-            pppoe(frame, offset)
+        if outer_tags != 0 {
+            self.counters.bump(PacketClass::Vlan);
         }
-        _ => Link::End(PacketClass::NonIp),
-    }
-}
-
-/// A PPPoE session frame: the PPPoE header, then the PPP protocol field.
-#[inline(always)]
-fn pppoe(frame: Frame, offset: usize) -> Link {
-    let Some(session) = header::<PPPOE_HLEN>(frame, offset) else {
-        return Link::End(PacketClass::Truncated);
-    };
-    if session.byte::<0>() != PPPOE_VER_TYPE || session.byte::<1>() != 0 {
-        return Link::End(PacketClass::BadHeader);
-    }
-    match session.be16::<6>() {
-        PPP_IP => Link::Ipv4(offset + PPPOE_HLEN),
-        PPP_IPV6 => Link::Ipv6(offset + PPPOE_HLEN),
-        // LCP, IPCP, CHAP, ...: link control, not IP.
-        _ => Link::End(PacketClass::NonIp),
-    }
-}
-
-/// A frame that starts with the IP header: the version nibble says which. A
-/// packet shorter than the smallest IP header (20 bytes) is `truncated` whatever
-/// its first byte says. (A 1-byte check would be the exact one, but LLVM turns
-/// `data + 1 <= data_end` into `data < data_end`, which the verifier does not
-/// accept as a bound.)
-#[inline(always)]
-fn raw_ip(frame: Frame) -> Link {
-    let Some(first) = header::<IPV4_HLEN>(frame, 0) else {
-        return Link::End(PacketClass::Truncated);
-    };
-    match first.byte::<0>() >> 4 {
-        4 => Link::Ipv4(0),
-        6 => Link::Ipv6(0),
-        _ => Link::End(PacketClass::NonIp),
-    }
-}
-
-#[inline(always)]
-fn ipv4(frame: Frame, offset: usize) -> (PacketClass, Option<Syn>) {
-    let Some(ip) = header::<IPV4_HLEN>(frame, offset) else {
-        return (PacketClass::Truncated, None);
-    };
-    let header_len = ((ip.byte::<0>() & 0x0F) as usize) * 4;
-    if ip.byte::<0>() >> 4 != 4 || header_len < IPV4_HLEN {
-        return (PacketClass::BadHeader, None);
-    }
-    // Options included, the whole header must be in the frame before any field
-    // past it (fragment, protocol) decides the class.
-    if !has_bytes(frame, offset, header_len) {
-        return (PacketClass::Truncated, None);
-    }
-    // A fragment with a non-zero offset carries no TCP header.
-    let fragment_offset = ip.be16::<6>() & 0x1FFF;
-    if fragment_offset != 0 {
-        return (PacketClass::LaterFragment, None);
-    }
-    if ip.byte::<9>() != IPPROTO_TCP {
-        return (PacketClass::NonTcp, None);
-    }
-    tcp(frame, offset + header_len, Network::V4(ip))
-}
-
-#[inline(always)]
-fn ipv6(frame: Frame, offset: usize) -> (PacketClass, Option<Syn>) {
-    let Some(ip) = header::<IPV6_HLEN>(frame, offset) else {
-        return (PacketClass::Truncated, None);
-    };
-    if ip.byte::<0>() >> 4 != 6 {
-        return (PacketClass::BadHeader, None);
-    }
-    let mut next_header = ip.byte::<6>();
-    let mut offset = offset + IPV6_HLEN;
-    for walked in 0..MAX_IPV6_EXT_HEADERS + 1 {
-        let current = next_header;
-        match current {
-            IPPROTO_TCP => return tcp(frame, offset, Network::V6(ip)),
-            IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS | IPV6_FRAGMENT | IPV6_AH => {}
-            _ => return (PacketClass::NonTcp, None),
-        }
-        if walked == MAX_IPV6_EXT_HEADERS {
-            return (PacketClass::HeaderLimit, None);
-        }
-        // Every extension header is at least 8 bytes and starts with
-        // (next header, length).
-        let Some(ext) = header::<8>(frame, offset) else {
-            return (PacketClass::Truncated, None);
-        };
-        next_header = ext.byte::<0>();
-        let header_len = match current {
-            IPV6_FRAGMENT => {
-                if ext.be16::<2>() >> 3 != 0 {
-                    return (PacketClass::LaterFragment, None);
-                }
-                8
+        let mut ether_type = eth.raw16::<12>();
+        let mut offset = ETH_HLEN;
+        for tag in outer_tags..MAX_VLAN_TAGS + 1 {
+            // Untagged IPv4 first: the common frame takes one compare.
+            if ether_type == ETH_P_IP || (ether_type != ETH_P_8021Q && ether_type != ETH_P_8021AD) {
+                break;
             }
-            // RFC 4302: AH's length is in 4-byte units, minus 2.
-            IPV6_AH => (ext.byte::<1>() as usize + 2) * 4,
-            _ => (ext.byte::<1>() as usize + 1) * 8,
-        };
-        if !has_bytes(frame, offset, header_len) {
-            return (PacketClass::Truncated, None);
+            if tag == MAX_VLAN_TAGS {
+                return Link::End(PacketClass::HeaderLimit);
+            }
+            if tag == 0 {
+                self.counters.bump(PacketClass::Vlan);
+            }
+            let Some(vlan) = self.frame.header::<VLAN_HLEN>(offset) else {
+                return Link::End(PacketClass::Truncated);
+            };
+            ether_type = vlan.raw16::<2>();
+            offset += VLAN_HLEN;
         }
-        offset += header_len;
+        match ether_type {
+            ETH_P_IP => Link::Ipv4(offset),
+            ETH_P_IPV6 => Link::Ipv6(offset),
+            ETH_P_PPP_SES => {
+                self.counters.bump(PacketClass::Pppoe);
+                self.pppoe(offset)
+            }
+            _ => Link::End(PacketClass::NonIp),
+        }
     }
-    (PacketClass::HeaderLimit, None)
+
+    /// A PPPoE session frame: the PPPoE header, then the PPP protocol field.
+    #[inline(always)]
+    fn pppoe(&self, offset: usize) -> Link {
+        let Some(session) = self.frame.header::<PPPOE_HLEN>(offset) else {
+            return Link::End(PacketClass::Truncated);
+        };
+        if session.byte::<0>() != PPPOE_VER_TYPE || session.byte::<1>() != 0 {
+            return Link::End(PacketClass::BadHeader);
+        }
+        match session.raw16::<6>() {
+            PPP_IP => Link::Ipv4(offset + PPPOE_HLEN),
+            PPP_IPV6 => Link::Ipv6(offset + PPPOE_HLEN),
+            // LCP, IPCP, CHAP, ...: link control, not IP.
+            _ => Link::End(PacketClass::NonIp),
+        }
+    }
+
+    /// A frame that starts with the IP header: the version nibble says which. A
+    /// packet shorter than the smallest IP header (20 bytes) is `truncated` whatever
+    /// its first byte says. (A 1-byte check would be the exact one, but LLVM turns
+    /// `data + 1 <= data_end` into `data < data_end`, which the verifier does not
+    /// accept as a bound.)
+    #[inline(always)]
+    fn raw_ip(&self) -> Link {
+        let Some(first) = self.frame.header::<IPV4_HLEN>(0) else {
+            return Link::End(PacketClass::Truncated);
+        };
+        match first.byte::<0>() >> 4 {
+            4 => Link::Ipv4(0),
+            6 => Link::Ipv6(0),
+            _ => Link::End(PacketClass::NonIp),
+        }
+    }
+
+    #[inline(always)]
+    fn ipv4(&self, offset: usize) -> Transport {
+        let Some(ip) = self.frame.header::<IPV4_HLEN>(offset) else {
+            return Transport::End(PacketClass::Truncated);
+        };
+        let version_ihl = ip.byte::<0>();
+        // Version 4 without options, nearly every packet, is one compare.
+        let header_len = if version_ihl == 0x45 {
+            IPV4_HLEN
+        } else {
+            let header_len = ((version_ihl & 0x0F) as usize) * 4;
+            if version_ihl >> 4 != 4 || header_len < IPV4_HLEN {
+                return Transport::End(PacketClass::BadHeader);
+            }
+            // Options included, the whole header must be in the frame before any
+            // field past it (fragment, protocol) decides the class.
+            if !self.frame.has_bytes(offset, header_len) {
+                return Transport::End(PacketClass::Truncated);
+            }
+            header_len
+        };
+        // A fragment with a non-zero offset carries no TCP header.
+        if ip.raw16::<6>() & net16(0x1FFF) != 0 {
+            return Transport::End(PacketClass::LaterFragment);
+        }
+        if ip.byte::<9>() != IPPROTO_TCP {
+            return Transport::End(PacketClass::NonTcp);
+        }
+        Transport::Tcp(offset + header_len, Network::V4(ip))
+    }
+
+    #[inline(always)]
+    fn ipv6(&self, offset: usize) -> Transport {
+        let Some(ip) = self.frame.header::<IPV6_HLEN>(offset) else {
+            return Transport::End(PacketClass::Truncated);
+        };
+        if ip.byte::<0>() >> 4 != 6 {
+            return Transport::End(PacketClass::BadHeader);
+        }
+        let mut next_header = ip.byte::<6>();
+        let mut offset = offset + IPV6_HLEN;
+        for walked in 0..MAX_IPV6_EXT_HEADERS + 1 {
+            let current = next_header;
+            match current {
+                IPPROTO_TCP => return Transport::Tcp(offset, Network::V6(ip)),
+                IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS | IPV6_FRAGMENT | IPV6_AH => {}
+                _ => return Transport::End(PacketClass::NonTcp),
+            }
+            if walked == MAX_IPV6_EXT_HEADERS {
+                return Transport::End(PacketClass::HeaderLimit);
+            }
+            // Every extension header is at least 8 bytes and starts with
+            // (next header, length).
+            let Some(ext) = self.frame.header::<8>(offset) else {
+                return Transport::End(PacketClass::Truncated);
+            };
+            next_header = ext.byte::<0>();
+            let header_len = match current {
+                IPV6_FRAGMENT => {
+                    if ext.raw16::<2>() & net16(0xFFF8) != 0 {
+                        return Transport::End(PacketClass::LaterFragment);
+                    }
+                    8
+                }
+                // RFC 4302: AH's length is in 4-byte units, minus 2.
+                IPV6_AH => (ext.byte::<1>() as usize + 2) * 4,
+                _ => (ext.byte::<1>() as usize + 1) * 8,
+            };
+            if !self.frame.has_bytes(offset, header_len) {
+                return Transport::End(PacketClass::Truncated);
+            }
+            offset += header_len;
+        }
+        Transport::End(PacketClass::HeaderLimit)
+    }
+
+    /// A whole TCP header (options included) must be in the frame to be counted.
+    #[inline(always)]
+    fn tcp(&self, offset: usize, network: Network) -> Option<PacketClass> {
+        let Some(tcp) = self.frame.header::<TCP_HLEN>(offset) else {
+            return Some(PacketClass::Truncated);
+        };
+        let header_len = ((tcp.byte::<12>() >> 4) as usize) * 4;
+        if header_len < TCP_HLEN {
+            return Some(PacketClass::BadHeader);
+        }
+        if !self.frame.has_bytes(offset, header_len) {
+            return Some(PacketClass::Truncated);
+        }
+        let flags = tcp.byte::<13>();
+        if flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN {
+            self.syn(tcp.be16::<2>(), network);
+            return None;
+        }
+        Some(PacketClass::Tcp)
+    }
+
+    /// Counts a SYN to `port`, its outcome (`tcp`) and, with the sketches on,
+    /// records its addresses.
+    #[inline(always)]
+    fn syn(&self, port: u16, network: Network) {
+        self.counters.bump(PacketClass::Tcp);
+        self.counters.bump(PacketClass::Syn);
+        count_syn(port);
+        if sketch::enabled() {
+            sketch::record(port, &network.addresses());
+        }
+        if debug() {
+            log_syn(self.ctx, port);
+        }
+    }
 }
 
-/// A whole TCP header (options included) must be in the frame to be counted.
 #[inline(always)]
-fn tcp(frame: Frame, offset: usize, network: Network) -> (PacketClass, Option<Syn>) {
-    let Some(tcp) = header::<TCP_HLEN>(frame, offset) else {
-        return (PacketClass::Truncated, None);
-    };
-    let header_len = ((tcp.byte::<12>() >> 4) as usize) * 4;
-    if header_len < TCP_HLEN {
-        return (PacketClass::BadHeader, None);
+fn count_syn(port: u16) {
+    // SAFETY: plain helper call, no arguments.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let index = cpu.wrapping_mul(PORTS).wrapping_add(port as u32);
+    if let Some(counter) = SCAN_PORT_SYNS.get_ptr_mut(index) {
+        // SAFETY: this CPU's own slot (see `Counters::bump`).
+        unsafe { *counter += 1 };
+    } else if let Some(counter) = SCAN_SYN_NO_SLOT.get_ptr_mut(0) {
+        // SAFETY: a per-CPU value, written only by this CPU.
+        unsafe { *counter += 1 };
     }
-    if !has_bytes(frame, offset, header_len) {
-        return (PacketClass::Truncated, None);
-    }
-    let flags = tcp.byte::<13>();
-    let is_syn = flags & TCP_FLAG_SYN != 0 && flags & TCP_FLAG_ACK == 0;
-    let syn = is_syn.then(|| Syn {
-        // At most 0xFFFF: two bytes.
-        port: tcp.be16::<2>() as u16,
-        addresses: sketch::enabled().then(|| network.addresses()),
-    });
-    (PacketClass::Tcp, syn)
 }
 
 #[cfg(not(test))]
