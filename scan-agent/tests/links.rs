@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, process::Command};
 use scan_lab::{
     Agent, Lab, Scratch,
     frames::{Frame, ether_type, ppp_proto, syn_frames, tcp},
-    http::series,
+    http::{attached, packet_flag, port_syns, value},
     links::{Tun, build_bpf},
     net::xdp_prog_id,
 };
@@ -26,42 +26,6 @@ fn start(interface: &str, scratch: &Scratch, extra: &[&str], run: &str) -> Agent
         .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
-/// The value of the series of `name` whose labels contain every one of `labels` (0
-/// when there is none).
-fn value(metrics: &str, name: &str, labels: &[&str]) -> f64 {
-    series(metrics, name, labels).unwrap_or(0.0)
-}
-
-fn flag(metrics: &str, interface: &str, flag: &str) -> f64 {
-    value(
-        metrics,
-        "scan_packet_flags_total",
-        &[
-            &format!("interface=\"{interface}\""),
-            &format!("flag=\"{flag}\""),
-        ],
-    )
-}
-
-fn port(metrics: &str, port: u16) -> f64 {
-    value(
-        metrics,
-        "scan_syn_packets_total",
-        &[&format!("port=\"{port}\"")],
-    )
-}
-
-fn attached(metrics: &str, interface: &str, hook: &str) -> f64 {
-    value(
-        metrics,
-        "scan_agent_attached",
-        &[
-            &format!("interface=\"{interface}\""),
-            &format!("hook=\"{hook}\""),
-        ],
-    )
-}
-
 #[test]
 fn tcx_counts_exactly_what_xdp_counts() {
     let lab = Lab::create_quiet().expect("creating the lab (needs root and network namespaces)");
@@ -78,9 +42,9 @@ fn tcx_counts_exactly_what_xdp_counts() {
         assert_eq!(sent, total);
         let metrics = agent.metrics_after_poll().unwrap();
         assert_eq!(attached(&metrics, &lab.host_if, hook), 1.0, "{metrics}");
-        let counts: Vec<f64> = per_port.keys().map(|&p| port(&metrics, p)).collect();
-        let syns = flag(&metrics, &lab.host_if, "syn");
-        let vlan = flag(&metrics, &lab.host_if, "vlan");
+        let counts: Vec<f64> = per_port.keys().map(|&p| port_syns(&metrics, p)).collect();
+        let syns = packet_flag(&metrics, &lab.host_if, "syn");
+        let vlan = packet_flag(&metrics, &lab.host_if, "vlan");
         assert_eq!(syns, total as f64, "{hook}: {metrics}");
         assert_eq!(
             counts,
@@ -131,8 +95,8 @@ fn a_foreign_xdp_program_is_never_replaced() {
     lab.inject(syn_frames(&lab, &per_port).unwrap()).unwrap();
     let metrics = agent.metrics_after_poll().unwrap();
     assert_eq!(attached(&metrics, &lab.host_if, "tcx"), 1.0, "{metrics}");
-    assert_eq!(flag(&metrics, &lab.host_if, "syn"), 13.0);
-    assert_eq!(port(&metrics, 80), 9.0);
+    assert_eq!(packet_flag(&metrics, &lab.host_if, "syn"), 13.0);
+    assert_eq!(port_syns(&metrics, 80), 9.0);
     assert!(
         agent
             .log_text()
@@ -175,9 +139,13 @@ fn xdp_multiprog_makes_a_dispatcher_or_falls_back_to_xdp_alone() {
         1.0,
         "{log}\n{metrics}"
     );
-    assert_eq!(flag(&metrics, &lab.host_if, "syn"), 14.0, "{metrics}");
-    assert_eq!(port(&metrics, 445), 11.0);
-    assert_eq!(port(&metrics, 23), 3.0);
+    assert_eq!(
+        packet_flag(&metrics, &lab.host_if, "syn"),
+        14.0,
+        "{metrics}"
+    );
+    assert_eq!(port_syns(&metrics, 445), 11.0);
+    assert_eq!(port_syns(&metrics, 23), 3.0);
     assert!(agent.stop(libc::SIGTERM).unwrap().success());
     assert_eq!(
         xdp_prog_id(&lab.host_if).unwrap(),
@@ -219,9 +187,9 @@ fn tcx_runs_first_before_another_tc_program_that_drops() {
     lab.inject(syn_frames(&lab, &per_port).unwrap()).unwrap();
     let metrics = agent.metrics_after_poll().unwrap();
     // The 445 SYNs were dropped by the other program, after the agent counted them.
-    assert_eq!(port(&metrics, 445), 10.0, "{metrics}");
-    assert_eq!(port(&metrics, 8080), 6.0);
-    assert_eq!(flag(&metrics, &lab.host_if, "syn"), 16.0);
+    assert_eq!(port_syns(&metrics, 445), 10.0, "{metrics}");
+    assert_eq!(port_syns(&metrics, 8080), 6.0);
+    assert_eq!(packet_flag(&metrics, &lab.host_if, "syn"), 16.0);
     assert!(lab.host_rx_packets().unwrap() >= dropped_before + 16);
     agent.stop(libc::SIGTERM).unwrap();
 }
@@ -285,12 +253,12 @@ fn pppoe_frames_written_onto_a_veth_are_counted_exactly() {
     assert_eq!(lab.inject(frames).unwrap(), 20);
     let metrics = agent.metrics_after_poll().unwrap();
     let i = &lab.host_if;
-    assert_eq!(flag(&metrics, i, "pppoe"), 19.0, "{metrics}");
-    assert_eq!(flag(&metrics, i, "syn"), 17.0);
-    assert_eq!(flag(&metrics, i, "ipv4"), 12.0);
-    assert_eq!(flag(&metrics, i, "ipv6"), 6.0);
-    assert_eq!(flag(&metrics, i, "vlan"), 6.0);
-    assert_eq!(port(&metrics, 1723), 17.0);
+    assert_eq!(packet_flag(&metrics, i, "pppoe"), 19.0, "{metrics}");
+    assert_eq!(packet_flag(&metrics, i, "syn"), 17.0);
+    assert_eq!(packet_flag(&metrics, i, "ipv4"), 12.0);
+    assert_eq!(packet_flag(&metrics, i, "ipv6"), 6.0);
+    assert_eq!(packet_flag(&metrics, i, "vlan"), 6.0);
+    assert_eq!(port_syns(&metrics, 1723), 17.0);
     let outcome = |o: &str| {
         value(
             &metrics,
@@ -354,11 +322,15 @@ fn syns_written_into_a_tun_device_are_counted_from_the_ip_header() {
         let metrics = agent.metrics_after_poll().unwrap();
         let name = &tun.name;
         assert_eq!(attached(&metrics, name, hook), 1.0, "{metrics}");
-        assert_eq!(flag(&metrics, name, "syn"), 23.0, "{hook}: {metrics}");
-        assert_eq!(flag(&metrics, name, "ipv4"), 16.0);
-        assert_eq!(flag(&metrics, name, "ipv6"), 9.0);
-        assert_eq!(port(&metrics, 5900), 14.0);
-        assert_eq!(port(&metrics, 5901), 9.0);
+        assert_eq!(
+            packet_flag(&metrics, name, "syn"),
+            23.0,
+            "{hook}: {metrics}"
+        );
+        assert_eq!(packet_flag(&metrics, name, "ipv4"), 16.0);
+        assert_eq!(packet_flag(&metrics, name, "ipv6"), 9.0);
+        assert_eq!(port_syns(&metrics, 5900), 14.0);
+        assert_eq!(port_syns(&metrics, 5901), 9.0);
         assert!(
             agent.log_text().contains("parsed from the IP header"),
             "{}",
@@ -412,8 +384,8 @@ fn xdp_filter_keeps_working_and_the_agent_counts_what_it_passes() {
         assert!(status.contains("scan_xdp"), "{status}");
     }
     // xdp-filter dropped the 445 SYNs before the agent saw them; the 80 ones passed.
-    assert_eq!(port(&metrics, 445), 0.0, "{metrics}");
-    assert_eq!(port(&metrics, 80), 5.0, "{metrics}");
+    assert_eq!(port_syns(&metrics, 445), 0.0, "{metrics}");
+    assert_eq!(port_syns(&metrics, 80), 5.0, "{metrics}");
     agent.stop(libc::SIGTERM).unwrap();
     let status = run_tool("xdp-loader", &["status", &i]);
     assert!(

@@ -82,6 +82,44 @@ pub fn series(exposition: &str, metric: &str, labels: &[&str]) -> Option<f64> {
         .and_then(|(_, v)| v.parse().ok())
 }
 
+/// [`series`], 0 when there is none.
+pub fn value(exposition: &str, metric: &str, labels: &[&str]) -> f64 {
+    series(exposition, metric, labels).unwrap_or(0.0)
+}
+
+/// SYNs counted for `port` (`scan_syn_packets_total`).
+pub fn port_syns(exposition: &str, port: u16) -> f64 {
+    value(
+        exposition,
+        "scan_syn_packets_total",
+        &[&format!("port=\"{port}\"")],
+    )
+}
+
+/// Packets of `interface` that carried `flag` (`scan_packet_flags_total`).
+pub fn packet_flag(exposition: &str, interface: &str, flag: &str) -> f64 {
+    value(
+        exposition,
+        "scan_packet_flags_total",
+        &[
+            &format!("interface=\"{interface}\""),
+            &format!("flag=\"{flag}\""),
+        ],
+    )
+}
+
+/// `scan_agent_attached` of `interface` on `hook` (1 attached, 0 not, 0 if absent).
+pub fn attached(exposition: &str, interface: &str, hook: &str) -> f64 {
+    value(
+        exposition,
+        "scan_agent_attached",
+        &[
+            &format!("interface=\"{interface}\""),
+            &format!("hook=\"{hook}\""),
+        ],
+    )
+}
+
 /// The sum of every sample of `metric` (all label sets), e.g. the packets seen as the
 /// sum of `scan_packets_total` over its outcomes.
 pub fn sample_sum(exposition: &str, metric: &str) -> f64 {

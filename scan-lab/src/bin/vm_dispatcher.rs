@@ -23,7 +23,7 @@ use scan_agent::sensor::{Hook, LinkKind, Sensor};
 use scan_lab::{
     Agent, Lab, Scratch,
     frames::{Frame, syn_frames, tcp},
-    http::series,
+    http::{attached, packet_flag, port_syns},
     net::xdp_prog_id,
 };
 
@@ -138,7 +138,7 @@ fn filter_then_agent(args: &Args) -> Result<()> {
         filter_port_hits(DROPPED)? - drops
     );
     expect_ports(&metrics, &[(DROPPED, 0), (80, 5), (22, 3)])?;
-    ensure!(flag(&metrics, &i, "syn") == 8.0, "{metrics}");
+    ensure!(packet_flag(&metrics, &i, "syn") == 8.0, "{metrics}");
 
     ensure!(agent.stop(libc::SIGTERM)?.success(), "{}", agent.log_text());
     let status = loader_status(&i)?;
@@ -622,46 +622,10 @@ fn filter_port_hits(port: u16) -> Result<u64> {
 fn expect_ports(metrics: &str, expected: &[(u16, u64)]) -> Result<()> {
     for &(p, n) in expected {
         ensure!(
-            port(metrics, p) == n as f64,
+            port_syns(metrics, p) == n as f64,
             "port {p}: counted {}, expected {n}\n{metrics}",
-            port(metrics, p)
+            port_syns(metrics, p)
         );
     }
     Ok(())
-}
-
-/// The value of the series of `name` whose labels contain every one of `labels` (0
-/// when there is none).
-fn value(metrics: &str, name: &str, labels: &[&str]) -> f64 {
-    series(metrics, name, labels).unwrap_or(0.0)
-}
-
-fn port(metrics: &str, port: u16) -> f64 {
-    value(
-        metrics,
-        "scan_syn_packets_total",
-        &[&format!("port=\"{port}\"")],
-    )
-}
-
-fn flag(metrics: &str, interface: &str, flag: &str) -> f64 {
-    value(
-        metrics,
-        "scan_packet_flags_total",
-        &[
-            &format!("interface=\"{interface}\""),
-            &format!("flag=\"{flag}\""),
-        ],
-    )
-}
-
-fn attached(metrics: &str, interface: &str, hook: &str) -> f64 {
-    value(
-        metrics,
-        "scan_agent_attached",
-        &[
-            &format!("interface=\"{interface}\""),
-            &format!("hook=\"{hook}\""),
-        ],
-    )
 }
