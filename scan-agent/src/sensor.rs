@@ -439,7 +439,8 @@ pub fn link_type_name(arphrd: u32) -> &'static str {
     }
 }
 
-fn ifindex(interface: &str) -> Result<u32, SensorError> {
+/// The index of `interface` in this network namespace.
+pub fn ifindex(interface: &str) -> Result<u32, SensorError> {
     let name = std::ffi::CString::new(interface)
         .map_err(|_| SensorError::NoInterface(interface.to_string()))?;
     // SAFETY: NUL-terminated string, no other precondition.

@@ -508,12 +508,7 @@ impl Drop for Lab {
 /// The id of the program on `interface`'s XDP hook (any mode), `None` when the hook is
 /// free: the kernel's view, through rtnetlink.
 pub fn xdp_prog_id(interface: &str) -> Result<Option<u32>> {
-    let name = std::ffi::CString::new(interface)?;
-    // SAFETY: a valid NUL-terminated name.
-    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    if index == 0 {
-        bail!("no interface {interface}");
-    }
+    let index = scan_agent::sensor::ifindex(interface)?;
     Ok(scan_agent::xdp_hook::query(index)
         .with_context(|| format!("reading the XDP hook of {interface}"))?
         .map(|holder| holder.prog_id))

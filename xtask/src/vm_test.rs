@@ -139,8 +139,9 @@ pub fn vm_test() -> Result<()> {
 
 struct Kernel {
     version: String,
-    /// The uncompressed ELF image when it could be extracted (QEMU boots it through
-    /// its PVH entry, skipping a decompression that takes ~20 s under emulation).
+    /// The uncompressed ELF image when it could be extracted: QEMU boots it through its
+    /// PVH entry, which saves the ~20 s the kernel takes to decompress itself under
+    /// emulation. Otherwise the bzImage itself, and the run says so (same scenarios).
     image: PathBuf,
     modules: PathBuf,
 }
