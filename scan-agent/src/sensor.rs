@@ -362,6 +362,9 @@ enum Route {
 
 /// The loaded program instances and their maps.
 pub struct Sensor {
+    /// The eBPF object programs are loaded from: [`PROGRAM_OBJECT`], or another build
+    /// of it that a benchmark compares ([`Sensor::unattached_object`]).
+    object: &'static [u8],
     cpus: usize,
     pin_dir: Option<PathBuf>,
     debug: bool,
@@ -664,6 +667,7 @@ impl Sensor {
             validate_pins(dir, cpus)?;
         }
         Ok(Self {
+            object: PROGRAM_OBJECT,
             cpus,
             pin_dir: pin_dir.map(Path::to_path_buf),
             debug: false,
@@ -711,7 +715,19 @@ impl Sensor {
         kind: LinkKind,
         sketches: bool,
     ) -> Result<Self, SensorError> {
+        Self::unattached_object(PROGRAM_OBJECT, hook, kind, sketches)
+    }
+
+    /// [`Sensor::unattached_with`] from `object`, another build of this program (e.g.
+    /// an earlier commit's), loaded exactly as ours: to compare the two in one run.
+    pub fn unattached_object(
+        object: &'static [u8],
+        hook: Hook,
+        kind: LinkKind,
+        sketches: bool,
+    ) -> Result<Self, SensorError> {
         let mut sensor = Self::load_with(None, sketches)?;
+        sensor.object = object;
         let instance = sensor.load_instance(None, hook, kind)?;
         sensor.instances.push(instance);
         Ok(sensor)
@@ -772,7 +788,7 @@ impl Sensor {
             loader.map_pin_path(name, path);
         }
         let mut ebpf = loader
-            .load(PROGRAM_OBJECT)
+            .load(self.object)
             .map_err(|e| SensorError::Load(Box::new(e)))?;
         for (name, path) in pins {
             if self.map_pins.iter().any(|(pinned, _)| *pinned == path) {

@@ -47,6 +47,12 @@ struct Args {
     /// two builds in one session); BENCHMARKS.md is then left alone.
     #[arg(long)]
     agent_binary: Option<PathBuf>,
+    /// Also test-run this eBPF object, another build of scan-ebpf (e.g. an earlier
+    /// commit's target/bpf/bpfel-unknown-none/release/scan-ebpf), loaded exactly as ours
+    /// with and without sketches, and report it against ours paired within each run;
+    /// BENCHMARKS.md is then left alone.
+    #[arg(long)]
+    compare_object: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -247,7 +253,14 @@ fn bench() -> Result<Vec<String>> {
 
     if wants(Part::XdpTestRun) {
         results.testrun = part(&mut results, "xdp_test_run", || {
-            testrun::run(&plan.test_run, objects.clone())
+            let compare = match &args.compare_object {
+                // Loaded once and kept for the whole run, as ours is.
+                Some(path) => Some(&*Vec::leak(
+                    std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+                )),
+                None => None,
+            };
+            testrun::run(&plan.test_run, objects.clone(), compare)
         });
         if let Some(t) = &results.testrun {
             let errors = t.errors.clone();
@@ -296,7 +309,11 @@ fn bench() -> Result<Vec<String>> {
     let results_md = out_dir.join("results.md");
     std::fs::write(&results_md, &section)?;
     eprintln!("\nwrote {} and {}", summary.display(), results_md.display());
-    if !args.quick && args.only.is_empty() && args.agent_binary.is_none() {
+    if !args.quick
+        && args.only.is_empty()
+        && args.agent_binary.is_none()
+        && args.compare_object.is_none()
+    {
         let benchmarks = root.join("BENCHMARKS.md");
         report::rewrite(&benchmarks, &section)?;
         eprintln!("rewrote the results section of {}", benchmarks.display());

@@ -63,6 +63,8 @@ impl Results {
                     "ours_tc_minus_empty_tc_ns": spread_json(mix.minus("ours_tc", "empty_tc")),
                     "ours_tc_minus_ours_xdp_ns": spread_json(mix.minus("ours_tc", "ours")),
                     "ours_dispatcher_minus_empty_ns": spread_json(mix.minus("ours_dispatcher", "empty")),
+                    "compare_minus_ours_ns": spread_json(mix.minus("compare", "ours")),
+                    "compare_minus_ours_no_sketch_ns": spread_json(mix.minus("compare_no_sketch", "ours_no_sketch")),
                 }),
             );
         }
@@ -398,6 +400,7 @@ impl Results {
                 ns_cell(Some(goal.over_empty)),
             );
         }
+        self.md_compare(w, t);
         self.md_entry_points(w, t);
         let ipv4 = t.mixes.iter().find(|m| m.key == "ipv4_syn");
         let ours = ipv4.and_then(|m| m.ns.get("ours")).copied();
@@ -450,6 +453,30 @@ impl Results {
     }
 
     /// Our entry points side by side: plain XDP, TCX, XDP behind libxdp's dispatcher.
+    /// `--compare-object` against ours, when it was given.
+    fn md_compare(&self, w: &mut String, t: &crate::testrun::TestRunResults) {
+        if !t.mixes.iter().any(|m| m.samples.contains_key("compare")) {
+            return;
+        }
+        let _ = writeln!(
+            w,
+            "The object given with `--compare-object`, loaded exactly as ours, minus ours \
+             (positive: ours is cheaper), paired within each run:\n"
+        );
+        let _ = writeln!(w, "| Mix | compare − ours | compare − ours, no sketches |");
+        let _ = writeln!(w, "|---|---:|---:|");
+        for mix in &t.mixes {
+            let _ = writeln!(
+                w,
+                "| {} | {} | {} |",
+                mix.label,
+                ns_cell(mix.minus("compare", "ours")),
+                ns_cell(mix.minus("compare_no_sketch", "ours_no_sketch")),
+            );
+        }
+        let _ = writeln!(w);
+    }
+
     fn md_entry_points(&self, w: &mut String, t: &crate::testrun::TestRunResults) {
         let _ = writeln!(
             w,

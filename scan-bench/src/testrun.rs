@@ -33,8 +33,10 @@ const TC_ACT_UNSPEC: u32 = u32::MAX;
 /// `ours` and `c_reference` keep the distinct-address sketches (ours as shipped); the
 /// `_no_sketch` variants are the same programs without them. `ours_tc` is our TCX
 /// entry point (sketches on) and `empty_tc` its floor; `ours_dispatcher` is our XDP
-/// program as the one component of libxdp's dispatcher.
-pub const PROGRAMS: [&str; 8] = [
+/// program as the one component of libxdp's dispatcher. `compare` and
+/// `compare_no_sketch` are another build of our program (`--compare-object`), loaded
+/// the same way as `ours` and `ours_no_sketch`.
+pub const PROGRAMS: [&str; 10] = [
     "ours",
     "ours_no_sketch",
     "empty",
@@ -43,6 +45,8 @@ pub const PROGRAMS: [&str; 8] = [
     "ours_tc",
     "empty_tc",
     "ours_dispatcher",
+    "compare",
+    "compare_no_sketch",
 ];
 
 pub struct Settings {
@@ -155,7 +159,12 @@ fn measure(program: &Program, verdict: u32, frame: &[u8], repeat: u32) -> Result
     ))
 }
 
-pub fn run(settings: &Settings, objects: Result<&CObjects, String>) -> Result<TestRunResults> {
+/// `compare`: another build of our eBPF object, measured beside ours (see [`PROGRAMS`]).
+pub fn run(
+    settings: &Settings,
+    objects: Result<&CObjects, String>,
+    compare: Option<&'static [u8]>,
+) -> Result<TestRunResults> {
     let mut errors = Vec::new();
     // (name, program, verdict it must return)
     let mut programs: Vec<(&'static str, Program, u32)> = Vec::new();
@@ -171,6 +180,13 @@ pub fn run(settings: &Settings, objects: Result<&CObjects, String>) -> Result<Te
         )),
         XDP_PASS,
     ));
+    if let Some(object) = compare {
+        for (name, sketches) in [("compare", true), ("compare_no_sketch", false)] {
+            let sensor = Sensor::unattached_object(object, Hook::Xdp, LinkKind::Ethernet, sketches)
+                .with_context(|| format!("loading --compare-object as {name}"))?;
+            programs.push((name, Program::Ours(Box::new(sensor)), XDP_PASS));
+        }
+    }
     let ours_tc =
         Sensor::unattached(Hook::Tc, LinkKind::Ethernet).context("loading our TCX program")?;
     verified.push(("TCX, Ethernet", ours_tc.verified_instructions()));
