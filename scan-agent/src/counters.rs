@@ -1,6 +1,7 @@
 //! The maps side of the sensor: reads the counters the program writes, and nothing
-//! else. The per-CPU port counters and the sketch slots by `mmap`, the packet classes
-//! and the no-slot counter by map lookups, the sampled sources from a ring buffer;
+//! else. The per-CPU port counters, the class slots and the sketch slots by `mmap`,
+//! the no-slot counter (and an older version's class counters) by map lookups, the
+//! sampled sources from a ring buffer;
 //! it writes only the sample budgets and resets taken sketches.
 //!
 //! None of this needs a capability once the maps are open (Linux >= 6.5 checks
@@ -17,12 +18,15 @@ use std::{
 
 use aya::maps::{IterableMap as _, Map, MapData, PerCpuArray, RingBuf};
 use scan_common::{
-    CLASSES_MAP, ClassCounters, ClassCounts, PORT_SYNS_MAP, PORTS, SAMPLES_MAP, SKETCH_MAP,
-    SKETCH_PROBES, SKETCH_SLOTS, SYN_NO_SLOT_MAP, Sketch, SketchSlot, SourceSample,
-    sketch_slot_home,
+    CLASS_SLOT_CPUS, CLASS_SLOTS_MAP, ClassCounts, ClassSlots, LEGACY_CLASSES_MAP, PORT_SYNS_MAP,
+    PORTS, SAMPLES_MAP, SKETCH_MAP, SKETCH_PROBES, SKETCH_SLOTS, SYN_NO_SLOT_MAP, Sketch,
+    SketchSlot, SourceSample, sketch_slot_home,
 };
 
 use crate::{sensor::SensorError, sketch::Distinct};
+
+/// An older version's per-CPU class counters (`scan_common::LEGACY_CLASSES_MAP`).
+pub(crate) type LegacyClasses = PerCpuArray<MapData, ClassCounts>;
 
 /// The maps of one load of the program (one per attached interface, plus one for
 /// test runs).
@@ -31,7 +35,12 @@ pub(crate) struct LoadMaps {
     pub(crate) id: u64,
     /// `None` for a program loaded only for test runs.
     pub(crate) interface: Option<String>,
-    pub(crate) classes: PerCpuArray<MapData, ClassCounters>,
+    /// Its class slots; `None` only for an older build of the program loaded by the
+    /// benchmark, which counts into `legacy_classes`.
+    pub(crate) classes: Option<ClassSlotsView>,
+    /// What an older version counted for this interface (see
+    /// `scan_common::LEGACY_CLASSES_MAP`), added to `classes`.
+    pub(crate) legacy_classes: Option<LegacyClasses>,
     /// SYNs this load could not count by port (expected 0; private, not pinned).
     pub(crate) syn_no_slot: PerCpuArray<MapData, u64>,
     /// Its own port map (private maps, or `--per-interface-ports`); `None` when it
@@ -102,10 +111,13 @@ pub struct Layout {
 pub struct LoadLayout {
     pub id: u64,
     pub interface: Option<String>,
-    /// Its fds are in this message: class counters, no-slot counter, then its own
-    /// port map if `ports`.
+    /// Its fds are in this message: class slots if `class_cpus` is not 0, no-slot
+    /// counter, its own port map if `ports`, older class counters if `legacy_classes`.
     pub new: bool,
+    /// CPU ids whose class slots are read (0: no class slots).
+    pub class_cpus: usize,
     pub ports: bool,
+    pub legacy_classes: bool,
 }
 
 fn map_error(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> SensorError {
@@ -161,21 +173,30 @@ impl Counters {
         }
         for load in &self.loads {
             let new = !known.contains(&load.id);
-            if new && fds.len() + 2 + usize::from(load.ports.is_some()) > max_fds {
+            let mut load_fds = Vec::with_capacity(4);
+            if let Some(view) = &load.classes {
+                load_fds.push(view.map.fd().as_fd());
+            }
+            load_fds.push(load.syn_no_slot.map().fd().as_fd());
+            if let Some(view) = &load.ports {
+                load_fds.push(view.map().fd().as_fd());
+            }
+            if let Some(legacy) = &load.legacy_classes {
+                load_fds.push(legacy.map().fd().as_fd());
+            }
+            if new && fds.len() + load_fds.len() > max_fds {
                 continue;
             }
             if new {
-                fds.push(load.classes.map().fd().as_fd());
-                fds.push(load.syn_no_slot.map().fd().as_fd());
-                if let Some(view) = &load.ports {
-                    fds.push(view.map().fd().as_fd());
-                }
+                fds.extend(load_fds);
             }
             layout.loads.push(LoadLayout {
                 id: load.id,
                 interface: load.interface.clone(),
                 new,
+                class_cpus: load.classes.as_ref().map_or(0, |view| view.cpus),
                 ports: load.ports.is_some(),
+                legacy_classes: load.legacy_classes.is_some(),
             });
         }
         (layout, fds)
@@ -197,7 +218,11 @@ impl Counters {
                 .loads
                 .iter()
                 .filter(|l| l.new)
-                .map(|l| 2 + usize::from(l.ports))
+                .map(|l| {
+                    1 + usize::from(l.class_cpus != 0)
+                        + usize::from(l.ports)
+                        + usize::from(l.legacy_classes)
+                })
                 .sum::<usize>();
         if fds.len() != wanted {
             return Err(SensorError::Layout(format!(
@@ -233,8 +258,12 @@ impl Counters {
                 loads.push(load);
                 continue;
             }
-            let classes = PerCpuArray::try_from(Map::PerCpuArray(received(next(), CLASSES_MAP)?))
-                .map_err(map_error(CLASSES_MAP))?;
+            let classes = if l.class_cpus != 0 {
+                let map = received(next(), CLASS_SLOTS_MAP)?;
+                Some(ClassSlotsView::new(map, l.class_cpus)?)
+            } else {
+                None
+            };
             let syn_no_slot =
                 PerCpuArray::try_from(Map::PerCpuArray(received(next(), SYN_NO_SLOT_MAP)?))
                     .map_err(map_error(SYN_NO_SLOT_MAP))?;
@@ -243,10 +272,20 @@ impl Counters {
             } else {
                 None
             };
+            let legacy_classes = if l.legacy_classes {
+                let map = received(next(), LEGACY_CLASSES_MAP)?;
+                Some(
+                    PerCpuArray::try_from(Map::PerCpuArray(map))
+                        .map_err(map_error(LEGACY_CLASSES_MAP))?,
+                )
+            } else {
+                None
+            };
             loads.push(LoadMaps {
                 id: l.id,
                 interface: l.interface.clone(),
                 classes,
+                legacy_classes,
                 syn_no_slot,
                 ports,
             });
@@ -412,8 +451,8 @@ impl Counters {
             .count()
     }
 
-    /// Packet-class totals summed over CPUs and interfaces.
-    /// SYNs that found no port slot, summed over CPUs and loads (expected 0).
+    /// SYNs that found no port slot, and packets whose CPU had no class slots, summed
+    /// over CPUs and loads (expected 0).
     pub fn read_syn_no_slot(&self) -> Result<u64, SensorError> {
         let mut total = 0u64;
         for load in &self.loads {
@@ -429,6 +468,7 @@ impl Counters {
         Ok(total)
     }
 
+    /// Packet-class totals summed over CPUs and interfaces.
     pub fn read_classes(&self) -> Result<ClassCounts, SensorError> {
         let mut counts = ClassCounts::default();
         for load in &self.loads {
@@ -448,15 +488,109 @@ impl Counters {
 }
 
 fn read_load_classes(load: &LoadMaps) -> Result<ClassCounts, SensorError> {
-    let values = load.classes.get(&0, 0).map_err(|source| SensorError::Map {
-        name: CLASSES_MAP,
-        source: Box::new(source),
-    })?;
-    let mut counts = ClassCounts::default();
-    for cpu in values.iter() {
-        counts.add(&cpu.counts);
+    let mut counts = match &load.classes {
+        Some(view) => view.read()?,
+        None => ClassCounts::default(),
+    };
+    if let Some(legacy) = &load.legacy_classes {
+        let values = legacy.get(&0, 0).map_err(map_error(LEGACY_CLASSES_MAP))?;
+        for cpu in values.iter() {
+            counts.add(&cpu.0);
+        }
     }
     Ok(counts)
+}
+
+/// Read-only `mmap` of one load's class slots (see `scan_common::CLASS_SLOTS_MAP`): the
+/// slots of the first `cpus` CPU ids (the possible ones), mapped at the first read, so
+/// a process that never reads them (the attacher) keeps none of it resident.
+pub(crate) struct ClassSlotsView {
+    /// The mapping, once made.
+    base: std::sync::OnceLock<NonNull<ClassSlots>>,
+    cpus: usize,
+    // Keeps the map alive while mapped.
+    pub(crate) map: MapData,
+}
+
+// SAFETY: the mapping is read-only shared memory; reads are volatile u64 loads.
+unsafe impl Send for ClassSlotsView {}
+unsafe impl Sync for ClassSlotsView {}
+
+impl ClassSlotsView {
+    pub(crate) fn new(map: MapData, cpus: usize) -> Result<Self, SensorError> {
+        if cpus == 0 || cpus > CLASS_SLOT_CPUS {
+            return Err(SensorError::Layout(format!(
+                "{cpus} CPUs of class slots (1 to {CLASS_SLOT_CPUS})"
+            )));
+        }
+        Ok(Self {
+            base: std::sync::OnceLock::new(),
+            cpus,
+            map,
+        })
+    }
+
+    fn len(&self) -> usize {
+        self.cpus * size_of::<ClassSlots>()
+    }
+
+    fn base(&self) -> Result<NonNull<ClassSlots>, SensorError> {
+        if let Some(base) = self.base.get() {
+            return Ok(*base);
+        }
+        // SAFETY: maps the first `len` bytes of the BPF_F_MMAPABLE array of one
+        // `ClassSlotTable` read-only; its value starts at offset 0.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                self.len(),
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                std::os::fd::AsRawFd::as_raw_fd(&self.map.fd().as_fd()),
+                0,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(SensorError::Mmap(
+                CLASS_SLOTS_MAP,
+                io::Error::last_os_error(),
+            ));
+        }
+        let base = NonNull::new(addr.cast::<ClassSlots>())
+            .ok_or_else(|| SensorError::Mmap(CLASS_SLOTS_MAP, io::Error::other("null mapping")))?;
+        if self.base.set(base).is_err() {
+            // Another reader mapped it first: keep that mapping, drop this one.
+            // SAFETY: unmaps exactly what was mapped above.
+            unsafe { libc::munmap(addr, self.len()) };
+        }
+        Ok(*self.base.get().expect("set above or by the other reader"))
+    }
+
+    /// The classes counted on every CPU.
+    fn read(&self) -> Result<ClassCounts, SensorError> {
+        let base = self.base()?;
+        let mut counts = ClassCounts::default();
+        for cpu in 0..self.cpus {
+            let mut slots = ClassSlots::ZERO;
+            for (word, value) in slots.counts.iter_mut().enumerate() {
+                // SAFETY: cpu < cpus, inside the mapping; the program writes these
+                // words concurrently, so read each one volatile.
+                *value =
+                    unsafe { (&raw const (*base.as_ptr().add(cpu)).counts[word]).read_volatile() };
+            }
+            counts.add(&ClassCounts::from_slots(&slots).0);
+        }
+        Ok(counts)
+    }
+}
+
+impl Drop for ClassSlotsView {
+    fn drop(&mut self) {
+        if let Some(base) = self.base.get() {
+            // SAFETY: unmaps exactly what `base` mapped.
+            unsafe { libc::munmap(base.as_ptr().cast(), self.len()) };
+        }
+    }
 }
 
 /// Read-only `mmap` of the per-CPU port counters (see `scan_common::PORT_SYNS_MAP`).

@@ -29,13 +29,14 @@ use aya::{
     },
 };
 use scan_common::{
-    CLASSES_MAP, ClassCounters, DEBUG_GLOBAL, PORT_SYNS_MAP, PORTS, SAMPLES_BYTES, SAMPLES_MAP,
-    SKETCH_MAP, SKETCH_SLOTS, SKETCH_SWITCH, SYN_NO_SLOT_MAP, SketchSlot, program_name,
+    CLASS_SLOT_CPUS, CLASS_SLOTS_MAP, ClassCounts, ClassSlotTable, DEBUG_GLOBAL,
+    LEGACY_CLASSES_MAP, PORT_SYNS_MAP, PORTS, SAMPLES_BYTES, SAMPLES_MAP, SKETCH_MAP, SKETCH_SLOTS,
+    SKETCH_SWITCH, SYN_NO_SLOT_MAP, SketchSlot, program_name,
 };
 
 pub use crate::counters::{Counters, PortSketches};
 use crate::{
-    counters::{LoadMaps, PortCounterView, SampleRing, SketchView},
+    counters::{ClassSlotsView, LegacyClasses, LoadMaps, PortCounterView, SampleRing, SketchView},
     dispatcher, xdp_hook,
 };
 pub use scan_common::{Hook, LinkKind};
@@ -52,6 +53,12 @@ const LINK_PREFIX: &str = "link-";
 pub enum SensorError {
     #[error("cannot count possible CPUs ({0}): is /sys mounted?")]
     Cpus(String),
+    #[error(
+        "this machine has {0} possible CPU ids ({possible}); the program keeps class counters \
+         for at most {CLASS_SLOT_CPUS}: rebuild with a larger scan_common::CLASS_SLOT_CPUS",
+        possible = crate::cpus::POSSIBLE
+    )]
+    TooManyCpus(usize),
     #[error(
         "pinned map {path} does not match this program: {found}, expected {expected}. It was \
          made by another version of scan-agent or on another CPU count. To keep its counts, \
@@ -365,7 +372,10 @@ pub struct Sensor {
     /// The eBPF object programs are loaded from: [`PROGRAM_OBJECT`], or another build
     /// of it that a benchmark compares ([`Sensor::unattached_object`]).
     object: &'static [u8],
+    /// Slices of the port map.
     cpus: usize,
+    /// CPU ids whose class slots are read: the possible ones.
+    class_cpus: usize,
     pin_dir: Option<PathBuf>,
     debug: bool,
     /// Whether the programs keep the distinct-address sketches.
@@ -555,12 +565,21 @@ fn expected_map(name: &str, cpus: usize) -> Option<ExpectedMap> {
             max_entries: port_entries(cpus),
             flags: BPF_F_MMAPABLE,
         })
-    } else if ours(CLASSES_MAP) {
+    } else if ours(CLASS_SLOTS_MAP) {
         Some(ExpectedMap {
-            name: CLASSES_MAP,
+            name: CLASS_SLOTS_MAP,
+            map_type: MapType::Array,
+            key_size: 4,
+            value_size: size_of::<ClassSlotTable>() as u32,
+            max_entries: 1,
+            flags: BPF_F_MMAPABLE,
+        })
+    } else if ours(LEGACY_CLASSES_MAP) {
+        Some(ExpectedMap {
+            name: LEGACY_CLASSES_MAP,
             map_type: MapType::PerCpuArray,
             key_size: 4,
-            value_size: size_of::<ClassCounters>() as u32,
+            value_size: size_of::<ClassCounts>() as u32,
             max_entries: 1,
             flags: 0,
         })
@@ -579,6 +598,63 @@ fn map_pin_name(map: &str, interface: Option<&str>) -> String {
 
 fn port_entries(cpus: usize) -> u32 {
     (cpus as u32).saturating_mul(PORTS)
+}
+
+/// aya's name for the map of an object's `.bss` section.
+const BSS_SECTION: &str = ".bss";
+
+fn map_error(name: &'static str, source: aya::maps::MapError) -> SensorError {
+    SensorError::Map {
+        name,
+        source: Box::new(source),
+    }
+}
+
+fn syscall_error(name: &'static str, call: &'static str, io_error: io::Error) -> SensorError {
+    map_error(
+        name,
+        aya::maps::MapError::SyscallError(aya::sys::SyscallError { call, io_error }),
+    )
+}
+
+/// A new, zeroed map for a load's class slots (see `scan_common::CLASS_SLOTS_MAP`).
+fn new_class_slots() -> Result<MapData, SensorError> {
+    const BPF_MAP_TYPE_ARRAY: u32 = 2;
+    let definition = aya_obj::Map::new_from_params(
+        BPF_MAP_TYPE_ARRAY,
+        size_of::<u32>() as u32,
+        size_of::<ClassSlotTable>() as u32,
+        1,
+        BPF_F_MMAPABLE,
+    );
+    MapData::create(definition, "scan_classes", None)
+        .map_err(|source| map_error(CLASS_SLOTS_MAP, source))
+}
+
+/// Makes the program bind its global data `global` (a map aya made at load) to
+/// `ours` instead.
+///
+/// aya 0.14 writes a global-data map's initial bytes into it when it loads the object,
+/// also into a map reused from a pin (`MapData::finalize` after
+/// `create_pinned_by_name`): the pinned class slots would be zeroed at every restart.
+/// So aya keeps its own (fresh, zeroed) map, and its fd number, which relocation has
+/// already written into the program's instructions, is pointed at ours (`dup3`) before
+/// the program is loaded: the kernel resolves the number at load, to our map.
+fn bind_global_data(global: &MapData, ours: &MapData) -> Result<(), SensorError> {
+    use std::os::fd::AsRawFd as _;
+    let target = global.fd().as_fd().as_raw_fd();
+    // SAFETY: both fds are open maps owned by this process; `target` stays owned by
+    // aya's MapData, now referring to our map (same type and size, checked by the
+    // kernel when the program loads).
+    let rc = unsafe { libc::dup3(ours.fd().as_fd().as_raw_fd(), target, libc::O_CLOEXEC) };
+    if rc < 0 {
+        return Err(syscall_error(
+            CLASS_SLOTS_MAP,
+            "dup3",
+            io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
 }
 
 /// Checks every pinned map in `dir` against what this program expects, so a pin
@@ -658,6 +734,11 @@ impl Sensor {
         sketches: bool,
         cpus: usize,
     ) -> Result<Self, SensorError> {
+        // The class slots cover every CPU id, whatever the port map's test sizing.
+        let class_cpus = possible_cpus()?;
+        if class_cpus > CLASS_SLOT_CPUS {
+            return Err(SensorError::TooManyCpus(class_cpus));
+        }
         if let Some(dir) = pin_dir {
             ensure_bpffs(dir)?;
             fs::create_dir_all(dir).map_err(|source| SensorError::PinDir {
@@ -669,6 +750,7 @@ impl Sensor {
         Ok(Self {
             object: PROGRAM_OBJECT,
             cpus,
+            class_cpus,
             pin_dir: pin_dir.map(Path::to_path_buf),
             debug: false,
             sketches_on: sketches,
@@ -744,6 +826,98 @@ impl Sensor {
         self.per_interface_ports = on;
     }
 
+    /// Remembers the pin of `map` at `path`, with a reference of this process's own,
+    /// so [`Sensor::repin`] can put it back.
+    fn keep_pin(
+        &mut self,
+        name: &'static str,
+        path: PathBuf,
+        map: &MapData,
+    ) -> Result<(), SensorError> {
+        if self.map_pins.iter().any(|(pinned, _)| *pinned == path) {
+            return Ok(());
+        }
+        let fd = map
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|io_error| syscall_error(name, "dup", io_error))?;
+        self.map_pins.push((path, fd));
+        Ok(())
+    }
+
+    /// The class counters of a load, set up before its program is loaded: its `.bss`
+    /// class slots bound to this interface's pinned map (made and pinned the first
+    /// time) or to a private one; and the per-CPU class map of an older version, if
+    /// one is pinned for this interface (or if `ebpf` is itself an older build, which
+    /// the benchmark compares).
+    fn class_maps(
+        &mut self,
+        ebpf: &mut Ebpf,
+        interface: Option<&str>,
+    ) -> Result<(Option<ClassSlotsView>, Option<LegacyClasses>), SensorError> {
+        let pin = |name| {
+            self.pin_dir
+                .as_ref()
+                .map(|dir| dir.join(map_pin_name(name, interface)))
+        };
+        let slots_pin = pin(CLASS_SLOTS_MAP);
+        let legacy_pin = pin(LEGACY_CLASSES_MAP);
+        let classes = match ebpf.map(BSS_SECTION) {
+            Some(Map::Array(bss)) => {
+                let slots = match &slots_pin {
+                    Some(path) if path.exists() => {
+                        MapData::from_pin(path).map_err(|source| SensorError::PinRead {
+                            path: path.clone(),
+                            source: Box::new(source),
+                        })?
+                    }
+                    Some(path) => {
+                        let slots = new_class_slots()?;
+                        slots.pin(path).map_err(|e| {
+                            map_error(
+                                CLASS_SLOTS_MAP,
+                                aya::maps::MapError::PinError {
+                                    name: Some(CLASS_SLOTS_MAP.into()),
+                                    error: e,
+                                },
+                            )
+                        })?;
+                        slots
+                    }
+                    None => new_class_slots()?,
+                };
+                bind_global_data(bss, &slots)?;
+                if let Some(path) = slots_pin {
+                    self.keep_pin(CLASS_SLOTS_MAP, path, &slots)?;
+                }
+                Some(ClassSlotsView::new(slots, self.class_cpus)?)
+            }
+            _ => None,
+        };
+        let legacy = match (ebpf.take_map(LEGACY_CLASSES_MAP), legacy_pin) {
+            (Some(own), _) => Some(own),
+            (None, Some(path)) if path.exists() => {
+                let map = MapData::from_pin(&path).map_err(|source| SensorError::PinRead {
+                    path: path.clone(),
+                    source: Box::new(source),
+                })?;
+                self.keep_pin(LEGACY_CLASSES_MAP, path, &map)?;
+                Some(Map::PerCpuArray(map))
+            }
+            _ => None,
+        };
+        let legacy = legacy
+            .map(|map| {
+                LegacyClasses::try_from(map).map_err(|source| map_error(LEGACY_CLASSES_MAP, source))
+            })
+            .transpose()?;
+        if classes.is_none() && legacy.is_none() {
+            return Err(SensorError::MissingMap(CLASS_SLOTS_MAP));
+        }
+        Ok((classes, legacy))
+    }
+
     fn load_instance(
         &mut self,
         interface: Option<&str>,
@@ -778,7 +952,6 @@ impl Sensor {
                     PORT_SYNS_MAP,
                     dir.join(map_pin_name(PORT_SYNS_MAP, ports_interface)),
                 ),
-                (CLASSES_MAP, dir.join(map_pin_name(CLASSES_MAP, interface))),
                 (SKETCH_MAP, dir.join(SKETCH_MAP)),
                 (SAMPLES_MAP, dir.join(SAMPLES_MAP)),
             ],
@@ -791,24 +964,13 @@ impl Sensor {
             .load(self.object)
             .map_err(|e| SensorError::Load(Box::new(e)))?;
         for (name, path) in pins {
-            if self.map_pins.iter().any(|(pinned, _)| *pinned == path) {
-                continue;
-            }
-            let fd = match ebpf.map(name) {
-                Some(Map::Array(data) | Map::PerCpuArray(data) | Map::RingBuf(data)) => {
-                    data.fd().as_fd().try_clone_to_owned()
-                }
+            let map = match ebpf.map(name) {
+                Some(Map::Array(data) | Map::PerCpuArray(data) | Map::RingBuf(data)) => data,
                 _ => return Err(SensorError::MissingMap(name)),
             };
-            let fd = fd.map_err(|io_error| SensorError::Map {
-                name,
-                source: Box::new(aya::maps::MapError::SyscallError(aya::sys::SyscallError {
-                    call: "dup",
-                    io_error,
-                })),
-            })?;
-            self.map_pins.push((path, fd));
+            self.keep_pin(name, path, map)?;
         }
+        let (classes, legacy_classes) = self.class_maps(&mut ebpf, interface)?;
         let name = program_name(hook, kind);
         let loaded = match hook {
             Hook::Xdp if extension => Ok(()),
@@ -871,14 +1033,6 @@ impl Sensor {
                 )?)
             });
         }
-        let classes = ebpf
-            .take_map(CLASSES_MAP)
-            .ok_or(SensorError::MissingMap(CLASSES_MAP))?
-            .try_into()
-            .map_err(|source| SensorError::Map {
-                name: CLASSES_MAP,
-                source: Box::new(source),
-            })?;
         let syn_no_slot = ebpf
             .take_map(SYN_NO_SLOT_MAP)
             .ok_or(SensorError::MissingMap(SYN_NO_SLOT_MAP))?
@@ -893,6 +1047,7 @@ impl Sensor {
             id,
             interface: interface.map(str::to_string),
             classes,
+            legacy_classes,
             syn_no_slot,
             ports,
         });

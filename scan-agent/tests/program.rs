@@ -1159,3 +1159,74 @@ fn syn_on_a_cpu_without_a_slice_is_counted_as_such() {
     assert_eq!(counters(&sensor).ports[445], 2);
     assert_eq!(counters(&sensor).classes.get(PacketClass::Syn), 5);
 }
+
+/// The class counters live in the program's `.bss`, which aya 0.14 rewrites with its
+/// initial bytes at every load, also when reused from a pin: the agent binds it to a
+/// pinned map of its own instead. A new load (an agent restart) must find every class
+/// count where the last one left it, and an older version's per-CPU class map pinned
+/// for the same interface (an upgrade) must be added, not dropped.
+#[test]
+fn class_counts_survive_a_new_load_and_an_upgrade() {
+    use aya::maps::{MapData, PerCpuArray, PerCpuValues};
+    use scan_common::{CLASS_SLOTS_MAP, LEGACY_CLASSES_MAP};
+
+    let scratch = scan_lab::agent::Scratch::new(
+        "class-pins",
+        std::path::Path::new(env!("CARGO_BIN_EXE_scan-agent")),
+    )
+    .unwrap();
+    std::fs::create_dir_all(&scratch.pin_path).expect("a directory on the bpffs");
+    // What an older version counted: 3 IPv4 SYNs on every CPU.
+    let mut older = ClassCounts::default();
+    for class in [
+        PacketClass::Seen,
+        PacketClass::Ipv4,
+        PacketClass::Tcp,
+        PacketClass::Syn,
+    ] {
+        older.0[class as usize] = 3;
+    }
+    let cpus = aya::util::nr_cpus().expect("possible CPUs");
+    let mut legacy = PerCpuArray::<MapData, ClassCounts>::create(1, 0).expect("a per-CPU array");
+    legacy
+        .set(0, PerCpuValues::try_from(vec![older; cpus]).unwrap(), 0)
+        .unwrap();
+    legacy
+        .pin(scratch.pin_path.join(LEGACY_CLASSES_MAP))
+        .expect("pin the older map");
+
+    let mut expected = ClassCounts::default();
+    for _ in 0..cpus {
+        expected.add(&older.0);
+    }
+    let frame = syn4(445).build();
+    for (load, runs) in [(1, 5u32), (2, 7), (3, 0)] {
+        let sensor = Sensor::unattached_pinned(&scratch.pin_path, Hook::Xdp, LinkKind::Ethernet)
+            .unwrap_or_else(|e| panic!("load {load} with pins (needs root and a bpffs): {e}"));
+        assert_eq!(
+            sensor.read_classes().unwrap(),
+            expected,
+            "load {load} did not start where the last one left"
+        );
+        if runs > 0 {
+            let result = sensor.test_run(&frame, runs).unwrap();
+            assert_eq!(result.return_value, XDP_PASS);
+        }
+        for class in [
+            PacketClass::Seen,
+            PacketClass::Ipv4,
+            PacketClass::Tcp,
+            PacketClass::Syn,
+        ] {
+            expected.0[class as usize] += u64::from(runs);
+        }
+        assert_eq!(
+            sensor.read_classes().unwrap(),
+            expected,
+            "{}",
+            describe(&sensor.read_classes().unwrap())
+        );
+        assert!(scratch.pin_path.join(CLASS_SLOTS_MAP).exists());
+    }
+    assert_eq!(expected.get(PacketClass::Syn), 3 * cpus as u64 + 12);
+}

@@ -11,10 +11,19 @@ pub const PORTS: u32 = 65_536;
 /// `possible CPUs x PORTS` `u64`, where CPU `c` counts port `p` at `c * PORTS + p`.
 /// The program declares one slice; the loader sizes it at load time.
 pub const PORT_SYNS_MAP: &str = "SCAN_PORT_SYNS";
-/// Packet-class counters of one interface: a `PERCPU_ARRAY` of one [`ClassCounters`].
-/// Every load of the program (one per interface) has its own, so the counters
-/// are per interface at the cost of one lookup per packet with a constant key.
-pub const CLASSES_MAP: &str = "SCAN_CLASSES";
+/// Pins of maps that held an interface's class counters before the `.bss` slots of
+/// [`CLASS_SLOTS_MAP`]: a `PERCPU_ARRAY` of one [`ClassCounts`]-shaped value. No
+/// program writes them any more; the agent adds what an older version counted into
+/// one (frozen since the upgrade swapped the program) to the interface's totals, so
+/// an upgrade loses no count.
+pub const LEGACY_CLASSES_MAP: &str = "SCAN_CLASSES";
+/// Packet-class counters of one load (one interface): the program's `.bss` global of
+/// this name, one [`ClassSlots`] per CPU id below [`CLASS_SLOT_CPUS`]. A global is
+/// at an address fixed at load time, so a packet reaches its CPU's slots without a
+/// map lookup (and without a key on the stack); the agent backs it with its own
+/// `BPF_F_MMAPABLE` array of one [`ClassSlotTable`], pinned under this name, reused
+/// across restarts and read by `mmap`.
+pub const CLASS_SLOTS_MAP: &str = "SCAN_CLASS_SLOTS";
 /// Load-time switch (`.rodata`, set with `EbpfLoader::override_global`): non-zero
 /// logs parse outcomes through aya-log. A frozen constant, so with it off the
 /// verifier removes the logging code and no packet pays for it.
@@ -59,31 +68,114 @@ pub const MAX_VLAN_TAGS: usize = 2;
 /// IPv6 extension headers the parser walks before giving up.
 pub const MAX_IPV6_EXT_HEADERS: usize = 6;
 
-/// One CPU's class counters of one interface, indexed by [`PacketClass`]: the
-/// value of [`CLASSES_MAP`]'s only entry, so one lookup serves every class bump.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ClassCounters {
-    pub counts: [u64; PacketClass::COUNT as usize],
+/// CPU ids with class slots: the agent refuses a machine with more possible CPUs
+/// (see `scan_agent::cpus`), so no packet is ever left without its slots.
+pub const CLASS_SLOT_CPUS: usize = 1024;
+
+/// Outcomes as the program counts them: like the outcome [`PacketClass`]es, but a
+/// SYN is its own outcome (`tcp` and `syn` at once). With the IP family, one
+/// [`ClassSlots`] slot per packet holds everything [`ClassCounts`] derives: one
+/// increment per packet instead of one per class on its way.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Tcp = 0,
+    Syn = 1,
+    NonTcp = 2,
+    NonIp = 3,
+    Truncated = 4,
+    BadHeader = 5,
+    LaterFragment = 6,
+    HeaderLimit = 7,
 }
 
-#[cfg(feature = "user")]
-// SAFETY: plain `repr(C)` array of `u64`, no padding.
-unsafe impl aya::Pod for ClassCounters {}
+impl Outcome {
+    pub const COUNT: usize = 8;
+    pub const ALL: [Outcome; Self::COUNT] = [
+        Self::Tcp,
+        Self::Syn,
+        Self::NonTcp,
+        Self::NonIp,
+        Self::Truncated,
+        Self::BadHeader,
+        Self::LaterFragment,
+        Self::HeaderLimit,
+    ];
 
-/// What happened to a packet, counted per CPU in [`CLASSES_MAP`].
+    /// The [`PacketClass`] this outcome is counted as (a SYN also as `tcp`).
+    pub const fn class(self) -> PacketClass {
+        match self {
+            Self::Tcp => PacketClass::Tcp,
+            Self::Syn => PacketClass::Syn,
+            Self::NonTcp => PacketClass::NonTcp,
+            Self::NonIp => PacketClass::NonIp,
+            Self::Truncated => PacketClass::Truncated,
+            Self::BadHeader => PacketClass::BadHeader,
+            Self::LaterFragment => PacketClass::LaterFragment,
+            Self::HeaderLimit => PacketClass::HeaderLimit,
+        }
+    }
+}
+
+/// What the link layer said the packet carries: which outcome slots it counts in.
+#[repr(usize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// No IP header was reached (non-IP, or the link layer ended the parse).
+    None = 0,
+    Ipv4 = 1,
+    Ipv6 = 2,
+}
+
+/// Slot of `outcome` for a packet of `family` in [`ClassSlots`].
+#[inline(always)]
+pub const fn outcome_slot(family: Family, outcome: Outcome) -> usize {
+    family as usize * Outcome::COUNT + outcome as usize
+}
+/// Slot of the `vlan` flag (the frame carried a VLAN tag), counted on the way.
+pub const VLAN_SLOT: usize = 3 * Outcome::COUNT;
+/// Slot of the `pppoe` flag (a PPPoE session frame), counted on the way.
+pub const PPPOE_SLOT: usize = VLAN_SLOT + 1;
+
+/// One CPU's class counters of one load: one slot per (family, outcome) and the two
+/// link flags, on cache lines of its own (no two CPUs write the same line).
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClassSlots {
+    pub counts: [u64; 32],
+}
+
+impl ClassSlots {
+    pub const ZERO: Self = Self { counts: [0; 32] };
+}
+
+const _: () = assert!(PPPOE_SLOT < 32);
+
+/// The value of [`CLASS_SLOTS_MAP`]: the slots of every CPU id, CPU `c` at `c`.
+pub type ClassSlotTable = [ClassSlots; CLASS_SLOT_CPUS];
+
+#[cfg(feature = "user")]
+// SAFETY: `repr(C)` array of `u64` filling its 64-byte alignment exactly (256 bytes).
+unsafe impl aya::Pod for ClassSlots {}
+const _: () = assert!(size_of::<ClassSlots>() == 256);
+
+/// What happened to a packet: the classes the agent reports, derived from
+/// [`ClassSlots`] ([`ClassCounts::from_slots`]).
 ///
 /// Two kinds of class:
-/// - *flags*, counted on the way through: `Seen`, `Vlan`, `Pppoe`, `Ipv4`, `Ipv6`, `Syn`;
+/// - *flags*: `Seen`, `Vlan`, `Pppoe`, `Ipv4`, `Ipv6`, `Syn`;
 /// - *outcomes*, exactly one per packet: `Tcp`, `NonTcp`, `NonIp`, `Truncated`,
 ///   `BadHeader`, `LaterFragment`, `HeaderLimit`.
 ///
-/// Invariants (checked over every case of the program, differential and replay
-/// tests; live counters read while packets flow may be off by the packets in flight):
+/// The program counts each packet once, in the slot of its (family, [`Outcome`]),
+/// plus `Vlan` and `Pppoe` when the link layer has them; `Seen`, `Ipv4`, `Ipv6`,
+/// `Tcp` and `Syn` are sums of outcome slots. So invariants 1-3 hold by
+/// construction, also in live reads; all four are checked over every case of the
+/// program, and in the differential and replay tests:
 /// 1. `seen == tcp + non_tcp + non_ip + truncated + bad_header + later_fragment + header_limit`
 /// 2. `syn <= tcp` (a SYN is counted only once its whole TCP header is read)
 /// 3. `tcp + non_tcp + later_fragment <= ipv4 + ipv6 <= seen - non_ip`
-/// 4. `vlan <= seen`, `pppoe <= seen`
+/// 4. `vlan <= seen`, `pppoe <= seen` (live reads may be off by the packets in flight)
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum PacketClass {
@@ -175,11 +267,46 @@ impl PacketClass {
     }
 }
 
-/// Class counters indexed by [`PacketClass`], summed over CPUs (and interfaces).
+/// Class counters indexed by [`PacketClass`], summed over CPUs (and interfaces). Also
+/// the per-CPU value of a [`LEGACY_CLASSES_MAP`] pin.
+#[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ClassCounts(pub [u64; PacketClass::COUNT as usize]);
 
+#[cfg(feature = "user")]
+// SAFETY: plain `repr(C)` array of `u64`, no padding.
+unsafe impl aya::Pod for ClassCounts {}
+
 impl ClassCounts {
+    /// The classes one CPU's slots count (see [`PacketClass`]).
+    pub fn from_slots(slots: &ClassSlots) -> Self {
+        let mut counts = Self::default();
+        let mut bump = |class: PacketClass, value: u64| {
+            let total = &mut counts.0[class as usize];
+            *total = total.wrapping_add(value);
+        };
+        for (family, ip) in [
+            (Family::None, None),
+            (Family::Ipv4, Some(PacketClass::Ipv4)),
+            (Family::Ipv6, Some(PacketClass::Ipv6)),
+        ] {
+            for outcome in Outcome::ALL {
+                let value = slots.counts[outcome_slot(family, outcome)];
+                bump(PacketClass::Seen, value);
+                bump(outcome.class(), value);
+                if outcome == Outcome::Syn {
+                    bump(PacketClass::Tcp, value);
+                }
+                if let Some(ip) = ip {
+                    bump(ip, value);
+                }
+            }
+        }
+        bump(PacketClass::Vlan, slots.counts[VLAN_SLOT]);
+        bump(PacketClass::Pppoe, slots.counts[PPPOE_SLOT]);
+        counts
+    }
+
     /// Adds `other` into `self`, class by class.
     pub fn add(&mut self, other: &[u64; PacketClass::COUNT as usize]) {
         for (total, value) in self.0.iter_mut().zip(other) {

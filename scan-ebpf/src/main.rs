@@ -23,7 +23,10 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use aya_log_ebpf::info;
-use scan_common::{ClassCounters, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, PORTS, PacketClass};
+use scan_common::{
+    CLASS_SLOT_CPUS, ClassSlotTable, ClassSlots, Family, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS,
+    Outcome, PORTS, PPPOE_SLOT, VLAN_SLOT, outcome_slot,
+};
 
 mod sketch;
 use sketch::Addresses;
@@ -33,16 +36,20 @@ use sketch::Addresses;
 #[map]
 static SCAN_PORT_SYNS: Array<u64> = Array::with_max_entries(PORTS, BPF_F_MMAPABLE);
 
-/// This load's (this interface's) class counters: one struct per CPU.
-#[map]
-static SCAN_CLASSES: PerCpuArray<ClassCounters> = PerCpuArray::with_max_entries(1, 0);
+/// This load's (this interface's) class counters, CPU `c`'s at `c`
+/// (`scan_common::CLASS_SLOTS_MAP`). In `.bss`, at an address fixed at load time: no
+/// map lookup per packet. The agent backs it with a pinned map of its own, so the
+/// counts outlive the load.
+#[unsafe(no_mangle)]
+static mut SCAN_CLASS_SLOTS: ClassSlotTable = [ClassSlots::ZERO; CLASS_SLOT_CPUS];
 
 /// Set at load time (`scan_common::DEBUG_GLOBAL`); `.rodata`, frozen, so the
 /// verifier drops the logging branch when it is 0.
 #[unsafe(no_mangle)]
 static SCAN_DEBUG: Global<u32> = Global::new(0);
 
-/// SYNs whose CPU has no slice in `SCAN_PORT_SYNS` (see `scan_common::SYN_NO_SLOT_MAP`).
+/// SYNs whose CPU has no slice in `SCAN_PORT_SYNS`, and packets whose CPU has no class
+/// slots (see `scan_common::SYN_NO_SLOT_MAP`).
 #[map]
 static SCAN_SYN_NO_SLOT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
@@ -138,32 +145,48 @@ impl Bounds for TcContext {
     }
 }
 
-/// Class counters of this CPU, bumped in place: one map lookup per packet.
-struct Counters(*mut ClassCounters);
+/// This CPU's class slots, bumped in place.
+struct Counters(*mut ClassSlots);
 
 impl Counters {
+    /// The slots of CPU `cpu`, if it has them (the agent sizes the machine so it does).
     #[inline(always)]
-    fn bump(&self, class: PacketClass) {
-        // SAFETY: per-CPU value; XDP and TC run with migration disabled, so no
-        // other writer touches this CPU's copy while we add. The index is a
-        // constant below COUNT.
-        unsafe { (*self.0).counts[class as usize] += 1 };
+    fn of_cpu(cpu: u32) -> Option<Self> {
+        let cpu = cpu as usize;
+        if cpu >= CLASS_SLOT_CPUS {
+            return None;
+        }
+        // SAFETY: in bounds (checked above); a raw pointer, no reference to the static.
+        Some(Self(unsafe {
+            (&raw mut SCAN_CLASS_SLOTS).cast::<ClassSlots>().add(cpu)
+        }))
+    }
+
+    #[inline(always)]
+    fn bump(&self, slot: usize) {
+        // SAFETY: this CPU's slots; XDP and TC run with migration disabled, so no other
+        // writer touches them while we add. Every slot index is below 32 (its callers
+        // add constants of scan_common).
+        unsafe { (*self.0).counts[slot] += 1 };
     }
 }
 
 #[inline(always)]
 fn run<const RAW: bool, C: Bounds>(ctx: &C, outer_tags: usize) {
-    let Some(counters) = SCAN_CLASSES.get_ptr_mut(0) else {
+    // SAFETY: plain helper call, no arguments.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let Some(counters) = Counters::of_cpu(cpu) else {
+        count_no_slot();
         return;
     };
     let packet = Packet {
         ctx,
         frame: Frame::of(ctx),
-        counters: Counters(counters),
+        counters,
+        cpu,
     };
-    packet.counters.bump(PacketClass::Seen);
-    if let Some(outcome) = packet.classify::<RAW>(outer_tags) {
-        packet.counters.bump(outcome);
+    if let Some((family, outcome)) = packet.classify::<RAW>(outer_tags) {
+        packet.counters.bump(outcome_slot(family, outcome));
         if debug() {
             log_outcome(ctx, outcome);
         }
@@ -173,13 +196,18 @@ fn run<const RAW: bool, C: Bounds>(ctx: &C, outer_tags: usize) {
 // The debug log, out of line: with the switch off it never runs, and inlined it
 // would take registers and stack from the counting path.
 #[inline(never)]
-fn log_outcome<C: Bounds>(ctx: &C, outcome: PacketClass) {
-    info!(ctx, "outcome={}", outcome as u32);
+fn log_outcome<C: Bounds>(ctx: &C, outcome: Outcome) {
+    info!(ctx, "outcome={}", outcome.class() as u32);
 }
 
 #[inline(never)]
 fn log_syn<C: Bounds>(ctx: &C, port: u16) {
-    info!(ctx, "outcome={} syn_port={}", PacketClass::Tcp as u32, port);
+    info!(
+        ctx,
+        "outcome={} syn_port={}",
+        Outcome::Tcp.class() as u32,
+        port
+    );
 }
 
 /// Whether the program was loaded with the debug switch on. Rare by design.
@@ -287,6 +315,14 @@ enum Network {
 
 impl Network {
     #[inline(always)]
+    fn family(self) -> Family {
+        match self {
+            Self::V4(_) => Family::Ipv4,
+            Self::V6(_) => Family::Ipv6,
+        }
+    }
+
+    #[inline(always)]
     fn addresses(self) -> Addresses {
         match self {
             Self::V4(ip) => Addresses::V4 {
@@ -307,7 +343,7 @@ impl Network {
 enum Link {
     Ipv4(usize),
     Ipv6(usize),
-    End(PacketClass),
+    End(Outcome),
 }
 
 /// Where an IP header leads: the TCP header at an offset, or the end of parsing
@@ -315,10 +351,10 @@ enum Link {
 #[derive(Clone, Copy)]
 enum Transport {
     Tcp(usize, Network),
-    End(PacketClass),
+    End(Outcome),
 }
 
-/// One packet on its way through the parser: its bounds, this CPU's class
+/// One packet on its way through the parser: its bounds, this CPU's id and class
 /// counters, and the context (for the debug log).
 ///
 /// A SYN is counted where the TCP header proves it, outcome included, so nothing
@@ -328,36 +364,32 @@ struct Packet<'a, C> {
     ctx: &'a C,
     frame: Frame,
     counters: Counters,
+    cpu: u32,
 }
 
 impl<C: Bounds> Packet<'_, C> {
-    /// The outcome class of the packet, or `None` for a SYN (counted, outcome
+    /// The packet's family and outcome, or `None` for a SYN (counted, outcome
     /// included, by [`Self::syn`]): the link layer first (Ethernet, VLAN tags,
     /// PPPoE; or none on an L3 link), then IPv4 or IPv6, then TCP. Each layer's
     /// parser is inlined (and verified) once per entry point, not once per path
     /// into it: the SYN counting and sketch code behind TCP is the largest part.
     #[inline(always)]
-    fn classify<const RAW: bool>(&self, outer_tags: usize) -> Option<PacketClass> {
+    fn classify<const RAW: bool>(&self, outer_tags: usize) -> Option<(Family, Outcome)> {
         let link = if RAW {
             self.raw_ip()
         } else {
             self.ethernet(outer_tags)
         };
-        let transport = match link {
-            Link::Ipv4(offset) => {
-                self.counters.bump(PacketClass::Ipv4);
-                self.ipv4(offset)
-            }
-            Link::Ipv6(offset) => {
-                self.counters.bump(PacketClass::Ipv6);
-                self.ipv6(offset)
-            }
-            Link::End(outcome) => return Some(outcome),
+        let (family, transport) = match link {
+            Link::Ipv4(offset) => (Family::Ipv4, self.ipv4(offset)),
+            Link::Ipv6(offset) => (Family::Ipv6, self.ipv6(offset)),
+            Link::End(outcome) => return Some((Family::None, outcome)),
         };
-        match transport {
-            Transport::Tcp(offset, network) => self.tcp(offset, network),
-            Transport::End(outcome) => Some(outcome),
-        }
+        let outcome = match transport {
+            Transport::Tcp(offset, network) => self.tcp(offset, network)?,
+            Transport::End(outcome) => outcome,
+        };
+        Some((family, outcome))
     }
 
     /// A frame that starts with an Ethernet header, with up to [`MAX_VLAN_TAGS`]
@@ -366,10 +398,10 @@ impl<C: Bounds> Packet<'_, C> {
     #[inline(always)]
     fn ethernet(&self, outer_tags: usize) -> Link {
         let Some(eth) = self.frame.header::<ETH_HLEN>(0) else {
-            return Link::End(PacketClass::Truncated);
+            return Link::End(Outcome::Truncated);
         };
         if outer_tags != 0 {
-            self.counters.bump(PacketClass::Vlan);
+            self.counters.bump(VLAN_SLOT);
         }
         let mut ether_type = eth.raw16::<12>();
         let mut offset = ETH_HLEN;
@@ -379,13 +411,13 @@ impl<C: Bounds> Packet<'_, C> {
                 break;
             }
             if tag == MAX_VLAN_TAGS {
-                return Link::End(PacketClass::HeaderLimit);
+                return Link::End(Outcome::HeaderLimit);
             }
             if tag == 0 {
-                self.counters.bump(PacketClass::Vlan);
+                self.counters.bump(VLAN_SLOT);
             }
             let Some(vlan) = self.frame.header::<VLAN_HLEN>(offset) else {
-                return Link::End(PacketClass::Truncated);
+                return Link::End(Outcome::Truncated);
             };
             ether_type = vlan.raw16::<2>();
             offset += VLAN_HLEN;
@@ -394,10 +426,10 @@ impl<C: Bounds> Packet<'_, C> {
             ETH_P_IP => Link::Ipv4(offset),
             ETH_P_IPV6 => Link::Ipv6(offset),
             ETH_P_PPP_SES => {
-                self.counters.bump(PacketClass::Pppoe);
+                self.counters.bump(PPPOE_SLOT);
                 self.pppoe(offset)
             }
-            _ => Link::End(PacketClass::NonIp),
+            _ => Link::End(Outcome::NonIp),
         }
     }
 
@@ -405,16 +437,16 @@ impl<C: Bounds> Packet<'_, C> {
     #[inline(always)]
     fn pppoe(&self, offset: usize) -> Link {
         let Some(session) = self.frame.header::<PPPOE_HLEN>(offset) else {
-            return Link::End(PacketClass::Truncated);
+            return Link::End(Outcome::Truncated);
         };
         if session.byte::<0>() != PPPOE_VER_TYPE || session.byte::<1>() != 0 {
-            return Link::End(PacketClass::BadHeader);
+            return Link::End(Outcome::BadHeader);
         }
         match session.raw16::<6>() {
             PPP_IP => Link::Ipv4(offset + PPPOE_HLEN),
             PPP_IPV6 => Link::Ipv6(offset + PPPOE_HLEN),
             // LCP, IPCP, CHAP, ...: link control, not IP.
-            _ => Link::End(PacketClass::NonIp),
+            _ => Link::End(Outcome::NonIp),
         }
     }
 
@@ -426,19 +458,19 @@ impl<C: Bounds> Packet<'_, C> {
     #[inline(always)]
     fn raw_ip(&self) -> Link {
         let Some(first) = self.frame.header::<IPV4_HLEN>(0) else {
-            return Link::End(PacketClass::Truncated);
+            return Link::End(Outcome::Truncated);
         };
         match first.byte::<0>() >> 4 {
             4 => Link::Ipv4(0),
             6 => Link::Ipv6(0),
-            _ => Link::End(PacketClass::NonIp),
+            _ => Link::End(Outcome::NonIp),
         }
     }
 
     #[inline(always)]
     fn ipv4(&self, offset: usize) -> Transport {
         let Some(ip) = self.frame.header::<IPV4_HLEN>(offset) else {
-            return Transport::End(PacketClass::Truncated);
+            return Transport::End(Outcome::Truncated);
         };
         let version_ihl = ip.byte::<0>();
         // Version 4 without options, nearly every packet, is one compare.
@@ -447,21 +479,21 @@ impl<C: Bounds> Packet<'_, C> {
         } else {
             let header_len = ((version_ihl & 0x0F) as usize) * 4;
             if version_ihl >> 4 != 4 || header_len < IPV4_HLEN {
-                return Transport::End(PacketClass::BadHeader);
+                return Transport::End(Outcome::BadHeader);
             }
             // Options included, the whole header must be in the frame before any
             // field past it (fragment, protocol) decides the class.
             if !self.frame.has_bytes(offset, header_len) {
-                return Transport::End(PacketClass::Truncated);
+                return Transport::End(Outcome::Truncated);
             }
             header_len
         };
         // A fragment with a non-zero offset carries no TCP header.
         if ip.raw16::<6>() & net16(0x1FFF) != 0 {
-            return Transport::End(PacketClass::LaterFragment);
+            return Transport::End(Outcome::LaterFragment);
         }
         if ip.byte::<9>() != IPPROTO_TCP {
-            return Transport::End(PacketClass::NonTcp);
+            return Transport::End(Outcome::NonTcp);
         }
         Transport::Tcp(offset + header_len, Network::V4(ip))
     }
@@ -469,10 +501,10 @@ impl<C: Bounds> Packet<'_, C> {
     #[inline(always)]
     fn ipv6(&self, offset: usize) -> Transport {
         let Some(ip) = self.frame.header::<IPV6_HLEN>(offset) else {
-            return Transport::End(PacketClass::Truncated);
+            return Transport::End(Outcome::Truncated);
         };
         if ip.byte::<0>() >> 4 != 6 {
-            return Transport::End(PacketClass::BadHeader);
+            return Transport::End(Outcome::BadHeader);
         }
         let mut next_header = ip.byte::<6>();
         let mut offset = offset + IPV6_HLEN;
@@ -481,21 +513,21 @@ impl<C: Bounds> Packet<'_, C> {
             match current {
                 IPPROTO_TCP => return Transport::Tcp(offset, Network::V6(ip)),
                 IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS | IPV6_FRAGMENT | IPV6_AH => {}
-                _ => return Transport::End(PacketClass::NonTcp),
+                _ => return Transport::End(Outcome::NonTcp),
             }
             if walked == MAX_IPV6_EXT_HEADERS {
-                return Transport::End(PacketClass::HeaderLimit);
+                return Transport::End(Outcome::HeaderLimit);
             }
             // Every extension header is at least 8 bytes and starts with
             // (next header, length).
             let Some(ext) = self.frame.header::<8>(offset) else {
-                return Transport::End(PacketClass::Truncated);
+                return Transport::End(Outcome::Truncated);
             };
             next_header = ext.byte::<0>();
             let header_len = match current {
                 IPV6_FRAGMENT => {
                     if ext.raw16::<2>() & net16(0xFFF8) != 0 {
-                        return Transport::End(PacketClass::LaterFragment);
+                        return Transport::End(Outcome::LaterFragment);
                     }
                     8
                 }
@@ -504,41 +536,41 @@ impl<C: Bounds> Packet<'_, C> {
                 _ => (ext.byte::<1>() as usize + 1) * 8,
             };
             if !self.frame.has_bytes(offset, header_len) {
-                return Transport::End(PacketClass::Truncated);
+                return Transport::End(Outcome::Truncated);
             }
             offset += header_len;
         }
-        Transport::End(PacketClass::HeaderLimit)
+        Transport::End(Outcome::HeaderLimit)
     }
 
     /// A whole TCP header (options included) must be in the frame to be counted.
     #[inline(always)]
-    fn tcp(&self, offset: usize, network: Network) -> Option<PacketClass> {
+    fn tcp(&self, offset: usize, network: Network) -> Option<Outcome> {
         let Some(tcp) = self.frame.header::<TCP_HLEN>(offset) else {
-            return Some(PacketClass::Truncated);
+            return Some(Outcome::Truncated);
         };
         let header_len = ((tcp.byte::<12>() >> 4) as usize) * 4;
         if header_len < TCP_HLEN {
-            return Some(PacketClass::BadHeader);
+            return Some(Outcome::BadHeader);
         }
         if !self.frame.has_bytes(offset, header_len) {
-            return Some(PacketClass::Truncated);
+            return Some(Outcome::Truncated);
         }
         let flags = tcp.byte::<13>();
         if flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN {
             self.syn(tcp.be16::<2>(), network);
             return None;
         }
-        Some(PacketClass::Tcp)
+        Some(Outcome::Tcp)
     }
 
-    /// Counts a SYN to `port`, its outcome (`tcp`) and, with the sketches on,
-    /// records its addresses.
+    /// Counts a SYN to `port` (its outcome slot and its port counter) and, with the
+    /// sketches on, records its addresses.
     #[inline(always)]
     fn syn(&self, port: u16, network: Network) {
-        self.counters.bump(PacketClass::Tcp);
-        self.counters.bump(PacketClass::Syn);
-        count_syn(port);
+        self.counters
+            .bump(outcome_slot(network.family(), Outcome::Syn));
+        count_syn(self.cpu, port);
         if sketch::enabled() {
             sketch::record(port, &network.addresses());
         }
@@ -549,14 +581,19 @@ impl<C: Bounds> Packet<'_, C> {
 }
 
 #[inline(always)]
-fn count_syn(port: u16) {
-    // SAFETY: plain helper call, no arguments.
-    let cpu = unsafe { bpf_get_smp_processor_id() };
+fn count_syn(cpu: u32, port: u16) {
     let index = cpu.wrapping_mul(PORTS).wrapping_add(port as u32);
     if let Some(counter) = SCAN_PORT_SYNS.get_ptr_mut(index) {
         // SAFETY: this CPU's own slot (see `Counters::bump`).
         unsafe { *counter += 1 };
-    } else if let Some(counter) = SCAN_SYN_NO_SLOT.get_ptr_mut(0) {
+    } else {
+        count_no_slot();
+    }
+}
+
+#[inline(always)]
+fn count_no_slot() {
+    if let Some(counter) = SCAN_SYN_NO_SLOT.get_ptr_mut(0) {
         // SAFETY: a per-CPU value, written only by this CPU.
         unsafe { *counter += 1 };
     }
