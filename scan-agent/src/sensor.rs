@@ -627,7 +627,8 @@ fn new_class_slots() -> Result<MapData, SensorError> {
         1,
         BPF_F_MMAPABLE,
     );
-    MapData::create(definition, "scan_classes", None)
+    // Named as pinned: `detach` tells its own pins by name and type.
+    MapData::create(definition, CLASS_SLOTS_MAP, None)
         .map_err(|source| map_error(CLASS_SLOTS_MAP, source))
 }
 

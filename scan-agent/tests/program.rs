@@ -1187,7 +1187,18 @@ fn class_counts_survive_a_new_load_and_an_upgrade() {
         older.0[class as usize] = 3;
     }
     let cpus = aya::util::nr_cpus().expect("possible CPUs");
-    let mut legacy = PerCpuArray::<MapData, ClassCounts>::create(1, 0).expect("a per-CPU array");
+    const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
+    let definition = aya_obj::Map::new_from_params(
+        BPF_MAP_TYPE_PERCPU_ARRAY,
+        4,
+        size_of::<ClassCounts>() as u32,
+        1,
+        0,
+    );
+    let mut legacy = PerCpuArray::<MapData, ClassCounts>::try_from(aya::maps::Map::PerCpuArray(
+        MapData::create(definition, LEGACY_CLASSES_MAP, None).expect("a per-CPU array"),
+    ))
+    .unwrap();
     legacy
         .set(0, PerCpuValues::try_from(vec![older; cpus]).unwrap(), 0)
         .unwrap();
@@ -1229,4 +1240,10 @@ fn class_counts_survive_a_new_load_and_an_upgrade() {
         assert!(scratch.pin_path.join(CLASS_SLOTS_MAP).exists());
     }
     assert_eq!(expected.get(PacketClass::Syn), 3 * cpus as u64 + 12);
+    let mut removed = scan_agent::sensor::detach_all(&scratch.pin_path).expect("detach");
+    removed.sort();
+    let pin = |name: &str| format!("map pin {}", scratch.pin_path.join(name).display());
+    for name in [CLASS_SLOTS_MAP, LEGACY_CLASSES_MAP] {
+        assert!(removed.contains(&pin(name)), "{name} left: {removed:?}");
+    }
 }
