@@ -185,12 +185,7 @@ fn run<const RAW: bool, C: Bounds>(ctx: &C, outer_tags: usize) {
         counters,
         cpu,
     };
-    if let Some((family, outcome)) = packet.classify::<RAW>(outer_tags) {
-        packet.counters.bump(outcome_slot(family, outcome));
-        if debug() {
-            log_outcome(ctx, outcome);
-        }
-    }
+    packet.classify::<RAW>(outer_tags);
 }
 
 // The debug log, out of line: with the switch off it never runs, and inlined it
@@ -374,22 +369,37 @@ impl<C: Bounds> Packet<'_, C> {
     /// parser is inlined (and verified) once per entry point, not once per path
     /// into it: the SYN counting and sketch code behind TCP is the largest part.
     #[inline(always)]
-    fn classify<const RAW: bool>(&self, outer_tags: usize) -> Option<(Family, Outcome)> {
+    fn classify<const RAW: bool>(&self, outer_tags: usize) {
         let link = if RAW {
             self.raw_ip()
         } else {
             self.ethernet(outer_tags)
         };
-        let (family, transport) = match link {
-            Link::Ipv4(offset) => (Family::Ipv4, self.ipv4(offset)),
-            Link::Ipv6(offset) => (Family::Ipv6, self.ipv6(offset)),
-            Link::End(outcome) => return Some((Family::None, outcome)),
-        };
+        match link {
+            Link::Ipv4(offset) => self.transport(Family::Ipv4, self.ipv4(offset)),
+            Link::Ipv6(offset) => self.transport(Family::Ipv6, self.ipv6(offset)),
+            Link::End(outcome) => self.count(Family::None, outcome),
+        }
+    }
+
+    #[inline(always)]
+    fn transport(&self, family: Family, transport: Transport) {
         let outcome = match transport {
-            Transport::Tcp(offset, network) => self.tcp(offset, network)?,
+            Transport::Tcp(offset, network) => match self.tcp(offset, network) {
+                Some(outcome) => outcome,
+                None => return,
+            },
             Transport::End(outcome) => outcome,
         };
-        Some((family, outcome))
+        self.count(family, outcome);
+    }
+
+    #[inline(always)]
+    fn count(&self, family: Family, outcome: Outcome) {
+        self.counters.bump(outcome_slot(family, outcome));
+        if debug() {
+            log_outcome(self.ctx, outcome);
+        }
     }
 
     /// A frame that starts with an Ethernet header, with up to [`MAX_VLAN_TAGS`]
