@@ -175,7 +175,7 @@ impl Counters {
             let new = !known.contains(&load.id);
             let mut load_fds = Vec::with_capacity(4);
             if let Some(view) = &load.classes {
-                load_fds.push(view.map.fd().as_fd());
+                load_fds.push(view.map().fd().as_fd());
             }
             load_fds.push(load.syn_no_slot.map().fd().as_fd());
             if let Some(view) = &load.ports {
@@ -451,8 +451,7 @@ impl Counters {
             .count()
     }
 
-    /// SYNs that found no port slot, and packets whose CPU had no class slots, summed
-    /// over CPUs and loads (expected 0).
+    /// SYNs that found no port slot, summed over CPUs and loads (expected 0).
     pub fn read_syn_no_slot(&self) -> Result<u64, SensorError> {
         let mut total = 0u64;
         for load in &self.loads {
@@ -509,7 +508,7 @@ pub(crate) struct ClassSlotsView {
     base: std::sync::OnceLock<NonNull<ClassSlots>>,
     cpus: usize,
     // Keeps the map alive while mapped.
-    pub(crate) map: MapData,
+    map: MapData,
 }
 
 // SAFETY: the mapping is read-only shared memory; reads are volatile u64 loads.
@@ -532,6 +531,10 @@ impl ClassSlotsView {
 
     fn len(&self) -> usize {
         self.cpus * size_of::<ClassSlots>()
+    }
+
+    fn map(&self) -> &MapData {
+        &self.map
     }
 
     fn base(&self) -> Result<NonNull<ClassSlots>, SensorError> {
