@@ -500,20 +500,114 @@ fn read_load_classes(load: &LoadMaps) -> Result<ClassCounts, SensorError> {
     Ok(counts)
 }
 
-/// Read-only `mmap` of one load's class slots (see `scan_common::CLASS_SLOTS_MAP`): the
-/// slots of the first `cpus` CPU ids (the possible ones), mapped at the first read, so
-/// a process that never reads them (the attacher) keeps none of it resident.
-pub(crate) struct ClassSlotsView {
-    /// The mapping, once made.
-    base: std::sync::OnceLock<NonNull<ClassSlots>>,
-    cpus: usize,
+/// A `BPF_F_MMAPABLE` array of the program mapped into this process, now
+/// ([`Mapping::new`]) or at the first use ([`Mapping::deferred`]): the attacher of
+/// `scan-agent run` never reads the counters (its worker does), and a BPF array's
+/// mapping is resident in full from the `mmap` on, so it does not map them. A failed
+/// `mmap` is logged once, saying what goes unread, and the mapping stays absent.
+pub(crate) struct Mapping {
+    /// The mapping, once tried (`None` inside: the `mmap` failed).
+    base: std::sync::OnceLock<Option<NonNull<u8>>>,
+    len: usize,
+    writable: bool,
+    name: &'static str,
+    /// What goes unread when the `mmap` fails (for the log).
+    unread: &'static str,
     // Keeps the map alive while mapped.
     map: MapData,
 }
 
-// SAFETY: the mapping is read-only shared memory; reads are volatile u64 loads.
-unsafe impl Send for ClassSlotsView {}
-unsafe impl Sync for ClassSlotsView {}
+// SAFETY: shared memory, accessed only through volatile reads and writes.
+unsafe impl Send for Mapping {}
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// Maps the first `len` bytes of `map` now.
+    fn new(
+        map: MapData,
+        len: usize,
+        writable: bool,
+        name: &'static str,
+        unread: &'static str,
+    ) -> Result<Self, SensorError> {
+        let mapping = Self::deferred(map, len, writable, name, unread);
+        let base = mapping.mmap()?;
+        let _ = mapping.base.set(Some(base));
+        Ok(mapping)
+    }
+
+    /// Maps the first `len` bytes of `map` at the first use.
+    fn deferred(
+        map: MapData,
+        len: usize,
+        writable: bool,
+        name: &'static str,
+        unread: &'static str,
+    ) -> Self {
+        Self {
+            base: std::sync::OnceLock::new(),
+            len,
+            writable,
+            name,
+            unread,
+            map,
+        }
+    }
+
+    fn mmap(&self) -> Result<NonNull<u8>, SensorError> {
+        let prot = if self.writable {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        };
+        // SAFETY: maps the first `len` bytes of a BPF_F_MMAPABLE array (never more than
+        // its values); the kernel lays the values out from offset 0 at their 8-byte stride.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                self.len,
+                prot,
+                libc::MAP_SHARED,
+                std::os::fd::AsRawFd::as_raw_fd(&self.map.fd().as_fd()),
+                0,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(SensorError::Mmap(self.name, io::Error::last_os_error()));
+        }
+        NonNull::new(addr.cast::<u8>())
+            .ok_or_else(|| SensorError::Mmap(self.name, io::Error::other("null mapping")))
+    }
+
+    /// The mapping, made now if it was deferred; `None` if that failed (logged once).
+    fn base(&self) -> Option<NonNull<u8>> {
+        *self.base.get_or_init(|| {
+            self.mmap()
+                .map_err(|e| log::error!("{e}: {} not read", self.unread))
+                .ok()
+        })
+    }
+
+    fn map(&self) -> &MapData {
+        &self.map
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        if let Some(Some(base)) = self.base.get() {
+            // SAFETY: unmaps exactly what `mmap` mapped.
+            unsafe { libc::munmap(base.as_ptr().cast(), self.len) };
+        }
+    }
+}
+
+/// Read-only view of one load's class slots (see `scan_common::CLASS_SLOTS_MAP`): the
+/// slots of the first `cpus` CPU ids (the possible ones), mapped at the first read.
+pub(crate) struct ClassSlotsView {
+    mapping: Mapping,
+    cpus: usize,
+}
 
 impl ClassSlotsView {
     pub(crate) fn new(map: MapData, cpus: usize) -> Result<Self, SensorError> {
@@ -522,56 +616,23 @@ impl ClassSlotsView {
                 "{cpus} CPUs of class slots (1 to {CLASS_SLOT_CPUS})"
             )));
         }
+        let len = cpus * size_of::<ClassSlots>();
         Ok(Self {
-            base: std::sync::OnceLock::new(),
+            mapping: Mapping::deferred(map, len, false, CLASS_SLOTS_MAP, "packet classes are"),
             cpus,
-            map,
         })
     }
 
-    fn len(&self) -> usize {
-        self.cpus * size_of::<ClassSlots>()
-    }
-
     fn map(&self) -> &MapData {
-        &self.map
-    }
-
-    fn base(&self) -> Result<NonNull<ClassSlots>, SensorError> {
-        if let Some(base) = self.base.get() {
-            return Ok(*base);
-        }
-        // SAFETY: maps the first `len` bytes of the BPF_F_MMAPABLE array of one
-        // `ClassSlotTable` read-only; its value starts at offset 0.
-        let addr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                self.len(),
-                libc::PROT_READ,
-                libc::MAP_SHARED,
-                std::os::fd::AsRawFd::as_raw_fd(&self.map.fd().as_fd()),
-                0,
-            )
-        };
-        if addr == libc::MAP_FAILED {
-            return Err(SensorError::Mmap(
-                CLASS_SLOTS_MAP,
-                io::Error::last_os_error(),
-            ));
-        }
-        let base = NonNull::new(addr.cast::<ClassSlots>())
-            .ok_or_else(|| SensorError::Mmap(CLASS_SLOTS_MAP, io::Error::other("null mapping")))?;
-        if self.base.set(base).is_err() {
-            // Another reader mapped it first: keep that mapping, drop this one.
-            // SAFETY: unmaps exactly what was mapped above.
-            unsafe { libc::munmap(addr, self.len()) };
-        }
-        Ok(*self.base.get().expect("set above or by the other reader"))
+        self.mapping.map()
     }
 
     /// The classes counted on every CPU.
     fn read(&self) -> Result<ClassCounts, SensorError> {
-        let base = self.base()?;
+        let base = self.mapping.base().ok_or_else(|| {
+            SensorError::Mmap(CLASS_SLOTS_MAP, io::Error::other("not mapped (logged)"))
+        })?;
+        let base = base.cast::<ClassSlots>();
         let mut counts = ClassCounts::default();
         for cpu in 0..self.cpus {
             let mut slots = ClassSlots::ZERO;
@@ -587,82 +648,35 @@ impl ClassSlotsView {
     }
 }
 
-impl Drop for ClassSlotsView {
-    fn drop(&mut self) {
-        if let Some(base) = self.base.get() {
-            // SAFETY: unmaps exactly what `base` mapped.
-            unsafe { libc::munmap(base.as_ptr().cast(), self.len()) };
-        }
-    }
-}
-
-/// Read-only `mmap` of the per-CPU port counters (see `scan_common::PORT_SYNS_MAP`).
-/// Mapped when built with [`PortCounterView::new`], or at the first read when built with
-/// [`PortCounterView::deferred`]: the attacher of `scan-agent run` never reads the
-/// counters (its worker does), and a BPF array's mapping is resident in full from the
-/// `mmap` on, so it does not map them.
+/// Read-only view of the per-CPU port counters (see `scan_common::PORT_SYNS_MAP`).
 pub(crate) struct PortCounterView {
-    /// The mapping, once made (`None` inside: the `mmap` failed, logged once).
-    base: std::sync::OnceLock<Option<NonNull<u64>>>,
+    mapping: Mapping,
     entries: usize,
-    // Keeps the map alive while mapped.
-    map: MapData,
 }
-
-// SAFETY: the mapping is read-only shared memory; reads are volatile u64 loads.
-unsafe impl Send for PortCounterView {}
-unsafe impl Sync for PortCounterView {}
 
 impl PortCounterView {
     /// Maps the counters now.
     pub(crate) fn new(map: MapData, entries: usize) -> Result<Self, SensorError> {
-        let view = Self::deferred(map, entries);
-        let base = view.mmap()?;
-        let _ = view.base.set(Some(base));
-        Ok(view)
+        Ok(Self {
+            mapping: Mapping::new(map, Self::len(entries), false, PORT_SYNS_MAP, UNREAD_PORTS)?,
+            entries,
+        })
     }
 
     /// Maps the counters at the first read.
     pub(crate) fn deferred(map: MapData, entries: usize) -> Self {
         Self {
-            base: std::sync::OnceLock::new(),
+            mapping: Mapping::deferred(map, Self::len(entries), false, PORT_SYNS_MAP, UNREAD_PORTS),
             entries,
-            map,
         }
     }
 
-    fn mmap(&self) -> Result<NonNull<u64>, SensorError> {
-        let len = self.entries * size_of::<u64>();
-        // SAFETY: maps the BPF_F_MMAPABLE array read-only; the kernel lays the values
-        // out from offset 0 at their 8-byte stride.
-        let addr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ,
-                libc::MAP_SHARED,
-                std::os::fd::AsRawFd::as_raw_fd(&self.map.fd().as_fd()),
-                0,
-            )
-        };
-        if addr == libc::MAP_FAILED {
-            return Err(SensorError::Mmap(PORT_SYNS_MAP, io::Error::last_os_error()));
-        }
-        NonNull::new(addr.cast::<u64>())
-            .ok_or_else(|| SensorError::Mmap(PORT_SYNS_MAP, io::Error::other("null mapping")))
-    }
-
-    /// The mapping, made now if it was deferred; `None` if that fails (logged once).
-    fn base(&self) -> Option<NonNull<u64>> {
-        *self.base.get_or_init(|| {
-            self.mmap()
-                .map_err(|e| log::error!("{e}: the port counters read as 0"))
-                .ok()
-        })
+    fn len(entries: usize) -> usize {
+        entries * size_of::<u64>()
     }
 
     fn map(&self) -> &MapData {
-        &self.map
+        self.mapping.map()
     }
 
     /// Sums the CPU slices into `out[port]`; no syscall.
@@ -673,9 +687,10 @@ impl PortCounterView {
 
     /// Adds the CPU slices into `out[port]`.
     fn add_into(&self, out: &mut [u64]) {
-        let Some(base) = self.base() else {
+        let Some(base) = self.mapping.base() else {
             return;
         };
+        let base = base.cast::<u64>();
         let ports = PORTS as usize;
         for slice in 0..self.entries / ports {
             let start = slice * ports;
@@ -689,95 +704,51 @@ impl PortCounterView {
     }
 }
 
-impl Drop for PortCounterView {
-    fn drop(&mut self) {
-        if let Some(Some(base)) = self.base.get() {
-            // SAFETY: unmaps exactly what `mmap` mapped.
-            unsafe { libc::munmap(base.as_ptr().cast(), self.entries * size_of::<u64>()) };
-        }
-    }
-}
+const UNREAD_PORTS: &str = "the port counters are";
 
-/// Read-write `mmap` of the sketch slots (see `scan_common::SKETCH_MAP`): the agent
-/// copies each used slot out and resets it, once per poll. Mapped now or at the first use,
-/// as [`PortCounterView`].
+/// Read-write view of the sketch slots (see `scan_common::SKETCH_MAP`): the agent
+/// copies each used slot out and resets it, once per poll.
 pub(crate) struct SketchView {
-    /// The mapping, once made (`None` inside: the `mmap` failed, logged once).
-    base: std::sync::OnceLock<Option<NonNull<SketchSlot>>>,
-    // Keeps the map alive while mapped.
-    map: MapData,
+    mapping: Mapping,
 }
-
-// SAFETY: shared memory accessed only through volatile reads and writes.
-unsafe impl Send for SketchView {}
-unsafe impl Sync for SketchView {}
 
 const SKETCH_VIEW_LEN: usize = SKETCH_SLOTS as usize * size_of::<SketchSlot>();
+const UNREAD_SKETCHES: &str = "distinct sources and targets are";
 
 impl SketchView {
     /// Maps the slots now.
     pub(crate) fn new(map: MapData) -> Result<Self, SensorError> {
-        let view = Self::deferred(map);
-        let base = view.mmap()?;
-        let _ = view.base.set(Some(base));
-        Ok(view)
+        Ok(Self {
+            mapping: Mapping::new(map, SKETCH_VIEW_LEN, true, SKETCH_MAP, UNREAD_SKETCHES)?,
+        })
     }
 
     /// Maps the slots at the first use.
     pub(crate) fn deferred(map: MapData) -> Self {
         Self {
-            base: std::sync::OnceLock::new(),
-            map,
+            mapping: Mapping::deferred(map, SKETCH_VIEW_LEN, true, SKETCH_MAP, UNREAD_SKETCHES),
         }
-    }
-
-    fn mmap(&self) -> Result<NonNull<SketchSlot>, SensorError> {
-        // SAFETY: maps the BPF_F_MMAPABLE array; values sit at their 8-byte stride,
-        // which is the struct's size (asserted in scan-common).
-        let addr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                SKETCH_VIEW_LEN,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                std::os::fd::AsRawFd::as_raw_fd(&self.map.fd().as_fd()),
-                0,
-            )
-        };
-        if addr == libc::MAP_FAILED {
-            return Err(SensorError::Mmap(SKETCH_MAP, io::Error::last_os_error()));
-        }
-        NonNull::new(addr.cast::<SketchSlot>())
-            .ok_or_else(|| SensorError::Mmap(SKETCH_MAP, io::Error::other("null mapping")))
     }
 
     /// Whether the slots are mapped, mapping them now if that was deferred (a failure is
     /// logged once; the sketches are then left alone).
     fn ready(&self) -> bool {
-        self.base
-            .get_or_init(|| {
-                self.mmap()
-                    .map_err(|e| log::error!("{e}: distinct sources and targets are not read"))
-                    .ok()
-            })
-            .is_some()
+        self.mapping.base().is_some()
     }
 
     fn map(&self) -> &MapData {
-        &self.map
+        self.mapping.map()
     }
 
     /// Slot `index`; only after [`SketchView::ready`] returned true.
     fn slot(&self, index: usize) -> *mut SketchSlot {
         debug_assert!(index < SKETCH_SLOTS as usize);
         let base = self
-            .base
-            .get()
-            .copied()
-            .flatten()
+            .mapping
+            .base()
             .expect("slot() is reached only through a ready() view");
         // SAFETY: index < SKETCH_SLOTS, inside the mapping.
-        unsafe { base.as_ptr().add(index) }
+        unsafe { base.cast::<SketchSlot>().as_ptr().add(index) }
     }
 
     /// Copies a sketch out and resets it. The program writes concurrently: every
@@ -817,15 +788,6 @@ impl SketchView {
             }
             len_ptr.write_volatile(0);
             Distinct::from_kernel(&copy)
-        }
-    }
-}
-
-impl Drop for SketchView {
-    fn drop(&mut self) {
-        if let Some(Some(base)) = self.base.get() {
-            // SAFETY: unmaps exactly what `mmap` mapped.
-            unsafe { libc::munmap(base.as_ptr().cast(), SKETCH_VIEW_LEN) };
         }
     }
 }
