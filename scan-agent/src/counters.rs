@@ -120,7 +120,8 @@ pub struct LoadLayout {
     pub legacy_classes: bool,
 }
 
-fn map_error(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> SensorError {
+/// `SensorError::Map` for map `name`, as a `map_err` argument.
+pub(crate) fn map_error(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> SensorError {
     move |source| SensorError::Map {
         name,
         source: Box::new(source),
@@ -633,18 +634,17 @@ impl ClassSlotsView {
             SensorError::Mmap(CLASS_SLOTS_MAP, io::Error::other("not mapped (logged)"))
         })?;
         let base = base.cast::<ClassSlots>();
-        let mut counts = ClassCounts::default();
+        let mut total = ClassSlots::ZERO;
         for cpu in 0..self.cpus {
-            let mut slots = ClassSlots::ZERO;
-            for (word, value) in slots.counts.iter_mut().enumerate() {
+            for (word, sum) in total.counts.iter_mut().enumerate() {
                 // SAFETY: cpu < cpus, inside the mapping; the program writes these
                 // words concurrently, so read each one volatile.
-                *value =
+                let value =
                     unsafe { (&raw const (*base.as_ptr().add(cpu)).counts[word]).read_volatile() };
+                *sum = sum.wrapping_add(value);
             }
-            counts.add(&ClassCounts::from_slots(&slots).0);
         }
-        Ok(counts)
+        Ok(ClassCounts::from_slots(&total))
     }
 }
 

@@ -36,7 +36,9 @@ use scan_common::{
 
 pub use crate::counters::{Counters, PortSketches};
 use crate::{
-    counters::{ClassSlotsView, LegacyClasses, LoadMaps, PortCounterView, SampleRing, SketchView},
+    counters::{
+        ClassSlotsView, LegacyClasses, LoadMaps, PortCounterView, SampleRing, SketchView, map_error,
+    },
     dispatcher, xdp_hook,
 };
 pub use scan_common::{Hook, LinkKind};
@@ -603,18 +605,19 @@ fn port_entries(cpus: usize) -> u32 {
 /// aya's name for the map of an object's `.bss` section.
 const BSS_SECTION: &str = ".bss";
 
-fn map_error(name: &'static str, source: aya::maps::MapError) -> SensorError {
-    SensorError::Map {
-        name,
-        source: Box::new(source),
-    }
+fn syscall_error(name: &'static str, call: &'static str, io_error: io::Error) -> SensorError {
+    map_error(name)(aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+        call,
+        io_error,
+    }))
 }
 
-fn syscall_error(name: &'static str, call: &'static str, io_error: io::Error) -> SensorError {
-    map_error(
-        name,
-        aya::maps::MapError::SyscallError(aya::sys::SyscallError { call, io_error }),
-    )
+/// The map pinned at `path` (validated at load by [`validate_pins`]).
+fn open_pin(path: &Path) -> Result<MapData, SensorError> {
+    MapData::from_pin(path).map_err(|source| SensorError::PinRead {
+        path: path.to_path_buf(),
+        source: Box::new(source),
+    })
 }
 
 /// A new, zeroed map for a load's class slots (see `scan_common::CLASS_SLOTS_MAP`).
@@ -628,8 +631,7 @@ fn new_class_slots() -> Result<MapData, SensorError> {
         BPF_F_MMAPABLE,
     );
     // Named as pinned: `detach` tells its own pins by name and type.
-    MapData::create(definition, CLASS_SLOTS_MAP, None)
-        .map_err(|source| map_error(CLASS_SLOTS_MAP, source))
+    MapData::create(definition, CLASS_SLOTS_MAP, None).map_err(map_error(CLASS_SLOTS_MAP))
 }
 
 /// Makes the program bind its global data `global` (a map aya made at load) to
@@ -867,22 +869,14 @@ impl Sensor {
         let classes = match ebpf.map(BSS_SECTION) {
             Some(Map::Array(bss)) => {
                 let slots = match &slots_pin {
-                    Some(path) if path.exists() => {
-                        MapData::from_pin(path).map_err(|source| SensorError::PinRead {
-                            path: path.clone(),
-                            source: Box::new(source),
-                        })?
-                    }
+                    Some(path) if path.exists() => open_pin(path)?,
                     Some(path) => {
                         let slots = new_class_slots()?;
-                        slots.pin(path).map_err(|e| {
-                            map_error(
-                                CLASS_SLOTS_MAP,
-                                aya::maps::MapError::PinError {
-                                    name: Some(CLASS_SLOTS_MAP.into()),
-                                    error: e,
-                                },
-                            )
+                        slots.pin(path).map_err(|error| {
+                            map_error(CLASS_SLOTS_MAP)(aya::maps::MapError::PinError {
+                                name: Some(CLASS_SLOTS_MAP.into()),
+                                error,
+                            })
                         })?;
                         slots
                     }
@@ -899,19 +893,14 @@ impl Sensor {
         let legacy = match (ebpf.take_map(LEGACY_CLASSES_MAP), legacy_pin) {
             (Some(own), _) => Some(own),
             (None, Some(path)) if path.exists() => {
-                let map = MapData::from_pin(&path).map_err(|source| SensorError::PinRead {
-                    path: path.clone(),
-                    source: Box::new(source),
-                })?;
+                let map = open_pin(&path)?;
                 self.keep_pin(LEGACY_CLASSES_MAP, path, &map)?;
                 Some(Map::PerCpuArray(map))
             }
             _ => None,
         };
         let legacy = legacy
-            .map(|map| {
-                LegacyClasses::try_from(map).map_err(|source| map_error(LEGACY_CLASSES_MAP, source))
-            })
+            .map(|map| LegacyClasses::try_from(map).map_err(map_error(LEGACY_CLASSES_MAP)))
             .transpose()?;
         if classes.is_none() && legacy.is_none() {
             return Err(SensorError::MissingMap(CLASS_SLOTS_MAP));
@@ -1016,32 +1005,26 @@ impl Sensor {
             let samples = match ebpf.take_map(SAMPLES_MAP) {
                 Some(Map::RingBuf(map)) => map,
                 Some(_) => {
-                    return Err(SensorError::Map {
-                        name: SAMPLES_MAP,
-                        source: Box::new(aya::maps::MapError::InvalidMapType { map_type: 0 }),
-                    });
+                    return Err(map_error(SAMPLES_MAP)(
+                        aya::maps::MapError::InvalidMapType { map_type: 0 },
+                    ));
                 }
                 None => return Err(SensorError::MissingMap(SAMPLES_MAP)),
             };
             self.counters.samples = Some(if defer {
                 SampleRing::Unmapped(samples)
             } else {
-                SampleRing::Mapped(aya::maps::RingBuf::try_from(Map::RingBuf(samples)).map_err(
-                    |source| SensorError::Map {
-                        name: SAMPLES_MAP,
-                        source: Box::new(source),
-                    },
-                )?)
+                SampleRing::Mapped(
+                    aya::maps::RingBuf::try_from(Map::RingBuf(samples))
+                        .map_err(map_error(SAMPLES_MAP))?,
+                )
             });
         }
         let syn_no_slot = ebpf
             .take_map(SYN_NO_SLOT_MAP)
             .ok_or(SensorError::MissingMap(SYN_NO_SLOT_MAP))?
             .try_into()
-            .map_err(|source| SensorError::Map {
-                name: SYN_NO_SLOT_MAP,
-                source: Box::new(source),
-            })?;
+            .map_err(map_error(SYN_NO_SLOT_MAP))?;
         let id = self.next_id;
         self.next_id += 1;
         self.counters.loads.push(LoadMaps {
@@ -1716,10 +1699,9 @@ fn tc_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> &'a mut SchedClassifier {
 fn take_map_data(ebpf: &mut Ebpf, name: &'static str) -> Result<MapData, SensorError> {
     match ebpf.take_map(name) {
         Some(Map::Array(data)) => Ok(data),
-        Some(_) => Err(SensorError::Map {
-            name,
-            source: Box::new(aya::maps::MapError::InvalidMapType { map_type: 0 }),
-        }),
+        Some(_) => Err(map_error(name)(aya::maps::MapError::InvalidMapType {
+            map_type: 0,
+        })),
         None => Err(SensorError::MissingMap(name)),
     }
 }

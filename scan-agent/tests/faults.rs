@@ -9,7 +9,7 @@ use std::{
 
 use scan_lab::{
     Agent, Lab, Scratch,
-    http::sample,
+    http::{port_syns, sample},
     net::{wait_xdp_attached, xdp_attached},
 };
 
@@ -55,28 +55,19 @@ fn value(metrics: &str, name: &str, labels: &str) -> f64 {
         .unwrap_or_else(|| panic!("{name}{{{labels}}} missing from /metrics:\n{metrics}"))
 }
 
-fn syns(metrics: &str, port: u16) -> f64 {
-    sample(
-        metrics,
-        "scan_syn_packets_total",
-        &format!("port=\"{port}\""),
-    )
-    .unwrap_or(0.0)
-}
-
 /// Waits (at most 5 s: /metrics shows the last poll) until port's count is `expected`;
 /// fails with the last scrape if it is not. Returns that scrape.
 fn wait_syns(agent: &Agent, port: u16, expected: f64) -> String {
     let started = Instant::now();
     loop {
         let metrics = agent.metrics().expect("scrape");
-        if syns(&metrics, port) == expected {
+        if port_syns(&metrics, port) == expected {
             return metrics;
         }
         assert!(
             started.elapsed() < Duration::from_secs(5),
             "port {port}: {} SYNs counted, {expected} sent\n{metrics}\nlog:\n{}",
-            syns(&metrics, port),
+            port_syns(&metrics, port),
             agent.log_text()
         );
         std::thread::sleep(Duration::from_millis(100));
@@ -242,7 +233,7 @@ fn outages_and_a_reboot_flag_nothing_and_lose_nothing() {
             agent.log_text()
         );
         let kept = agent.metrics().unwrap();
-        assert_eq!(syns(&kept, 9999), 40.0, "{kept}");
+        assert_eq!(port_syns(&kept, 9999), 40.0, "{kept}");
         // The 40 SYNs to 9999 during the outage are a real surge (baseline 0): only
         // that port may be flagged.
         assert_flagged_only(
@@ -269,7 +260,7 @@ fn outages_and_a_reboot_flag_nothing_and_lose_nothing() {
         let agent = start(&lab, &scratch, &["--keep-attached"], "4");
         let rebooted =
             assert_flagged_only(&agent, Duration::from_secs(8), "after the reboot", &[9999]);
-        assert_eq!(syns(&rebooted, 9999), 0.0, "counters restart from 0");
+        assert_eq!(port_syns(&rebooted, 9999), 0.0, "counters restart from 0");
         assert_eq!(value(&rebooted, "scan_agent_count_resets_total", ""), 0.0);
         assert!(value(&rebooted, "scan_syn_baseline_rate", "port=\"22\"") > 2.0);
         stop.store(true, Ordering::Relaxed);

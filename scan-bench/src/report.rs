@@ -452,7 +452,6 @@ impl Results {
         }
     }
 
-    /// Our entry points side by side: plain XDP, TCX, XDP behind libxdp's dispatcher.
     /// `--compare-object` against ours, when it was given.
     fn md_compare(&self, w: &mut String, t: &crate::testrun::TestRunResults) {
         if !t.mixes.iter().any(|m| m.samples.contains_key("compare")) {
@@ -477,6 +476,7 @@ impl Results {
         let _ = writeln!(w);
     }
 
+    /// Our entry points side by side: plain XDP, TCX, XDP behind libxdp's dispatcher.
     fn md_entry_points(&self, w: &mut String, t: &crate::testrun::TestRunResults) {
         let _ = writeln!(
             w,

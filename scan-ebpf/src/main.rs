@@ -25,7 +25,7 @@ use aya_ebpf::{
 use aya_log_ebpf::info;
 use scan_common::{
     CLASS_SLOT_CPUS, ClassSlotTable, ClassSlots, Family, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS,
-    Outcome, PORTS, PPPOE_SLOT, VLAN_SLOT, outcome_slot,
+    Outcome, PORTS, PPPOE_SLOT, PacketClass, VLAN_SLOT, outcome_slot,
 };
 
 mod sketch;
@@ -198,12 +198,7 @@ fn log_outcome<C: Bounds>(ctx: &C, outcome: Outcome) {
 
 #[inline(never)]
 fn log_syn<C: Bounds>(ctx: &C, port: u16) {
-    info!(
-        ctx,
-        "outcome={} syn_port={}",
-        Outcome::Tcp.class() as u32,
-        port
-    );
+    info!(ctx, "outcome={} syn_port={}", PacketClass::Tcp as u32, port);
 }
 
 /// Whether the program was loaded with the debug switch on. Rare by design.
