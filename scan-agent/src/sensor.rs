@@ -31,7 +31,7 @@ use aya::{
 use scan_common::{
     CLASS_SLOT_CPUS, CLASS_SLOTS_MAP, ClassCounts, ClassSlotTable, DEBUG_GLOBAL,
     LEGACY_CLASSES_MAP, PORT_SYNS_MAP, PORTS, SAMPLES_BYTES, SAMPLES_MAP, SKETCH_MAP, SKETCH_SLOTS,
-    SKETCH_SWITCH, SYN_NO_SLOT_MAP, SketchSlot, program_name,
+    SKETCH_SWITCH, SYN_NO_SLOT_MAP, SketchSlot, program_name, single_buffer_program_name,
 };
 
 pub use crate::counters::{Counters, PortSketches};
@@ -353,7 +353,9 @@ struct Instance {
     interface: Option<String>,
     ebpf: Ebpf,
     hook: Hook,
-    kind: LinkKind,
+    /// The entry point loaded: [`program_name`]'s, or an XDP program's single-buffer
+    /// twin on a kernel that refuses multi-buffer programs.
+    program: &'static str,
     /// The link this process owns and detaches at stop (not kept ones).
     owned: Option<OwnedLink>,
     /// A kept (pinned) link, with this process's own reference: removing its pin under
@@ -383,6 +385,9 @@ pub struct Sensor {
     /// Whether the programs keep the distinct-address sketches.
     sketches_on: bool,
     per_interface_ports: bool,
+    /// Whether XDP programs are loaded multi-buffer aware: until the kernel refuses it
+    /// (before Linux 5.18), then their single-buffer twins.
+    xdp_multi_buffer: bool,
     instances: Vec<Instance>,
     /// The maps of every instance, and the shared ones.
     counters: Counters,
@@ -758,6 +763,7 @@ impl Sensor {
             debug: false,
             sketches_on: sketches,
             per_interface_ports: false,
+            xdp_multi_buffer: true,
             instances: Vec::new(),
             counters: Counters::default(),
             next_id: 0,
@@ -801,6 +807,16 @@ impl Sensor {
         sketches: bool,
     ) -> Result<Self, SensorError> {
         Self::unattached_object(PROGRAM_OBJECT, hook, kind, sketches)
+    }
+
+    /// The single-buffer twin of the XDP program for `kind` (what a kernel before 5.18
+    /// runs), attached nowhere, with private maps: for tests that it counts alike.
+    pub fn unattached_single_buffer(kind: LinkKind) -> Result<Self, SensorError> {
+        let mut sensor = Self::load(None)?;
+        sensor.xdp_multi_buffer = false;
+        let instance = sensor.load_instance(None, Hook::Xdp, kind)?;
+        sensor.instances.push(instance);
+        Ok(sensor)
     }
 
     /// [`Sensor::unattached_with`] from `object`, another build of this program (e.g.
@@ -908,6 +924,33 @@ impl Sensor {
         Ok((classes, legacy))
     }
 
+    /// Loads the XDP program for `kind`: multi-buffer aware, or its single-buffer twin
+    /// where the kernel refuses the flag. Linux before 5.18 refuses BPF_F_XDP_HAS_FRAGS
+    /// with EINVAL before the verifier runs, so with an empty verifier log; a program the
+    /// verifier rejects has a log and is not tried again.
+    fn load_xdp(
+        &mut self,
+        ebpf: &mut Ebpf,
+        kind: LinkKind,
+    ) -> (&'static str, Result<(), ProgramError>) {
+        if self.xdp_multi_buffer {
+            let name = program_name(Hook::Xdp, kind);
+            match xdp_mut(ebpf, name).load() {
+                Err(e) if refuses_multi_buffer(&e) => {
+                    log::warn!(
+                        "this kernel refuses multi-buffer XDP programs ({e}), so XDP runs \
+                         single-buffer: drivers refuse it on interfaces with an MTU above \
+                         about 3.5 KB or with header/data split (Linux >= 5.18 takes both)"
+                    );
+                    self.xdp_multi_buffer = false;
+                }
+                result => return (name, result),
+            }
+        }
+        let name = single_buffer_program_name(kind);
+        (name, xdp_mut(ebpf, name).load())
+    }
+
     fn load_instance(
         &mut self,
         interface: Option<&str>,
@@ -961,11 +1004,15 @@ impl Sensor {
             self.keep_pin(name, path, map)?;
         }
         let (classes, legacy_classes) = self.class_maps(&mut ebpf, interface)?;
-        let name = program_name(hook, kind);
-        let loaded = match hook {
-            Hook::Xdp if extension => Ok(()),
-            Hook::Xdp => xdp_mut(&mut ebpf, name).load(),
-            Hook::Tc => tc_mut(&mut ebpf, name).load(),
+        let (program, loaded) = match hook {
+            // A dispatcher component is an extension: the dispatcher's own load
+            // decides whether the chain takes multi-buffer frames.
+            Hook::Xdp if extension => (program_name(hook, kind), Ok(())),
+            Hook::Xdp => self.load_xdp(&mut ebpf, kind),
+            Hook::Tc => {
+                let name = program_name(hook, kind);
+                (name, tc_mut(&mut ebpf, name).load())
+            }
         };
         loaded.map_err(|e| SensorError::Verifier(Box::new(e)))?;
 
@@ -1040,7 +1087,7 @@ impl Sensor {
             interface: interface.map(str::to_string),
             ebpf,
             hook,
-            kind,
+            program,
             owned: None,
             kept: None,
         })
@@ -1049,7 +1096,7 @@ impl Sensor {
     /// Instructions the verifier processed for the first loaded program, if the kernel says.
     pub fn verified_instructions(&self) -> Option<u32> {
         let instance = self.instances.first()?;
-        let name = program_name(instance.hook, instance.kind);
+        let name = instance.program;
         // Any program type: a dispatcher component is an `Extension`, not an `Xdp`.
         let info = instance.ebpf.program(name)?.info();
         info.ok()?.verified_instruction_count()
@@ -1208,7 +1255,7 @@ impl Sensor {
                 continue;
             }
             let mut instance = self.load_instance_as(Some(interface), Hook::Xdp, kind, true)?;
-            let name = program_name(Hook::Xdp, kind);
+            let name = instance.program;
             let extension: &mut Extension = instance
                 .ebpf
                 .program_mut(name)
@@ -1343,7 +1390,7 @@ impl Sensor {
             // Our own reference; the pin stays until the update worked.
             let fd_link = FdLink::from(pinned);
             let mut instance = self.load_instance(Some(interface), mode.hook(), kind)?;
-            let name = program_name(mode.hook(), kind);
+            let name = instance.program;
             let updated = match mode.hook() {
                 Hook::Xdp => {
                     let link = XdpLink::try_from(fd_link).map_err(|e| link_error(e.to_string()))?;
@@ -1399,7 +1446,7 @@ impl Sensor {
             .pin_dir
             .clone()
             .ok_or_else(|| keep_error("no --pin-path".into()))?;
-        let name = program_name(instance.hook, instance.kind);
+        let name = instance.program;
         let mut fd_link = match link {
             // Pinned in the dispatcher's directory already.
             OwnedLink::Dispatcher { .. } => return Ok(()),
@@ -1556,7 +1603,7 @@ impl Sensor {
                 continue;
             };
             let interface = instance.interface.clone().unwrap_or_default();
-            let name = program_name(instance.hook, instance.kind);
+            let name = instance.program;
             let result = match link {
                 OwnedLink::Xdp(id) => xdp_mut(&mut instance.ebpf, name).detach(id),
                 OwnedLink::Tc(id) => tc_mut(&mut instance.ebpf, name).detach(id),
@@ -1607,7 +1654,7 @@ impl Sensor {
             repeat,
             ..Default::default()
         };
-        let name = program_name(instance.hook, instance.kind);
+        let name = instance.program;
         match instance.hook {
             Hook::Xdp => xdp(&instance.ebpf, name).test_run(options),
             Hook::Tc => tc(&instance.ebpf, name).test_run(options),
@@ -1622,7 +1669,7 @@ fn attach_xdp(
     interface: &str,
     choice: ModeChoice,
 ) -> Result<(XdpLinkId, AttachMode), SensorError> {
-    let name = program_name(instance.hook, instance.kind);
+    let name = instance.program;
     let modes: &[AttachMode] = match choice {
         ModeChoice::Auto => &[AttachMode::Native, AttachMode::Skb],
         ModeChoice::Native => &[AttachMode::Native],
@@ -1659,7 +1706,7 @@ fn attach_tcx(
     instance: &mut Instance,
     interface: &str,
 ) -> Result<SchedClassifierLinkId, SensorError> {
-    let name = program_name(instance.hook, instance.kind);
+    let name = instance.program;
     tc_mut(&mut instance.ebpf, name)
         .attach_with_options(
             interface,
@@ -1670,6 +1717,17 @@ fn attach_tcx(
             interface: interface.to_string(),
             source: Box::new(source),
         })
+}
+
+/// Whether a load failed because the kernel does not know BPF_F_XDP_HAS_FRAGS (see
+/// [`Sensor::load_xdp`]).
+fn refuses_multi_buffer(error: &ProgramError) -> bool {
+    matches!(
+        error,
+        ProgramError::LoadError { io_error, verifier_log }
+            if io_error.raw_os_error() == Some(libc::EINVAL)
+                && verifier_log.to_string().trim().is_empty()
+    )
 }
 
 fn xdp<'a>(ebpf: &'a Ebpf, name: &str) -> &'a Xdp {
@@ -1861,4 +1919,34 @@ pub fn detach_all(dir: &Path) -> Result<Vec<String>, SensorError> {
         Err(e) => return Err(io_error(dir, &e)),
     }
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use aya_obj::VerifierLog;
+
+    use super::*;
+
+    fn load_error(errno: i32, log: &str) -> ProgramError {
+        ProgramError::LoadError {
+            io_error: io::Error::from_raw_os_error(errno),
+            verifier_log: VerifierLog::new(log.to_string()),
+        }
+    }
+
+    #[test]
+    fn only_an_unknown_flag_falls_back_to_single_buffer() {
+        // What Linux 5.9-5.17 returns for BPF_F_XDP_HAS_FRAGS.
+        assert!(refuses_multi_buffer(&load_error(libc::EINVAL, "")));
+        assert!(refuses_multi_buffer(&load_error(libc::EINVAL, "\n")));
+        // The verifier's rejection, a missing capability: reported as they are.
+        assert!(!refuses_multi_buffer(&load_error(
+            libc::EINVAL,
+            "R1 invalid mem access 'scalar'"
+        )));
+        assert!(!refuses_multi_buffer(&load_error(libc::EPERM, "")));
+        assert!(!refuses_multi_buffer(&ProgramError::NotLoaded));
+    }
 }

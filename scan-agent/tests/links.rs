@@ -271,6 +271,82 @@ fn pppoe_frames_written_onto_a_veth_are_counted_exactly() {
     agent.stop(libc::SIGTERM).unwrap();
 }
 
+/// Jumbo frames span several buffers in native XDP. Drivers refuse a program that is
+/// not multi-buffer aware on such an interface (veth: ERANGE above a 3.5 KB MTU), and
+/// the parser must find the headers in the first buffer.
+#[test]
+fn jumbo_frames_are_counted_by_native_xdp_on_a_9000_byte_mtu() {
+    let lab = Lab::create_quiet().expect("creating the lab (needs root and network namespaces)");
+    lab.set_mtu(9000).unwrap();
+    let scratch = scratch("jumbo");
+    let mut agent = start(
+        &lab.host_if,
+        &scratch,
+        &["--attach", "xdp", "--xdp-mode", "native"],
+        "jumbo",
+    );
+    let (host, peer) = lab.macs().unwrap();
+    let payload = |len: usize| (0..len).map(|i| i as u8).collect::<Vec<u8>>();
+    let v4 = |flags, len| {
+        Frame::ipv4_tcp([198, 19, 0, 1], [198, 19, 0, 2], 40000, 445, flags)
+            .payload(payload(len))
+            .macs(host, peer)
+            .build()
+    };
+    let v6 = |flags, len| {
+        Frame::ipv6_tcp(
+            [0x2001, 0xdb8, 9, 0, 0, 0, 0, 1],
+            [0x2001, 0xdb8, 9, 0, 0, 0, 0, 2],
+            40000,
+            445,
+            flags,
+        )
+        .payload(payload(len))
+        .macs(host, peer)
+        .build()
+    };
+    let mut frames = Vec::new();
+    // 5 + 4 SYNs carrying data (as TCP Fast Open's do) in 9,014- and 8,000-byte
+    // frames, 3 small SYNs, and 6 jumbo ACK segments of 8,900 bytes of payload.
+    for _ in 0..5 {
+        frames.push(v4(tcp::SYN, 9000 - 40));
+    }
+    for _ in 0..4 {
+        frames.push(v6(tcp::SYN, 8000 - 60));
+    }
+    for _ in 0..3 {
+        frames.push(v4(tcp::SYN, 0));
+    }
+    for _ in 0..6 {
+        frames.push(v4(tcp::ACK, 8900));
+    }
+    assert_eq!(frames[0].len(), 9014);
+    assert_eq!(lab.inject(frames).unwrap(), 18);
+    let metrics = agent.metrics_after_poll().unwrap();
+    let i = &lab.host_if;
+    let mode = value(
+        &metrics,
+        "scan_agent_attached",
+        &[&format!("interface=\"{i}\""), "mode=\"native\""],
+    );
+    assert_eq!(mode, 1.0, "attached in native mode: {metrics}");
+    let outcome = |o: &str| {
+        value(
+            &metrics,
+            "scan_packets_total",
+            &[&format!("interface=\"{i}\""), &format!("outcome=\"{o}\"")],
+        )
+    };
+    assert_eq!(packet_flag(&metrics, i, "syn"), 12.0, "{metrics}");
+    assert_eq!(port_syns(&metrics, 445), 12.0);
+    assert_eq!(packet_flag(&metrics, i, "ipv4"), 14.0);
+    assert_eq!(packet_flag(&metrics, i, "ipv6"), 4.0);
+    // Every frame whole TCP (the SYNs included), none cut short.
+    assert_eq!(outcome("tcp"), 18.0);
+    assert_eq!(outcome("truncated"), 0.0);
+    agent.stop(libc::SIGTERM).unwrap();
+}
+
 #[test]
 fn syns_written_into_a_tun_device_are_counted_from_the_ip_header() {
     let mut tun = Tun::create().expect("creating a TUN device (needs root)");

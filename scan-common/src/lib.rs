@@ -57,11 +57,19 @@ pub const fn program_name(hook: Hook, kind: LinkKind) -> &'static str {
         (Hook::Tc, LinkKind::RawIp) => "scan_tc_ip",
     }
 }
+
+/// The XDP program for `kind` without multi-buffer support, for kernels before 5.18,
+/// which refuse the flag ([`program_name`]'s XDP programs have it).
+pub const fn single_buffer_program_name(kind: LinkKind) -> &'static str {
+    match kind {
+        LinkKind::Ethernet => "scan_xdp_lin",
+        LinkKind::RawIp => "scan_xdp_ip_lin",
+    }
+}
+
 /// SYNs that found no slot in [`PORT_SYNS_MAP`] (a CPU id beyond its slices): a
 /// `PERCPU_ARRAY` of one `u64`. Expected 0; the agent exports and alerts on it.
 pub const SYN_NO_SLOT_MAP: &str = "SCAN_SYN_NO_SLOT";
-/// Name of the XDP program in the object.
-pub const PROGRAM_NAME: &str = "scan_syn_counter";
 
 /// VLAN tags (802.1Q / 802.1ad) the parser steps over before giving up.
 pub const MAX_VLAN_TAGS: usize = 2;

@@ -5,7 +5,8 @@
 //! the programs after us), and the packet is never written.
 //!
 //! One parser, four entry points: XDP or TC, each for frames that start with an
-//! Ethernet header or with the IP header (L3 links: ppp, tun, wireguard, tunnels).
+//! Ethernet header or with the IP header (L3 links: ppp, tun, wireguard, tunnels);
+//! the XDP ones also without multi-buffer support, for kernels before 5.18.
 //! The agent picks the entry point per interface at attach time, so the link kind
 //! is a compile-time constant of the parser and costs nothing per packet.
 //!
@@ -87,14 +88,34 @@ const ETHERNET: bool = false;
 /// Frames that start with the IP header.
 const RAW_IP: bool = true;
 
-#[xdp]
+// The XDP entry points are multi-buffer aware (`xdp.frags`, BPF_F_XDP_HAS_FRAGS, Linux
+// >= 5.18): drivers refuse a program without the flag when a frame may span several
+// buffers (an MTU above about 3.5 KB, header/data split), and generic XDP copies every
+// such packet into one buffer for it. The parser reads only the first buffer
+// (`data..data_end`), where drivers put the headers; headers split across buffers are
+// `truncated`. The `_lin` twins are the same programs without the flag, for older
+// kernels, which refuse it (`scan_common::single_buffer_program_name`).
+
+#[xdp(frags)]
 pub fn scan_xdp(ctx: XdpContext) -> u32 {
     run::<ETHERNET, _>(&ctx, 0);
     xdp_action::XDP_PASS
 }
 
-#[xdp]
+#[xdp(frags)]
 pub fn scan_xdp_ip(ctx: XdpContext) -> u32 {
+    run::<RAW_IP, _>(&ctx, 0);
+    xdp_action::XDP_PASS
+}
+
+#[xdp]
+pub fn scan_xdp_lin(ctx: XdpContext) -> u32 {
+    run::<ETHERNET, _>(&ctx, 0);
+    xdp_action::XDP_PASS
+}
+
+#[xdp]
+pub fn scan_xdp_ip_lin(ctx: XdpContext) -> u32 {
     run::<RAW_IP, _>(&ctx, 0);
     xdp_action::XDP_PASS
 }

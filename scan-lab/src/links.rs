@@ -26,6 +26,23 @@ impl Lab {
         self.in_namespace(move || send_raw(&peer_if, &frames))?
     }
 
+    /// Sets the MTU of both ends (e.g. jumbo frames), before anything is attached.
+    pub fn set_mtu(&self, mtu: u32) -> Result<()> {
+        let mtu = mtu.to_string();
+        ip(&["link", "set", &self.host_if, "mtu", &mtu])?;
+        ip(&[
+            "netns",
+            "exec",
+            &self.namespace,
+            "ip",
+            "link",
+            "set",
+            &self.peer_if,
+            "mtu",
+            &mtu,
+        ])
+    }
+
     /// The MAC addresses (host, peer) as bytes, for raw frames.
     pub fn macs(&self) -> Result<([u8; 6], [u8; 6])> {
         Ok((parse_mac(&self.host_mac)?, parse_mac(&self.peer_mac)?))
