@@ -42,15 +42,19 @@ pub fn check(args: &CheckArgs) -> (String, bool) {
         .filter_map(|p| p.parse().ok())
         .collect();
     let new_enough = version.as_slice() >= [5, 9].as_slice();
+    let multi_buffer = version.as_slice() >= [5, 18].as_slice();
     findings.push(Finding {
         ok: new_enough,
         what: "kernel".into(),
         detail: format!(
             "{release}{}",
-            if new_enough {
-                ""
-            } else {
+            if !new_enough {
                 ": need >= 5.9 (bpf_link for XDP, mmapable arrays, CAP_BPF)"
+            } else if !multi_buffer {
+                ": no multi-buffer XDP before 5.18 (unless backported), so native XDP is refused on interfaces \
+                 with jumbo frames or header/data split (SKB mode still works there)"
+            } else {
+                ""
             }
         ),
     });
