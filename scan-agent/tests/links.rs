@@ -271,20 +271,15 @@ fn pppoe_frames_written_onto_a_veth_are_counted_exactly() {
     agent.stop(libc::SIGTERM).unwrap();
 }
 
-/// Jumbo frames span several buffers in native XDP. Drivers refuse a program that is
-/// not multi-buffer aware on such an interface (veth: ERANGE above a 3.5 KB MTU), and
-/// the parser must find the headers in the first buffer.
+/// Jumbo frames span several buffers. Drivers refuse a native XDP program that is not
+/// multi-buffer aware on such an interface (veth: ERANGE above a 3.5 KB MTU), and
+/// every hook must find the headers where the frame's first buffer (XDP) or the
+/// skb's linear part (TCX) ends early: an AF_PACKET frame over a page long arrives
+/// with only its 14-byte Ethernet header linear.
 #[test]
-fn jumbo_frames_are_counted_by_native_xdp_on_a_9000_byte_mtu() {
+fn jumbo_frames_count_exactly_on_every_hook_at_a_9000_byte_mtu() {
     let lab = Lab::create_quiet().expect("creating the lab (needs root and network namespaces)");
     lab.set_mtu(9000).unwrap();
-    let scratch = scratch("jumbo");
-    let mut agent = start(
-        &lab.host_if,
-        &scratch,
-        &["--attach", "xdp", "--xdp-mode", "native"],
-        "jumbo",
-    );
     let (host, peer) = lab.macs().unwrap();
     let payload = |len: usize| (0..len).map(|i| i as u8).collect::<Vec<u8>>();
     let v4 = |flags, len| {
@@ -306,7 +301,7 @@ fn jumbo_frames_are_counted_by_native_xdp_on_a_9000_byte_mtu() {
         .build()
     };
     let mut frames = Vec::new();
-    // 5 + 4 SYNs carrying data (as TCP Fast Open's do) in 9,014- and 8,000-byte
+    // 5 + 4 SYNs carrying data (as TCP Fast Open's do) in 9,014- and 8,014-byte
     // frames, 3 small SYNs, and 6 jumbo ACK segments of 8,900 bytes of payload.
     for _ in 0..5 {
         frames.push(v4(tcp::SYN, 9000 - 40));
@@ -321,30 +316,46 @@ fn jumbo_frames_are_counted_by_native_xdp_on_a_9000_byte_mtu() {
         frames.push(v4(tcp::ACK, 8900));
     }
     assert_eq!(frames[0].len(), 9014);
-    assert_eq!(lab.inject(frames).unwrap(), 18);
-    let metrics = agent.metrics_after_poll().unwrap();
-    let i = &lab.host_if;
-    let mode = value(
-        &metrics,
-        "scan_agent_attached",
-        &[&format!("interface=\"{i}\""), "mode=\"native\""],
-    );
-    assert_eq!(mode, 1.0, "attached in native mode: {metrics}");
-    let outcome = |o: &str| {
-        value(
+    for (mode, hook, args) in [
+        (
+            "native",
+            "xdp",
+            &["--attach", "xdp", "--xdp-mode", "native"][..],
+        ),
+        ("skb", "xdp", &["--attach", "xdp", "--xdp-mode", "skb"][..]),
+        ("tcx", "tcx", &["--attach", "tc"][..]),
+    ] {
+        let scratch = scratch(&format!("jumbo-{mode}"));
+        let mut agent = start(&lab.host_if, &scratch, args, mode);
+        assert_eq!(lab.inject(frames.clone()).unwrap(), 18);
+        let metrics = agent.metrics_after_poll().unwrap();
+        let i = &lab.host_if;
+        let attached_as = value(
             &metrics,
-            "scan_packets_total",
-            &[&format!("interface=\"{i}\""), &format!("outcome=\"{o}\"")],
-        )
-    };
-    assert_eq!(packet_flag(&metrics, i, "syn"), 12.0, "{metrics}");
-    assert_eq!(port_syns(&metrics, 445), 12.0);
-    assert_eq!(packet_flag(&metrics, i, "ipv4"), 14.0);
-    assert_eq!(packet_flag(&metrics, i, "ipv6"), 4.0);
-    // Every frame whole TCP (the SYNs included), none cut short.
-    assert_eq!(outcome("tcp"), 18.0);
-    assert_eq!(outcome("truncated"), 0.0);
-    agent.stop(libc::SIGTERM).unwrap();
+            "scan_agent_attached",
+            &[
+                &format!("interface=\"{i}\""),
+                &format!("mode=\"{mode}\""),
+                &format!("hook=\"{hook}\""),
+            ],
+        );
+        assert_eq!(attached_as, 1.0, "attached in {mode} mode: {metrics}");
+        let outcome = |o: &str| {
+            value(
+                &metrics,
+                "scan_packets_total",
+                &[&format!("interface=\"{i}\""), &format!("outcome=\"{o}\"")],
+            )
+        };
+        // Every frame whole TCP (the SYNs included), none cut short.
+        assert_eq!(outcome("truncated"), 0.0, "{mode}: {metrics}");
+        assert_eq!(outcome("tcp"), 18.0, "{mode}");
+        assert_eq!(packet_flag(&metrics, i, "syn"), 12.0, "{mode}");
+        assert_eq!(port_syns(&metrics, 445), 12.0, "{mode}");
+        assert_eq!(packet_flag(&metrics, i, "ipv4"), 14.0, "{mode}");
+        assert_eq!(packet_flag(&metrics, i, "ipv6"), 4.0, "{mode}");
+        agent.stop(libc::SIGTERM).unwrap();
+    }
 }
 
 #[test]

@@ -2,7 +2,8 @@
 //! classifies every packet. A sensor, never a filter: every path returns
 //! `XDP_PASS` (XDP, also as a libxdp dispatcher component, where XDP_PASS runs
 //! the next component) or `TC_ACT_UNSPEC` (TCX: "next", the verdict is left to
-//! the programs after us), and the packet is never written.
+//! the programs after us), and the packet is never written (at TC, headers outside
+//! the skb's linear part are moved into it: see `pull_headers`).
 //!
 //! One parser, four entry points: XDP or TC, each for frames that start with an
 //! Ethernet header or with the IP header (L3 links: ppp, tun, wireguard, tunnels);
@@ -127,14 +128,38 @@ pub fn scan_tc(ctx: TcContext) -> i32 {
     // the tag limit match what XDP sees in the frame itself.
     // SAFETY: the context pointer the kernel passed; a plain field read.
     let accelerated = unsafe { (*ctx.skb.skb).vlan_present } != 0;
+    pull_headers(&ctx, ETH_HLEN + IPV4_HLEN);
     run::<ETHERNET, _>(&ctx, usize::from(accelerated));
     TC_ACT_UNSPEC
 }
 
 #[classifier]
 pub fn scan_tc_ip(ctx: TcContext) -> i32 {
+    pull_headers(&ctx, IPV4_HLEN);
     run::<RAW_IP, _>(&ctx, 0);
     TC_ACT_UNSPEC
+}
+
+/// Bytes made linear by [`pull_headers`]: every header the parser reads (link, IP with
+/// options, TCP with options), all but the longest IPv6 extension chains.
+const PULL_LEN: usize = 256;
+
+/// At TC the program sees only the skb's linear part. Drivers put at least the
+/// headers there (they size it by the headers, or copy 128-256 bytes), but an skb
+/// built from a page-sized or larger write (AF_PACKET, tun/tap) keeps only its link
+/// header linear: its IP and TCP headers would read as `truncated`. Such an skb, whose
+/// linear part ends before a minimal IP header (`min_linear`), has its headers pulled
+/// in (`bpf_skb_pull_data`, which moves bytes, never changes them). The check costs
+/// one compare for the others; a driver that sizes the linear part by the headers
+/// (42 bytes for UDP) is never pulled.
+#[inline(always)]
+fn pull_headers(ctx: &TcContext, min_linear: usize) {
+    let linear = ctx.data_end() - ctx.data();
+    let len = ctx.len() as usize;
+    if linear < min_linear && linear < len {
+        // On failure (no memory) the skb is as it was, and counted `truncated`.
+        let _ = ctx.pull_data(len.min(PULL_LEN) as u32);
+    }
 }
 
 /// Packet bounds of either context.
