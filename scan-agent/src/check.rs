@@ -51,8 +51,9 @@ pub fn check(args: &CheckArgs) -> (String, bool) {
             if !new_enough {
                 ": need >= 5.9 (bpf_link for XDP, mmapable arrays, CAP_BPF)"
             } else if !multi_buffer {
-                ": no multi-buffer XDP before 5.18 (unless backported), so native XDP is refused on interfaces \
-                 with jumbo frames or header/data split (SKB mode still works there)"
+                ": no multi-buffer XDP before 5.18 (unless backported), so native XDP is \
+                 refused on interfaces with jumbo frames or header/data split (SKB mode \
+                 still works there)"
             } else {
                 ""
             }
