@@ -786,18 +786,12 @@ impl Sensor {
         hook: Hook,
         kind: LinkKind,
     ) -> Result<Self, SensorError> {
-        let mut sensor = Self::load(Some(pin_dir))?;
-        let instance = sensor.load_instance(None, hook, kind)?;
-        sensor.instances.push(instance);
-        Ok(sensor)
+        Self::load(Some(pin_dir))?.with_instance(hook, kind)
     }
 
     /// [`Sensor::unattached`] with `cpus` port-map slices (see [`Sensor::load_sized`]).
     pub fn unattached_sized(hook: Hook, kind: LinkKind, cpus: usize) -> Result<Self, SensorError> {
-        let mut sensor = Self::load_sized(None, false, cpus)?;
-        let instance = sensor.load_instance(None, hook, kind)?;
-        sensor.instances.push(instance);
-        Ok(sensor)
+        Self::load_sized(None, false, cpus)?.with_instance(hook, kind)
     }
 
     /// [`Sensor::unattached`], choosing whether the program keeps the sketches.
@@ -814,9 +808,7 @@ impl Sensor {
     pub fn unattached_single_buffer(kind: LinkKind) -> Result<Self, SensorError> {
         let mut sensor = Self::load(None)?;
         sensor.xdp_multi_buffer = false;
-        let instance = sensor.load_instance(None, Hook::Xdp, kind)?;
-        sensor.instances.push(instance);
-        Ok(sensor)
+        sensor.with_instance(Hook::Xdp, kind)
     }
 
     /// [`Sensor::unattached_with`] from `object`, another build of this program (e.g.
@@ -829,9 +821,14 @@ impl Sensor {
     ) -> Result<Self, SensorError> {
         let mut sensor = Self::load_with(None, sketches)?;
         sensor.object = object;
-        let instance = sensor.load_instance(None, hook, kind)?;
-        sensor.instances.push(instance);
-        Ok(sensor)
+        sensor.with_instance(hook, kind)
+    }
+
+    /// This sensor with one program loaded for `hook` and `kind`, attached nowhere.
+    fn with_instance(mut self, hook: Hook, kind: LinkKind) -> Result<Self, SensorError> {
+        let instance = self.load_instance(None, hook, kind)?;
+        self.instances.push(instance);
+        Ok(self)
     }
 
     /// Per-packet debug logging for the programs loaded from now on (a load-time

@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, process::Command};
 use scan_lab::{
     Agent, Lab, Scratch,
     frames::{Frame, ether_type, ppp_proto, syn_frames, tcp},
-    http::{attached, packet_flag, port_syns, value},
+    http::{attached, packet_flag, packet_outcome, port_syns, value},
     links::{Tun, build_bpf},
     net::xdp_prog_id,
 };
@@ -259,13 +259,7 @@ fn pppoe_frames_written_onto_a_veth_are_counted_exactly() {
     assert_eq!(packet_flag(&metrics, i, "ipv6"), 6.0);
     assert_eq!(packet_flag(&metrics, i, "vlan"), 6.0);
     assert_eq!(port_syns(&metrics, 1723), 17.0);
-    let outcome = |o: &str| {
-        value(
-            &metrics,
-            "scan_packets_total",
-            &[&format!("interface=\"{i}\""), &format!("outcome=\"{o}\"")],
-        )
-    };
+    let outcome = |o: &str| packet_outcome(&metrics, i, o);
     assert_eq!(outcome("tcp"), 18.0);
     assert_eq!(outcome("non_ip"), 2.0);
     agent.stop(libc::SIGTERM).unwrap();
@@ -340,13 +334,7 @@ fn jumbo_frames_count_exactly_on_every_hook_at_a_9000_byte_mtu() {
             ],
         );
         assert_eq!(attached_as, 1.0, "attached in {mode} mode: {metrics}");
-        let outcome = |o: &str| {
-            value(
-                &metrics,
-                "scan_packets_total",
-                &[&format!("interface=\"{i}\""), &format!("outcome=\"{o}\"")],
-            )
-        };
+        let outcome = |o: &str| packet_outcome(&metrics, i, o);
         // Every frame whole TCP (the SYNs included), none cut short.
         assert_eq!(outcome("truncated"), 0.0, "{mode}: {metrics}");
         assert_eq!(outcome("tcp"), 18.0, "{mode}");

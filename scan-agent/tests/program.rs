@@ -11,7 +11,9 @@ mod common;
 use std::net::Ipv6Addr;
 
 use scan_agent::sensor::{Hook, LinkKind, Sensor};
-use scan_common::{ClassCounts, MAX_IPV6_EXT_HEADERS, PORTS, PacketClass};
+use scan_common::{
+    ClassCounts, MAX_IPV6_EXT_HEADERS, PORTS, PacketClass, single_buffer_program_name,
+};
 use scan_lab::{
     frames::{Frame, Ipv6Ext, ether_type, ip_proto, ppp_proto, tcp},
     testrun::is_refused_test_input,
@@ -886,10 +888,11 @@ fn raw_ip_frames_count_exactly() {
 /// refuses multi-buffer programs) count every crafted frame as the programs do.
 #[test]
 fn single_buffer_xdp_programs_count_alike() {
-    for (kind, cases, twin) in [
-        (LinkKind::Ethernet, cases(), "scan_xdp_lin"),
-        (LinkKind::RawIp, raw_ip_cases(), "scan_xdp_ip_lin"),
+    for (kind, cases) in [
+        (LinkKind::Ethernet, cases()),
+        (LinkKind::RawIp, raw_ip_cases()),
     ] {
+        let twin = single_buffer_program_name(kind);
         let multi = run_table(Hook::Xdp, kind, &cases);
         let sensor = Sensor::unattached_single_buffer(kind).expect("loading the twin");
         assert!(

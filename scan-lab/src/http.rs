@@ -108,6 +108,18 @@ pub fn packet_flag(exposition: &str, interface: &str, flag: &str) -> f64 {
     )
 }
 
+/// `scan_packets_total` of `interface` with `outcome` (0 if absent).
+pub fn packet_outcome(exposition: &str, interface: &str, outcome: &str) -> f64 {
+    value(
+        exposition,
+        "scan_packets_total",
+        &[
+            &format!("interface=\"{interface}\""),
+            &format!("outcome=\"{outcome}\""),
+        ],
+    )
+}
+
 /// `scan_agent_attached` of `interface` on `hook` (1 attached, 0 not, 0 if absent).
 pub fn attached(exposition: &str, interface: &str, hook: &str) -> f64 {
     value(

@@ -31,10 +31,8 @@ impl Lab {
         let mtu = mtu.to_string();
         ip(&["link", "set", &self.host_if, "mtu", &mtu])?;
         ip(&[
-            "netns",
-            "exec",
+            "-n",
             &self.namespace,
-            "ip",
             "link",
             "set",
             &self.peer_if,
